@@ -1,0 +1,389 @@
+//! The stored form of a response, and its binary encoding.
+//!
+//! Layout (all integers big-endian), from design §4 plus a variant hash:
+//!
+//! ```text
+//! "TRC" | version u8 | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 | variant u64 |
+//! status u16 | n_headers u16 | (name_len u16, name, value_len u32, value)* |
+//! body_len u32 | body | checksum u32 (low 32 bits of xxh3-64 of everything before it)
+//! ```
+//!
+//! The encoding is binary rather than JSON because the hit path decodes it on every request:
+//! decoding is a bounds-checked walk that slices header values and the body out of the fetched
+//! [`Bytes`] without copying them. Every length is checked against what is left of the input
+//! before anything is allocated, so a truncated, foreign or hostile value yields a
+//! [`DecodeError`], never a panic or an allocation larger than the input.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use std::fmt;
+
+const MAGIC: &[u8; 3] = b"TRC";
+const VERSION: u8 = 1;
+/// Bytes before the first header: magic, version, four u64 timestamps/hashes, status, count.
+const PREAMBLE_LEN: usize = 3 + 1 + 8 * 4 + 2 + 2;
+const CHECKSUM_LEN: usize = 4;
+/// The smallest a header can be on the wire: two length fields and a one-byte name.
+const MIN_HEADER_LEN: usize = 2 + 1 + 4;
+
+/// A cached response: what is needed to answer a request without the origin.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The response status.
+    pub status: StatusCode,
+    /// The response headers, hop-by-hop headers removed.
+    pub headers: HeaderMap,
+    /// The response body, shared with the buffer it was decoded from.
+    pub body: Bytes,
+    /// Timing and variant data.
+    pub meta: EntryMeta,
+}
+
+/// When an entry was stored, how long it is fresh and usable stale, and which variant it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Unix time in milliseconds when the response was received from the origin.
+    pub stored_at_ms: u64,
+    /// Unix time in milliseconds until which the entry may be served without the origin.
+    pub fresh_until_ms: u64,
+    /// Unix time in milliseconds until which the entry may be served stale (>= fresh_until).
+    pub stale_until_ms: u64,
+    /// Hash of the request headers named by the response's `Vary` (0 when it has none).
+    pub variant: u64,
+}
+
+impl EntryMeta {
+    /// Whether the entry can be served as fresh at `now_ms`.
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms
+    }
+
+    /// The entry's age in whole seconds at `now_ms` (RFC 9111 §4.2.3, with no upstream `Age`).
+    pub fn age_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000
+    }
+
+    /// Seconds of freshness left at `now_ms`.
+    pub fn ttl_secs(&self, now_ms: u64) -> u64 {
+        self.fresh_until_ms.saturating_sub(now_ms) / 1000
+    }
+}
+
+/// Why a stored value could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The value ends before the layout says it should.
+    Truncated,
+    /// The value does not start with the entry magic: not written by this crate.
+    BadMagic,
+    /// The value was written by an encoding version this build does not read.
+    UnsupportedVersion(u8),
+    /// The checksum does not match: the value was altered.
+    BadChecksum,
+    /// A status, header name or header value is not valid HTTP.
+    InvalidHttp,
+    /// Bytes are left over after the checksum.
+    TrailingBytes,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("entry is truncated"),
+            Self::BadMagic => f.write_str("value is not a cache entry"),
+            Self::UnsupportedVersion(v) => write!(f, "entry version {v} is not supported"),
+            Self::BadChecksum => f.write_str("entry checksum mismatch"),
+            Self::InvalidHttp => f.write_str("entry holds an invalid status or header"),
+            Self::TrailingBytes => f.write_str("entry has trailing bytes"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The value of a hit-for-miss marker: "this key's last answer could not be shared; go to
+/// the origin without waiting for a fill". Never a valid entry (the version byte is 0xff).
+pub(crate) const HIT_FOR_MISS: &[u8] = b"TRC\xffhit-for-miss";
+
+/// Unix time in milliseconds: entry timestamps are compared across machines.
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    /// Whether this entry answers a request with `request_headers`: always when the response
+    /// has no `Vary`, else when the varied request headers hash the same as the stored ones.
+    pub fn matches(&self, request_headers: &HeaderMap) -> bool {
+        self.meta.variant == 0
+            || crate::key::variant_hash(
+                self.headers.get_all(http::header::VARY).iter(),
+                request_headers,
+            ) == self.meta.variant
+    }
+}
+
+/// Headers that describe one connection, not the response, and so are never stored
+/// (RFC 9110 §7.6.1). `Age` is recomputed on the way out, so it is not stored either.
+pub(crate) fn is_unstorable_header(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == AGE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Whether `name` is listed in a `Connection` header of `headers`, which makes it hop-by-hop.
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// Encodes an entry into one buffer. The body is copied once, into that buffer.
+pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: EntryMeta) -> Bytes {
+    let has_connection = headers.contains_key(http::header::CONNECTION);
+    let stored = |name: &HeaderName| {
+        !is_unstorable_header(name) && !(has_connection && named_by_connection(headers, name))
+    };
+    let body_len: usize = body.iter().map(Bytes::len).sum();
+    let headers_len: usize = headers
+        .iter()
+        .filter(|(n, _)| stored(n))
+        .map(|(n, v)| 2 + n.as_str().len() + 4 + v.len())
+        .sum();
+    let mut buf = BytesMut::with_capacity(PREAMBLE_LEN + headers_len + 4 + body_len + CHECKSUM_LEN);
+    buf.put_slice(MAGIC);
+    buf.put_u8(VERSION);
+    buf.put_u64(meta.stored_at_ms);
+    buf.put_u64(meta.fresh_until_ms);
+    buf.put_u64(meta.stale_until_ms);
+    buf.put_u64(meta.variant);
+    buf.put_u16(status.as_u16());
+    let count_at = buf.len();
+    buf.put_u16(0);
+    let mut count: u16 = 0;
+    for (name, value) in headers.iter().filter(|(n, _)| stored(n)) {
+        // A header map larger than the format's counters is not a response worth keeping
+        // whole; the service never stores one (it checks `fits_entry` first).
+        if count == u16::MAX {
+            break;
+        }
+        count += 1;
+        buf.put_u16(name.as_str().len() as u16);
+        buf.put_slice(name.as_str().as_bytes());
+        buf.put_u32(value.len() as u32);
+        buf.put_slice(value.as_bytes());
+    }
+    buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+    buf.put_u32(body_len as u32);
+    for chunk in body {
+        buf.put_slice(chunk);
+    }
+    let checksum = checksum(&buf);
+    buf.put_u32(checksum);
+    buf.freeze()
+}
+
+/// Whether a response of this shape can be represented in the entry format at all.
+pub(crate) fn fits_entry(headers: &HeaderMap, body_len: u64) -> bool {
+    headers.len() < u16::MAX as usize && body_len <= u32::MAX as u64
+}
+
+fn checksum(bytes: &[u8]) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(bytes) as u32
+}
+
+/// A bounds-checked reader over the encoded value.
+struct Reader {
+    bytes: Bytes,
+    pos: usize,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        if end > self.bytes.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let out = self.bytes.slice(self.pos..end);
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let end = self.pos.checked_add(N).ok_or(DecodeError::Truncated)?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        let mut out = [0u8; N];
+        out.copy_from_slice(slice);
+        Ok(out)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+}
+
+/// Decodes a value written by [`encode`]. Header values and the body share `bytes`.
+pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
+    if bytes.len() < PREAMBLE_LEN + 4 + CHECKSUM_LEN {
+        return Err(
+            if bytes.starts_with(MAGIC) || MAGIC.starts_with(&bytes[..bytes.len().min(3)]) {
+                DecodeError::Truncated
+            } else {
+                DecodeError::BadMagic
+            },
+        );
+    }
+    if &bytes[..3] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if bytes[3] != VERSION {
+        return Err(DecodeError::UnsupportedVersion(bytes[3]));
+    }
+    let (content, stored_sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    let mut sum = [0u8; 4];
+    sum.copy_from_slice(stored_sum);
+    if checksum(content) != u32::from_be_bytes(sum) {
+        return Err(DecodeError::BadChecksum);
+    }
+    let content_len = content.len();
+    let mut reader = Reader {
+        bytes: bytes.slice(..content_len),
+        pos: 4,
+    };
+    let meta = EntryMeta {
+        stored_at_ms: reader.u64()?,
+        fresh_until_ms: reader.u64()?,
+        stale_until_ms: reader.u64()?,
+        variant: reader.u64()?,
+    };
+    let status = StatusCode::from_u16(reader.u16()?).map_err(|_| DecodeError::InvalidHttp)?;
+    let count = reader.u16()? as usize;
+    if count.saturating_mul(MIN_HEADER_LEN) > reader.remaining() {
+        return Err(DecodeError::Truncated);
+    }
+    let mut headers = HeaderMap::with_capacity(count);
+    for _ in 0..count {
+        let name_len = reader.u16()? as usize;
+        let name = reader.take(name_len)?;
+        let name = HeaderName::from_bytes(&name).map_err(|_| DecodeError::InvalidHttp)?;
+        let value_len = reader.u32()? as usize;
+        let value = reader.take(value_len)?;
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::InvalidHttp)?;
+        headers.append(name, value);
+    }
+    let body_len = reader.u32()? as usize;
+    let body = reader.take(body_len)?;
+    if reader.remaining() != 0 {
+        return Err(DecodeError::TrailingBytes);
+    }
+    Ok(Entry {
+        status,
+        headers,
+        body,
+        meta,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (HeaderMap, Vec<Bytes>) {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.append("x-multi", HeaderValue::from_static("one"));
+        headers.append("x-multi", HeaderValue::from_static("two"));
+        headers.append("connection", HeaderValue::from_static("x-hop"));
+        headers.append("x-hop", HeaderValue::from_static("dropped"));
+        headers.append("transfer-encoding", HeaderValue::from_static("chunked"));
+        (
+            headers,
+            vec![
+                Bytes::from_static(b"hello "),
+                Bytes::from_static(b"\0world\xff"),
+            ],
+        )
+    }
+
+    #[test]
+    fn round_trip_keeps_order_and_drops_hop_by_hop() {
+        let (headers, body) = sample();
+        let meta = EntryMeta {
+            stored_at_ms: 1,
+            fresh_until_ms: 2,
+            stale_until_ms: 3,
+            variant: 4,
+        };
+        let entry = decode(encode(StatusCode::CREATED, &headers, &body, meta)).unwrap();
+        assert_eq!(entry.status, StatusCode::CREATED);
+        assert_eq!(entry.meta, meta);
+        assert_eq!(&entry.body[..], b"hello \0world\xff");
+        let multi: Vec<_> = entry.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["one", "two"]);
+        assert!(entry.headers.get("connection").is_none());
+        assert!(entry.headers.get("x-hop").is_none());
+        assert!(entry.headers.get("transfer-encoding").is_none());
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_an_error() {
+        let (headers, body) = sample();
+        let bytes = encode(StatusCode::OK, &headers, &body, EntryMeta::default());
+        for len in 0..bytes.len() {
+            assert!(decode(bytes.slice(..len)).is_err(), "truncated to {len}");
+        }
+        for i in 0..bytes.len() {
+            let mut altered = bytes.to_vec();
+            altered[i] ^= 0x40;
+            assert!(decode(Bytes::from(altered)).is_err(), "flipped byte {i}");
+        }
+    }
+
+    #[test]
+    fn foreign_values_are_rejected() {
+        assert_eq!(
+            decode(Bytes::from_static(b"{\"json\": true}")).unwrap_err(),
+            DecodeError::BadMagic
+        );
+        let (headers, body) = sample();
+        let mut v2 = encode(StatusCode::OK, &headers, &body, EntryMeta::default()).to_vec();
+        v2[3] = 2;
+        assert_eq!(
+            decode(Bytes::from(v2)).unwrap_err(),
+            DecodeError::UnsupportedVersion(2)
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! Typed errors.
+//!
+//! Two families with different audiences: [`ConfigError`] is for the person wiring the layer
+//! and is returned at build time, so an impossible setting never reaches production;
+//! [`StoreError`] is what a store reports, and the request path counts and swallows it
+//! (fail-open), because a cache outage must never become an outage of the service.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A boxed error, the error type of [`CacheBody`](crate::CacheBody).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A setting the layer cannot run with, reported by
+/// [`CacheLayerBuilder::build`](crate::CacheLayerBuilder::build).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The list of cacheable methods is empty, so nothing could ever be cached.
+    NoCacheableMethods,
+    /// Only `GET` and `HEAD` may be cached: other methods are not safe to answer from a cache.
+    UnsupportedMethod(http::Method),
+    /// `HEAD` is answered from `GET` entries, so it cannot be cacheable without `GET`.
+    HeadWithoutGet,
+    /// The list of cacheable statuses is empty.
+    NoCacheableStatuses,
+    /// A status in the cacheable list is not a valid final HTTP status (100..=599 minus 1xx).
+    InvalidStatus(u16),
+    /// `max_body_bytes` is zero with caching on: no response could ever be stored.
+    ZeroMaxBody,
+    /// `max_body_bytes` is larger than the entry format can hold (4 GiB - 1).
+    MaxBodyTooLarge(u64),
+    /// The key prefix is empty, so the cache's keys could not be told apart from others'.
+    EmptyPrefix,
+    /// The key prefix contains a character that would break the key layout
+    /// (`{`, `}`, `*`, `?`, `[`, `]`, whitespace or a control character).
+    InvalidPrefix(String),
+    /// A duration that must be positive is zero; the field names it.
+    ZeroDuration(&'static str),
+    /// `lock_wait` is longer than any request should wait for another's fill.
+    LockWaitTooLong {
+        /// The configured wait.
+        wait: Duration,
+        /// The largest accepted wait.
+        max: Duration,
+    },
+    /// `max_pending_writes` is zero: no miss could ever be written to the store.
+    ZeroPendingWrites,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoCacheableMethods => f.write_str("no cacheable methods: list GET (and optionally HEAD)"),
+            Self::UnsupportedMethod(m) => {
+                write!(f, "method {m} cannot be cached: only GET and HEAD are safe to answer from a cache")
+            }
+            Self::HeadWithoutGet => {
+                f.write_str("HEAD is answered from GET entries, so GET must be cacheable too")
+            }
+            Self::NoCacheableStatuses => f.write_str("no cacheable statuses: list at least one"),
+            Self::InvalidStatus(s) => write!(f, "status {s} cannot be cached: use a final status in 200..=599"),
+            Self::ZeroMaxBody => f.write_str("max_body_bytes is 0: no response could be stored"),
+            Self::MaxBodyTooLarge(n) => {
+                write!(f, "max_body_bytes is {n}: entries hold at most {} bytes", u32::MAX)
+            }
+            Self::EmptyPrefix => f.write_str("the key prefix is empty"),
+            Self::InvalidPrefix(p) => write!(
+                f,
+                "the key prefix {p:?} contains a character reserved by the key layout ({{ }} * ? [ ] whitespace, control)"
+            ),
+            Self::ZeroDuration(field) => write!(f, "{field} is zero: it must be positive"),
+            Self::LockWaitTooLong { wait, max } => {
+                write!(f, "lock_wait of {wait:?} is longer than the maximum of {max:?}")
+            }
+            Self::ZeroPendingWrites => f.write_str("max_pending_writes is 0: no miss could be stored"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What went wrong talking to a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The call did not finish within its timeout.
+    Timeout,
+    /// The store was skipped because its circuit breaker is open after repeated failures.
+    CircuitOpen,
+    /// The store could not be configured or reached (bad URL, refused connection, ...).
+    Connection,
+    /// The store answered with an error.
+    Backend,
+}
+
+/// An error from a [`Store`](crate::Store). In the request path it is counted in
+/// [`Stats::store_errors`](crate::Stats) and the request goes on without the cache.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<BoxError>,
+}
+
+impl StoreError {
+    /// An error of `kind` caused by `source`.
+    pub fn new(kind: StoreErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// An error of `kind` with no underlying cause.
+    pub fn from_kind(kind: StoreErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            StoreErrorKind::Timeout => "cache store call timed out",
+            StoreErrorKind::CircuitOpen => "cache store skipped: circuit breaker open",
+            StoreErrorKind::Connection => "cache store connection failed",
+            StoreErrorKind::Backend => "cache store error",
+        };
+        match &self.source {
+            Some(source) => write!(f, "{what}: {source}"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e.as_ref() as _)
+    }
+}
+
+impl From<fred::error::Error> for StoreError {
+    fn from(error: fred::error::Error) -> Self {
+        use fred::error::ErrorKind;
+        let kind = match error.kind() {
+            ErrorKind::Timeout => StoreErrorKind::Timeout,
+            ErrorKind::IO | ErrorKind::Config | ErrorKind::Url | ErrorKind::Auth => {
+                StoreErrorKind::Connection
+            }
+            _ => StoreErrorKind::Backend,
+        };
+        Self::new(kind, error)
+    }
+}

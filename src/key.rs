@@ -1,0 +1,244 @@
+//! Canonical request keys (design §3).
+//!
+//! A request is reduced to `GET \n authority \n path \n query` (HEAD shares GET's class, so a
+//! HEAD is answered from the GET entry), hashed with xxh3-128 and laid out as
+//! `{prefix}:{<32 hex digits>}:e`. A fixed-length hex hash keeps user input (globs, separators,
+//! huge URLs) out of Redis key names, and the `{…}` hash tag puts an entry and its lock in one
+//! Redis Cluster slot so they can be used together in one script.
+//!
+//! What the response varies on (`Vary`) is not part of this key: the entry records a hash of
+//! the varied request headers, and a request whose headers hash differently is a miss.
+
+use http::request::Parts;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use xxhash_rust::xxh3::Xxh3;
+
+/// A user-supplied replacement for the canonical key material. Returning `None` makes the
+/// request bypass the cache. The returned string is hashed and prefixed like the canonical one.
+pub type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// The store keys of one cached resource.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    entry: String,
+    hash: u128,
+}
+
+impl CacheKey {
+    /// The key under which the response entry is stored: `{prefix}:{hash}:e`.
+    pub fn entry_key(&self) -> &str {
+        &self.entry
+    }
+
+    /// The key of the fill lock for this entry: `{prefix}:{hash}:l`.
+    pub fn lock_key(&self) -> String {
+        let mut key = self.entry.clone();
+        key.pop();
+        key.push('l');
+        key
+    }
+
+    /// The 128-bit hash of the canonical request.
+    pub fn hash(&self) -> u128 {
+        self.hash
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.entry)
+    }
+}
+
+/// Derives [`CacheKey`]s from requests.
+#[derive(Clone)]
+pub(crate) struct KeyMaker {
+    pub(crate) prefix: Arc<str>,
+    pub(crate) normalize_query: bool,
+    pub(crate) custom: Option<Arc<KeyFn>>,
+}
+
+impl KeyMaker {
+    /// The key for a request, or `None` when a custom key function opts it out.
+    pub(crate) fn derive(&self, parts: &Parts) -> Option<CacheKey> {
+        let hash = match &self.custom {
+            Some(custom) => xxhash_rust::xxh3::xxh3_128(custom(parts)?.as_bytes()),
+            None => self.canonical_hash(parts),
+        };
+        Some(self.key_from_hash(hash))
+    }
+
+    fn key_from_hash(&self, hash: u128) -> CacheKey {
+        let mut entry = String::with_capacity(self.prefix.len() + 38);
+        entry.push_str(&self.prefix);
+        entry.push_str(":{");
+        // Writing to a String cannot fail.
+        let _ = write!(entry, "{hash:032x}");
+        entry.push_str("}:e");
+        CacheKey { entry, hash }
+    }
+
+    fn canonical_hash(&self, parts: &Parts) -> u128 {
+        let mut hasher = Xxh3::new();
+        hasher.update(b"GET\n");
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()))
+            .unwrap_or_default();
+        update_lowercase(&mut hasher, authority);
+        hasher.update(b"\n");
+        hasher.update(parts.uri.path().as_bytes());
+        hasher.update(b"\n");
+        match parts.uri.query() {
+            Some(query) if self.normalize_query => update_sorted_query(&mut hasher, query),
+            Some(query) => hasher.update(query.as_bytes()),
+            None => {}
+        }
+        hasher.digest128()
+    }
+}
+
+/// Hosts are case-insensitive; hash them lowercased without allocating for the common case.
+fn update_lowercase(hasher: &mut Xxh3, bytes: &[u8]) {
+    if bytes.iter().any(u8::is_ascii_uppercase) {
+        hasher.update(&bytes.to_ascii_lowercase());
+    } else {
+        hasher.update(bytes);
+    }
+}
+
+/// Hashes the query with its parameters sorted by name, then value, and empty ones dropped,
+/// so `?b=2&a=1` and `?a=1&b=2` name the same resource.
+fn update_sorted_query(hasher: &mut Xxh3, query: &str) {
+    let mut pairs: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    pairs.sort_unstable();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b"&");
+        }
+        hasher.update(name.as_bytes());
+        hasher.update(b"=");
+        hasher.update(value.as_bytes());
+    }
+}
+
+/// A hash of the request's values for the headers a response varies on; 0 means "no Vary".
+/// `vary` is the stored response's `Vary` field values.
+pub(crate) fn variant_hash<'a>(
+    vary: impl Iterator<Item = &'a http::HeaderValue>,
+    request: &http::HeaderMap,
+) -> u64 {
+    let mut hasher: Option<Xxh3> = None;
+    for value in vary {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let hasher = hasher.get_or_insert_with(Xxh3::new);
+            update_lowercase(hasher, name.as_bytes());
+            hasher.update(b":");
+            for v in request.get_all(name) {
+                hasher.update(v.as_bytes());
+                hasher.update(b",");
+            }
+            hasher.update(b"\n");
+        }
+    }
+    // 0 is reserved for "no Vary", so a real hash that happens to be 0 becomes 1.
+    hasher.map_or(0, |h| h.digest().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maker(normalize_query: bool) -> KeyMaker {
+        KeyMaker {
+            prefix: "p".into(),
+            normalize_query,
+            custom: None,
+        }
+    }
+
+    fn key(maker: &KeyMaker, method: &str, uri: &str, host: Option<&str>) -> CacheKey {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        maker.derive(&parts).unwrap()
+    }
+
+    #[test]
+    fn layout_is_prefixed_fixed_length_and_slot_tagged() {
+        let k = key(&maker(true), "GET", "/a?x=*", Some("h"));
+        assert!(k.entry_key().starts_with("p:{") && k.entry_key().ends_with("}:e"));
+        assert_eq!(k.entry_key().len(), "p:{".len() + 32 + "}:e".len());
+        assert_eq!(
+            k.lock_key(),
+            format!("{}l", &k.entry_key()[..k.entry_key().len() - 1])
+        );
+    }
+
+    #[test]
+    fn query_order_matters_only_without_normalization() {
+        let on = maker(true);
+        assert_eq!(
+            key(&on, "GET", "/?a=1&b=2", None),
+            key(&on, "GET", "/?b=2&a=1", None)
+        );
+        assert_ne!(
+            key(&on, "GET", "/?a=1&b=2", None),
+            key(&on, "GET", "/?a=2&b=1", None)
+        );
+        let off = maker(false);
+        assert_ne!(
+            key(&off, "GET", "/?a=1&b=2", None),
+            key(&off, "GET", "/?b=2&a=1", None)
+        );
+    }
+
+    #[test]
+    fn host_and_path_separate_entries_head_shares_get() {
+        let m = maker(true);
+        assert_ne!(
+            key(&m, "GET", "/", Some("a.example")),
+            key(&m, "GET", "/", Some("b.example"))
+        );
+        assert_eq!(
+            key(&m, "GET", "/", Some("A.example")),
+            key(&m, "GET", "/", Some("a.example"))
+        );
+        assert_eq!(
+            key(&m, "GET", "http://a.example/", None),
+            key(&m, "GET", "/", Some("a.example"))
+        );
+        assert_ne!(key(&m, "GET", "/a", None), key(&m, "GET", "/b", None));
+        assert_eq!(key(&m, "HEAD", "/a", None), key(&m, "GET", "/a", None));
+    }
+
+    #[test]
+    fn variant_hash_depends_on_named_headers_only() {
+        let vary = [http::HeaderValue::from_static("Accept-Language")];
+        let mut en = http::HeaderMap::new();
+        en.insert("accept-language", "en".parse().unwrap());
+        let mut fr = en.clone();
+        fr.insert("accept-language", "fr".parse().unwrap());
+        let mut en_other = en.clone();
+        en_other.insert("x-other", "1".parse().unwrap());
+        assert_ne!(
+            variant_hash(vary.iter(), &en),
+            variant_hash(vary.iter(), &fr)
+        );
+        assert_eq!(
+            variant_hash(vary.iter(), &en),
+            variant_hash(vary.iter(), &en_other)
+        );
+        assert_eq!(variant_hash([].iter(), &en), 0);
+    }
+}

@@ -1,0 +1,496 @@
+//! [`CacheLayer`], its builder and the validated configuration it carries.
+
+use crate::coalesce::Flights;
+use crate::error::{ConfigError, StoreError};
+use crate::key::{CacheKey, KeyFn, KeyMaker};
+use crate::service::CacheService;
+use crate::stats::{Counters, Stats};
+use crate::store::{GuardedStore, Store};
+use http::{Method, Request, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tower_layer::Layer;
+
+/// The longest a request may wait for another request's fill before asking the origin itself.
+pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// Validated settings, shared by every service the layer makes.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) ttl: Duration,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) cache_head: bool,
+    pub(crate) statuses: Vec<StatusCode>,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) respect_cache_control: bool,
+    pub(crate) share_authorized: bool,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) lock_wait: Duration,
+    pub(crate) distributed_lock: bool,
+    pub(crate) hit_for_miss_ttl: Duration,
+}
+
+/// Everything a [`CacheService`] shares with its clones and siblings.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) keys: KeyMaker,
+    pub(crate) store: GuardedStore,
+    pub(crate) stats: Arc<Counters>,
+    pub(crate) flights: Arc<Flights>,
+    /// Bounds the writes in flight, so a slow store cannot pile up buffered entries.
+    pub(crate) writes: Arc<Semaphore>,
+}
+
+/// A [`Layer`] that caches the responses of the service it wraps in a shared [`Store`].
+///
+/// Cloning is cheap and every clone shares the store, the counters and the in-process
+/// coalescing, so one layer can wrap many routes.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_cache::{CacheLayer, MemoryStore};
+///
+/// let layer = CacheLayer::builder(MemoryStore::new(64 << 20))
+///     .ttl(Duration::from_secs(30))
+///     .negative_ttl(Duration::from_secs(5))
+///     .build()
+///     .expect("valid cache settings");
+/// # drop(layer);
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// Starts configuring a layer that keeps entries in `store`.
+    pub fn builder(store: impl Store) -> CacheLayerBuilder {
+        CacheLayerBuilder::new(Arc::new(store))
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The store keys a request would use, or `None` when it is not cached by key
+    /// (a custom key function opted it out).
+    pub fn key_for<B>(&self, request: &Request<B>) -> Option<CacheKey> {
+        let (parts, ()) = clone_head(request).into_parts();
+        self.shared.keys.derive(&parts)
+    }
+
+    /// Removes the entry a `GET` of `request`'s URL (and host) would be answered from.
+    pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<(), StoreError> {
+        match self.key_for(request) {
+            Some(key) => self.shared.store.delete(key.entry_key()).await,
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &Config {
+        &self.shared.config
+    }
+}
+
+fn clone_head<B>(request: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.headers_mut() = request.headers().clone();
+    head
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Settings for a [`CacheLayer`]; [`build`](Self::build) checks them.
+#[must_use]
+pub struct CacheLayerBuilder {
+    store: Arc<dyn Store>,
+    ttl: Duration,
+    negative_ttl: Option<Duration>,
+    methods: Vec<Method>,
+    statuses: Vec<u16>,
+    max_body_bytes: u64,
+    respect_cache_control: bool,
+    normalize_query: bool,
+    share_authorized: bool,
+    prefix: String,
+    key_fn: Option<Arc<KeyFn>>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    lock_ttl: Duration,
+    lock_wait: Duration,
+    distributed_lock: bool,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    hit_for_miss_ttl: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    max_pending_writes: usize,
+}
+
+impl std::fmt::Debug for CacheLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayerBuilder")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayerBuilder {
+    fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            ttl: Duration::from_secs(60),
+            negative_ttl: None,
+            methods: vec![Method::GET, Method::HEAD],
+            statuses: vec![200, 203, 204, 300, 301, 308],
+            max_body_bytes: 8 * 1024 * 1024,
+            respect_cache_control: true,
+            normalize_query: true,
+            share_authorized: false,
+            prefix: "trc".to_owned(),
+            key_fn: None,
+            read_timeout: Duration::from_millis(50),
+            write_timeout: Duration::from_millis(500),
+            lock_ttl: Duration::from_secs(5),
+            lock_wait: Duration::from_secs(5),
+            distributed_lock: true,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            hit_for_miss_ttl: Duration::from_secs(2),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            max_pending_writes: 1024,
+        }
+    }
+
+    /// How long a response stays fresh when it does not say (default 60 s). Zero stores only
+    /// responses that declare their own lifetime (`Cache-Control: max-age` / `s-maxage`).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Also stores `404` and `410` responses, fresh for `ttl` (default: not stored).
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// The methods answered from the cache (default `GET` and `HEAD`; only these are allowed).
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// The statuses that are stored (default 200, 203, 204, 300, 301, 308).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// The largest body stored (default 8 MiB). Larger ones stream through uncached.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Lets the response's `Cache-Control: s-maxage` / `max-age` set its lifetime (default on).
+    pub fn respect_cache_control(mut self, on: bool) -> Self {
+        self.respect_cache_control = on;
+        self
+    }
+
+    /// Sorts query parameters before keying, so their order does not matter (default on).
+    pub fn normalize_query(mut self, on: bool) -> Self {
+        self.normalize_query = on;
+        self
+    }
+
+    /// Looks up and stores requests carrying `Authorization` like any other (default off:
+    /// they go to the origin, and their responses are stored only when marked `public` or
+    /// `s-maxage`). Turn on only when the response never depends on who asks.
+    pub fn share_authorized(mut self, on: bool) -> Self {
+        self.share_authorized = on;
+        self
+    }
+
+    /// The prefix of every store key (default `trc`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Replaces the canonical key material with `key_fn(request)`; `None` bypasses the cache.
+    /// The result is hashed and prefixed like the canonical key.
+    pub fn key_fn(
+        mut self,
+        key_fn: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key_fn = Some(Arc::new(key_fn));
+        self
+    }
+
+    /// The longest a lookup or lock call may take before the request goes on without the
+    /// cache (default 50 ms).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// The longest a write, delete or unlock may take (default 500 ms); writes are off the
+    /// response path.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// How long a fill lock lives unless its holder extends it (default 5 s). A holder that
+    /// dies delays the others by at most this.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// The longest a request waits for another's fill before calling the origin itself
+    /// (default 5 s).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Coalesces misses across processes with a lock in the store (default on). Off, each
+    /// process still coalesces its own requests.
+    pub fn distributed_lock(mut self, on: bool) -> Self {
+        self.distributed_lock = on;
+        self
+    }
+
+    /// How long entries are kept past freshness to be served while one request refreshes them.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// How long entries are kept past freshness to be served when the origin fails.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
+    /// After a response that may not be shared, how long the key skips coalescing and goes
+    /// straight to the origin, as Varnish's hit-for-miss does (default 2 s; zero disables).
+    pub fn hit_for_miss_ttl(mut self, ttl: Duration) -> Self {
+        self.hit_for_miss_ttl = ttl;
+        self
+    }
+
+    /// Consecutive store failures that open the circuit breaker (default 5), and how long it
+    /// then skips the store (default 1 s).
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = failures;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// The most store writes in flight at once (default 1024); misses beyond it are not stored.
+    pub fn max_pending_writes(mut self, writes: usize) -> Self {
+        self.max_pending_writes = writes;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<CacheLayer, ConfigError> {
+        if self.methods.is_empty() {
+            return Err(ConfigError::NoCacheableMethods);
+        }
+        if let Some(m) = self
+            .methods
+            .iter()
+            .find(|m| **m != Method::GET && **m != Method::HEAD)
+        {
+            return Err(ConfigError::UnsupportedMethod(m.clone()));
+        }
+        if !self.methods.contains(&Method::GET) {
+            return Err(ConfigError::HeadWithoutGet);
+        }
+        if self.statuses.is_empty() {
+            return Err(ConfigError::NoCacheableStatuses);
+        }
+        let statuses = self
+            .statuses
+            .iter()
+            .map(|&s| match StatusCode::from_u16(s) {
+                Ok(code) if (200..600).contains(&s) => Ok(code),
+                _ => Err(ConfigError::InvalidStatus(s)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::ZeroMaxBody);
+        }
+        if self.max_body_bytes > u64::from(u32::MAX) {
+            return Err(ConfigError::MaxBodyTooLarge(self.max_body_bytes));
+        }
+        if self.prefix.is_empty() {
+            return Err(ConfigError::EmptyPrefix);
+        }
+        if self
+            .prefix
+            .chars()
+            .any(|c| "{}*?[]".contains(c) || c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::InvalidPrefix(self.prefix));
+        }
+        for (field, value) in [
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("lock_ttl", self.lock_ttl),
+            ("lock_wait", self.lock_wait),
+            ("circuit breaker cooldown", self.breaker_cooldown),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(field));
+            }
+        }
+        if self.negative_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::ZeroDuration("negative_ttl"));
+        }
+        if self.lock_wait > MAX_LOCK_WAIT {
+            return Err(ConfigError::LockWaitTooLong {
+                wait: self.lock_wait,
+                max: MAX_LOCK_WAIT,
+            });
+        }
+        if self.max_pending_writes == 0 {
+            return Err(ConfigError::ZeroPendingWrites);
+        }
+        let stats = Arc::new(Counters::default());
+        let config = Config {
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            cache_head: self.methods.contains(&Method::HEAD),
+            statuses,
+            max_body_bytes: self.max_body_bytes,
+            respect_cache_control: self.respect_cache_control,
+            share_authorized: self.share_authorized,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            lock_ttl: self.lock_ttl,
+            lock_wait: self.lock_wait,
+            distributed_lock: self.distributed_lock,
+            hit_for_miss_ttl: self.hit_for_miss_ttl,
+        };
+        let store = GuardedStore::new(
+            self.store,
+            self.read_timeout,
+            self.write_timeout,
+            self.breaker_threshold.max(1),
+            self.breaker_cooldown,
+            Arc::clone(&stats),
+        );
+        let keys = KeyMaker {
+            prefix: self.prefix.into(),
+            normalize_query: self.normalize_query,
+            custom: self.key_fn,
+        };
+        let shared = Shared {
+            config,
+            keys,
+            store,
+            stats,
+            flights: Arc::default(),
+            writes: Arc::new(Semaphore::new(self.max_pending_writes)),
+        };
+        Ok(CacheLayer {
+            shared: Arc::new(shared),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    fn builder() -> CacheLayerBuilder {
+        CacheLayer::builder(MemoryStore::new(1024))
+    }
+
+    #[test]
+    fn impossible_settings_fail_with_a_typed_error() {
+        assert_eq!(
+            builder().methods([]).build().unwrap_err(),
+            ConfigError::NoCacheableMethods
+        );
+        assert_eq!(
+            builder().methods([Method::POST]).build().unwrap_err(),
+            ConfigError::UnsupportedMethod(Method::POST)
+        );
+        assert_eq!(
+            builder().methods([Method::HEAD]).build().unwrap_err(),
+            ConfigError::HeadWithoutGet
+        );
+        assert_eq!(
+            builder().statuses([]).build().unwrap_err(),
+            ConfigError::NoCacheableStatuses
+        );
+        assert_eq!(
+            builder().statuses([200, 99]).build().unwrap_err(),
+            ConfigError::InvalidStatus(99)
+        );
+        assert_eq!(
+            builder().max_body_bytes(0).build().unwrap_err(),
+            ConfigError::ZeroMaxBody
+        );
+        assert_eq!(
+            builder().key_prefix("").build().unwrap_err(),
+            ConfigError::EmptyPrefix
+        );
+        assert!(matches!(
+            builder().key_prefix("a b").build().unwrap_err(),
+            ConfigError::InvalidPrefix(_)
+        ));
+        assert_eq!(
+            builder().lock_ttl(Duration::ZERO).build().unwrap_err(),
+            ConfigError::ZeroDuration("lock_ttl")
+        );
+        assert!(matches!(
+            builder()
+                .lock_wait(Duration::from_secs(3600))
+                .build()
+                .unwrap_err(),
+            ConfigError::LockWaitTooLong { .. }
+        ));
+        assert_eq!(
+            builder().max_pending_writes(0).build().unwrap_err(),
+            ConfigError::ZeroPendingWrites
+        );
+    }
+
+    #[test]
+    fn zero_ttl_is_valid_and_errors_explain_themselves() {
+        assert!(builder().ttl(Duration::ZERO).build().is_ok());
+        let message = builder().statuses([42]).build().unwrap_err().to_string();
+        assert!(message.contains("42"), "{message}");
+    }
+}

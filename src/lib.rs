@@ -1,0 +1,89 @@
+//! A shared, distributed HTTP response cache for [tower] services, stored in Redis.
+//!
+//! # Overview
+//!
+//! Add one [`CacheLayer`] to an axum, hyper or tonic stack. Cacheable `GET` responses are
+//! buffered into a [`Store`] (Redis through `fred`, or the in-process [`MemoryStore`]) and
+//! answered from it on later requests, by any instance sharing the store. Concurrent misses for
+//! one key cost the origin one call, across the whole fleet. A store that is down or slow never
+//! fails a request: it goes to the inner service (fail-open), and caching resumes by itself.
+//!
+//! Every response is marked with `X-Cache` (`HIT`, `MISS`, `BYPASS`) and `Cache-Status`
+//! (RFC 9211); hits also carry `Age`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::{convert::Infallible, time::Duration};
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use bytes::Bytes;
+//! use tower::{service_fn, Layer, ServiceExt};
+//! use tower_redis_cache::{CacheLayer, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = CacheLayer::builder(MemoryStore::new(64 << 20))
+//!     .ttl(Duration::from_secs(30))
+//!     .build()
+//!     .unwrap();
+//! let service = layer.layer(service_fn(|_req: Request<()>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("expensive"))))
+//! }));
+//!
+//! let first = service.clone().oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! let second = service.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//! assert_eq!(layer.stats().hits, 1);
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! `layer` (configuration), `service` and `flow` (the request path), `fill` and `coalesce`
+//! (one origin call per key), `policy` (what is stored), `key`, `entry` (the binary entry
+//! format), `store` (Redis, memory, and the fail-open guard), `headers`, `stats`.
+//!
+//! # Features
+//!
+//! - `metrics`: every [`Stats`] counter is also emitted through the `metrics` facade.
+//! - `tls`: `rediss://` URLs.
+//! - `testcontainers`: the test harness can start Redis in Docker.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod body;
+mod coalesce;
+pub mod entry;
+mod error;
+mod fill;
+mod flow;
+pub mod headers;
+mod key;
+mod layer;
+mod policy;
+mod service;
+mod stats;
+mod store;
+
+pub use body::CacheBody;
+pub use error::{BoxError, ConfigError, StoreError, StoreErrorKind};
+pub use key::{CacheKey, KeyFn};
+pub use layer::{CacheLayer, CacheLayerBuilder, MAX_LOCK_WAIT};
+pub use service::{CacheService, ResponseFuture};
+pub use stats::Stats;
+pub use store::{
+    FillNotice, FillNotices, FillWaiter, MemoryStore, RedisStore, RedisStoreBuilder, Store,
+    StoreFuture, DEFAULT_NOTICE_CHANNEL,
+};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

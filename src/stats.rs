@@ -1,0 +1,69 @@
+//! Counters of what the cache did, readable as a [`Stats`] snapshot at any time.
+//!
+//! Counting is a relaxed atomic add per event, cheap enough for the hit path. With the
+//! `metrics` feature every increment is also sent to the `metrics` facade as a counter named
+//! `tower_redis_cache_<field>_total`, so any exporter (Prometheus, StatsD, ...) sees them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident),* $(,)?) => {
+        /// A snapshot of the cache's counters since the layer was built.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $($field: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $($field: self.$field.load(Relaxed),)* }
+            }
+
+            $(
+                #[inline]
+                pub(crate) fn $field(&self, n: u64) {
+                    self.$field.fetch_add(n, Relaxed);
+                    #[cfg(feature = "metrics")]
+                    metrics::counter!(concat!("tower_redis_cache_", stringify!($field), "_total")).increment(n);
+                }
+            )*
+        }
+    };
+}
+
+counters! {
+    /// Requests answered from a fresh entry (including coalesced followers).
+    hits,
+    /// Cacheable requests that were not found and went to the origin.
+    misses,
+    /// Requests that did not use the cache (method, credentials, store unavailable).
+    bypass,
+    /// Followers answered by another request's fill, in this process or another.
+    coalesced,
+    /// Requests that found the fill lock held elsewhere and waited for it.
+    lock_waits,
+    /// Waits for another's fill that ran out of `lock_wait`.
+    lock_timeouts,
+    /// Fills taken over from a holder that let its lock expire.
+    lock_takeovers,
+    /// Store calls that failed or timed out (the request went on without the cache).
+    store_errors,
+    /// Store calls skipped because the circuit breaker was open.
+    store_skipped,
+    /// Entries that could not be decoded, and were deleted.
+    corrupt,
+    /// Entries written to the store.
+    stored,
+    /// Bytes written to the store.
+    bytes_stored,
+    /// Origin responses that were not stored (policy, size, errors).
+    not_stored,
+    /// Writes dropped because too many were already in flight.
+    writes_dropped,
+}

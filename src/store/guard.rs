@@ -1,0 +1,196 @@
+//! Timeouts, a circuit breaker and error counting around any [`Store`].
+//!
+//! Every store call made by the request path goes through here, so the fail-open rules hold
+//! for every store alike: a call that errs or outlives its timeout is counted and reported as
+//! an error for the caller to route around; after `threshold` consecutive failures the breaker
+//! opens and calls are skipped outright for `cooldown`, so an outage costs no latency per
+//! request. After the cool-down the next calls go through; one success closes the breaker,
+//! one failure reopens it at once.
+
+use super::{FillNotice, FillWaiter, Store, StoreFuture};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::stats::Counters;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub(crate) struct GuardedStore {
+    store: Arc<dyn Store>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    breaker: Breaker,
+    stats: Arc<Counters>,
+}
+
+impl GuardedStore {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        read_timeout: Duration,
+        write_timeout: Duration,
+        threshold: u32,
+        cooldown: Duration,
+        stats: Arc<Counters>,
+    ) -> Self {
+        let breaker = Breaker {
+            threshold,
+            cooldown_ms: cooldown.as_millis() as u64,
+            ..Breaker::default()
+        };
+        Self {
+            store,
+            read_timeout,
+            write_timeout,
+            breaker,
+            stats,
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        timeout: Duration,
+        future: StoreFuture<'_, T>,
+    ) -> Result<T, StoreError> {
+        if !self.breaker.allows() {
+            self.stats.store_skipped(1);
+            return Err(StoreError::from_kind(StoreErrorKind::CircuitOpen));
+        }
+        let result = match tokio::time::timeout(timeout, future).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::from_kind(StoreErrorKind::Timeout)),
+        };
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(error) => {
+                self.stats.store_errors(1);
+                tracing::debug!(%error, "cache store call failed");
+                if self.breaker.failure() {
+                    tracing::warn!(%error, "cache store failing: skipping it for {} ms", self.breaker.cooldown_ms);
+                }
+            }
+        }
+        result
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.call(self.read_timeout, self.store.get(key)).await
+    }
+
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.call(self.write_timeout, self.store.put(key, value, ttl))
+            .await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.call(self.write_timeout, self.store.delete(key)).await
+    }
+
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.call(self.read_timeout, self.store.try_lock(key, token, ttl))
+            .await
+    }
+
+    pub(crate) async fn extend_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.call(self.write_timeout, self.store.extend_lock(key, token, ttl))
+            .await
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        self.call(self.write_timeout, self.store.unlock(key, token))
+            .await
+    }
+
+    pub(crate) async fn publish_fill(
+        &self,
+        entry_key: &str,
+        notice: FillNotice,
+    ) -> Result<(), StoreError> {
+        self.call(
+            self.write_timeout,
+            self.store.publish_fill(entry_key, notice),
+        )
+        .await
+    }
+
+    pub(crate) fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+        self.store.subscribe_fill(entry_key)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    threshold: u32,
+    cooldown_ms: u64,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since `epoch()` until which calls are skipped.
+    open_until_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Breaker {
+    fn allows(&self) -> bool {
+        self.open_until_ms.load(Relaxed) <= now_ms()
+    }
+
+    fn success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// Records a failure; `true` when it opened the breaker.
+    fn failure(&self) -> bool {
+        let failures = self
+            .consecutive_failures
+            .fetch_add(1, Relaxed)
+            .saturating_add(1);
+        if failures >= self.threshold {
+            self.open_until_ms
+                .store(now_ms() + self.cooldown_ms, Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_threshold_and_closes_on_success() {
+        let breaker = Breaker {
+            threshold: 3,
+            cooldown_ms: 60_000,
+            ..Breaker::default()
+        };
+        assert!(!breaker.failure());
+        assert!(!breaker.failure());
+        assert!(breaker.allows());
+        assert!(breaker.failure());
+        assert!(!breaker.allows());
+        breaker.open_until_ms.store(0, Relaxed);
+        assert!(breaker.allows());
+        breaker.success();
+        assert!(!breaker.failure());
+    }
+}

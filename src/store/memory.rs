@@ -1,0 +1,151 @@
+//! The embedded in-process store: bounded by total bytes, entries expire with their TTL.
+//!
+//! Built on `moka`, a well-kept concurrent cache with size-aware eviction (TinyLFU) and
+//! per-entry expiry, rather than a hand-written LRU. Locks and fill notices are process-local
+//! here, so the memory store coalesces the requests of one process, not of a fleet.
+
+use super::{FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+struct Stored {
+    value: Bytes,
+    ttl: Duration,
+}
+
+struct ExpireWithTtl;
+
+impl moka::Expiry<String, Stored> for ExpireWithTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Stored,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Stored,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// An in-process [`Store`] holding at most `max_bytes` of keys and values.
+///
+/// ```
+/// use tower_redis_cache::{CacheLayer, MemoryStore};
+/// let layer = CacheLayer::builder(MemoryStore::new(64 * 1024 * 1024)).build().unwrap();
+/// # drop(layer);
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    entries: moka::sync::Cache<String, Stored>,
+    locks: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    notices: Arc<FillNotices>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("weighted_size", &self.entries.weighted_size())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store that evicts the least useful entries once keys and values exceed `max_bytes`.
+    pub fn new(max_bytes: u64) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, stored: &Stored| {
+                u32::try_from(key.len() + stored.value.len()).unwrap_or(u32::MAX)
+            })
+            .expire_after(ExpireWithTtl)
+            .build();
+        Self {
+            entries,
+            locks: Arc::default(),
+            notices: Arc::default(),
+        }
+    }
+
+    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.locks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        let value = self.entries.get(key).map(|stored| stored.value);
+        Box::pin(std::future::ready(Ok(value)))
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.entries.insert(key.to_owned(), Stored { value, ttl });
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        self.entries.invalidate(key);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let now = Instant::now();
+        let mut locks = self.locks();
+        locks.retain(|_, (_, expires)| *expires > now);
+        let taken = !locks.contains_key(key);
+        if taken {
+            locks.insert(key.to_owned(), (token.to_owned(), now + ttl));
+        }
+        Box::pin(std::future::ready(Ok(taken)))
+    }
+
+    fn extend_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let now = Instant::now();
+        let held = match self.locks().get_mut(key) {
+            Some((holder, expires)) if holder == token && *expires > now => {
+                *expires = now + ttl;
+                true
+            }
+            _ => false,
+        };
+        Box::pin(std::future::ready(Ok(held)))
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+        let mut locks = self.locks();
+        if locks.get(key).is_some_and(|(holder, _)| holder == token) {
+            locks.remove(key);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn publish_fill<'a>(&'a self, entry_key: &'a str, notice: FillNotice) -> StoreFuture<'a, ()> {
+        self.notices.dispatch(entry_key, notice);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+        self.notices.register(entry_key)
+    }
+}

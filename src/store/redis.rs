@@ -1,0 +1,354 @@
+//! The Redis store, on `fred` 10: standalone, Cluster and Sentinel from one URL.
+//!
+//! - Entries are plain `GET`/`SET PX` on the keys the layer derives; the `{hash}` tag in every
+//!   key keeps an entry and its lock in one cluster slot.
+//! - Locks are `SET NX PX <token>`; extend and release are compare-then-act Lua scripts run by
+//!   SHA (`EVALSHA`, loaded on `NOSCRIPT`), so a holder never touches a lock it lost.
+//! - Fill notices go over one pub/sub channel per store (`PUBLISH channel "S<entry key>"`).
+//!   Each process subscribes once and fans notices out to its waiters in memory, which costs
+//!   one subscription per process instead of one per waiting key.
+//! - Commands fail fast while disconnected and fred reconnects in the background with an
+//!   exponential back-off, so the cache recovers by itself when Redis comes back.
+
+use super::{FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
+use crate::error::{StoreError, StoreErrorKind};
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use std::sync::Arc;
+use std::time::Duration;
+
+const UNLOCK_LUA: &str = r"
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0";
+
+const EXTEND_LUA: &str = r"
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// The default pub/sub channel for fill notices.
+pub const DEFAULT_NOTICE_CHANNEL: &str = "tower-redis-cache:fills";
+
+/// A [`Store`] in Redis, shared by every process that connects to the same server or cluster.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    subscriber: SubscriberClient,
+    notices: Arc<FillNotices>,
+    channel: String,
+    unlock: Script,
+    extend: Script,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let (pool, subscriber) = (self.pool.clone(), self.subscriber.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = pool.quit().await;
+                let _ = subscriber.quit().await;
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("channel", &self.inner.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for connecting a [`RedisStore`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_redis_cache::StoreError> {
+/// use std::time::Duration;
+/// use tower_redis_cache::RedisStore;
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")?
+///     .pool_size(4)
+///     .connect_timeout(Duration::from_secs(2))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    config: Config,
+    pool_size: usize,
+    channel: String,
+    connect_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// Connections in the pool (default 2). fred pipelines concurrent commands on each.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// The pub/sub channel for fill notices (default [`DEFAULT_NOTICE_CHANNEL`]). Every
+    /// instance that shares a cache must use the same channel.
+    pub fn notice_channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// How long [`connect`](Self::connect) waits for the first connection (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connects, failing when Redis cannot be reached within the connect timeout.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let timeout = self.connect_timeout;
+        let store = self.connect_lazy()?;
+        let pool = store.inner.pool.clone();
+        match tokio::time::timeout(timeout, pool.wait_for_connect()).await {
+            Ok(Ok(())) => Ok(store),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(StoreError::from_kind(StoreErrorKind::Connection)),
+        }
+    }
+
+    /// Returns at once and connects in the background, retrying until Redis answers; until
+    /// then every call fails fast and the layer serves from the origin. Needs a Tokio runtime.
+    pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
+        let mut builder = Builder::from_config(self.config);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .with_connection_config(|c| {
+                c.connection_timeout = self.connect_timeout;
+                c.internal_command_timeout = self.connect_timeout;
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                // The layer bounds each call more tightly; this stops fred queueing forever.
+                p.default_command_timeout = Duration::from_secs(5);
+            });
+        let pool = builder.build_pool(self.pool_size)?;
+        let subscriber = builder.build_subscriber_client()?;
+        Ok(RedisStore::start(pool, subscriber, self.channel))
+    }
+}
+
+impl RedisStore {
+    /// Settings for a store at `url`: `redis://`, `rediss://` (feature `tls`),
+    /// `redis-cluster://host:port?node=host2:port2`, or
+    /// `redis-sentinel://host:port?sentinelServiceName=name`.
+    pub fn builder(url: &str) -> Result<RedisStoreBuilder, StoreError> {
+        let mut config = Config::from_url(url)?;
+        config.fail_fast = true;
+        Ok(RedisStoreBuilder {
+            config,
+            pool_size: 2,
+            channel: DEFAULT_NOTICE_CHANNEL.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Connects to `url` with the default settings; see [`builder`](Self::builder).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url)?.connect().await
+    }
+
+    /// Uses a pool the application already built and connected. A subscriber connection for
+    /// fill notices is opened with the pool's configuration. Needs a Tokio runtime.
+    pub fn from_pool(pool: Pool) -> Result<Self, StoreError> {
+        let config = pool.next().client_config();
+        let subscriber = Builder::from_config(config).build_subscriber_client()?;
+        Ok(Self::start(
+            pool,
+            subscriber,
+            DEFAULT_NOTICE_CHANNEL.to_owned(),
+        ))
+    }
+
+    /// Uses a client the application already built and connected; see [`from_pool`](Self::from_pool).
+    pub fn from_client(client: Client) -> Result<Self, StoreError> {
+        let config = client.client_config();
+        let pool = Builder::from_config(config).build_pool(1)?;
+        Self::from_pool(pool)
+    }
+
+    fn start(pool: Pool, subscriber: SubscriberClient, channel: String) -> Self {
+        let notices = Arc::new(FillNotices::default());
+        let mut tasks = Vec::new();
+        if !pool.is_connected() {
+            let _connection = ClientLike::connect(&pool);
+        }
+        let mut reconnects = subscriber.reconnect_rx();
+        let mut messages = subscriber.message_rx();
+        let _connection = subscriber.connect();
+        let sub = subscriber.clone();
+        let sub_channel = channel.clone();
+        // (Re)subscribe on every connection: fred forgets subscriptions that failed while down.
+        tasks.push(tokio::spawn(async move {
+            if sub.wait_for_connect().await.is_ok() {
+                let _ = sub.subscribe(sub_channel.clone()).await;
+            }
+            while reconnects.recv().await.is_ok() {
+                if let Err(error) = sub.subscribe(sub_channel.clone()).await {
+                    tracing::warn!(%error, "could not subscribe to cache fill notices");
+                }
+            }
+        }));
+        let fan_out = Arc::clone(&notices);
+        tasks.push(tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match messages.recv().await {
+                    Ok(message) => {
+                        if let Some((key, notice)) = parse_notice(&message.value) {
+                            fan_out.dispatch(key, notice);
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        }));
+        let inner = Inner {
+            pool,
+            subscriber,
+            notices,
+            channel,
+            unlock: Script::from_lua(UNLOCK_LUA),
+            extend: Script::from_lua(EXTEND_LUA),
+            tasks,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The fred pool, for commands this crate does not wrap.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+}
+
+fn encode_notice(entry_key: &str, notice: FillNotice) -> String {
+    let mut message = String::with_capacity(entry_key.len() + 1);
+    message.push(match notice {
+        FillNotice::Stored => 'S',
+        FillNotice::NotStorable => 'N',
+    });
+    message.push_str(entry_key);
+    message
+}
+
+fn parse_notice(value: &Value) -> Option<(&str, FillNotice)> {
+    let text = std::str::from_utf8(value.as_bytes()?).ok()?;
+    let notice = match text.as_bytes().first()? {
+        b'S' => FillNotice::Stored,
+        b'N' => FillNotice::NotStorable,
+        _ => return None,
+    };
+    Some((&text[1..], notice))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+impl Store for RedisStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move { Ok(self.inner.pool.get::<Option<Bytes>, _>(key).await?) })
+    }
+
+    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let expire = Some(Expiration::PX(millis(ttl)));
+            Ok(self
+                .inner
+                .pool
+                .set::<(), _, _>(key, value, expire, None, false)
+                .await?)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { Ok(self.inner.pool.unlink::<(), _>(key).await?) })
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let expire = Some(Expiration::PX(millis(ttl)));
+            let reply: Option<String> = self
+                .inner
+                .pool
+                .set(key, token, expire, Some(SetOptions::NX), false)
+                .await?;
+            Ok(reply.is_some())
+        })
+    }
+
+    fn extend_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let args: Vec<Value> = vec![token.into(), millis(ttl).into()];
+            let extended: i64 = self
+                .inner
+                .extend
+                .evalsha_with_reload(self.inner.pool.next(), key, args)
+                .await?;
+            Ok(extended == 1)
+        })
+    }
+
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let _: i64 = self
+                .inner
+                .unlock
+                .evalsha_with_reload(self.inner.pool.next(), key, token)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn publish_fill<'a>(&'a self, entry_key: &'a str, notice: FillNotice) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let message = encode_notice(entry_key, notice);
+            let _: i64 = self
+                .inner
+                .pool
+                .next()
+                .publish(self.inner.channel.as_str(), message)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+        self.inner.notices.register(entry_key)
+    }
+}
