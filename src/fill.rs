@@ -54,7 +54,11 @@ where
         }
         Role::Leader(leader) => {
             let (respond, reply) = oneshot::channel();
-            tokio::spawn(lead(shared, inner, key, parts, body, leader, respond));
+            let running = shared.background.start();
+            tokio::spawn(async move {
+                lead(shared, inner, key, parts, body, leader, respond).await;
+                drop(running);
+            });
             // The fill task only drops `respond` unanswered if the inner service panicked.
             reply.await.unwrap_or_else(|_| Ok(fill_failed()))
         }

@@ -273,8 +273,12 @@ where
 {
     let (reply, filled) = fetch(shared, inner, parts, body, outcome, authorized).await;
     if let Some(filled) = filled {
+        let running = shared.background.start();
         let shared = Arc::clone(shared);
-        tokio::spawn(async move { write(&shared, &key, &filled).await });
+        tokio::spawn(async move {
+            write(&shared, &key, &filled).await;
+            drop(running);
+        });
     }
     reply
 }

@@ -35,7 +35,8 @@ impl CacheOutcome {
 pub(crate) fn mark_forwarded(headers: &mut HeaderMap, outcome: CacheOutcome, stored: bool) {
     headers.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
     let status = match (outcome, stored) {
-        (CacheOutcome::Bypass, _) => "tower-redis-cache; fwd=bypass",
+        (CacheOutcome::Bypass, true) => "tower-redis-cache; fwd=bypass; stored",
+        (CacheOutcome::Bypass, false) => "tower-redis-cache; fwd=bypass",
         (_, true) => "tower-redis-cache; fwd=uri-miss; stored",
         (_, false) => "tower-redis-cache; fwd=uri-miss",
     };

@@ -1,5 +1,6 @@
 //! [`CacheLayer`], its builder and the validated configuration it carries.
 
+use crate::background::Background;
 use crate::coalesce::Flights;
 use crate::error::{ConfigError, StoreError};
 use crate::key::{CacheKey, KeyFn, KeyMaker};
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) flights: Arc<Flights>,
     /// Bounds the writes in flight, so a slow store cannot pile up buffered entries.
     pub(crate) writes: Arc<Semaphore>,
+    /// Fills and writes running off the response path.
+    pub(crate) background: Arc<Background>,
 }
 
 /// A [`Layer`] that caches the responses of the service it wraps in a shared [`Store`].
@@ -97,6 +100,12 @@ impl CacheLayer {
             Some(key) => self.shared.store.delete(key.entry_key()).await,
             None => Ok(()),
         }
+    }
+
+    /// Waits until every fill and store write started so far has finished: before reading
+    /// the store directly (tests), or before exiting (graceful shutdown).
+    pub async fn wait_for_writes(&self) {
+        self.shared.background.idle().await;
     }
 
     #[cfg(test)]
@@ -420,6 +429,7 @@ impl CacheLayerBuilder {
             stats,
             flights: Arc::default(),
             writes: Arc::new(Semaphore::new(self.max_pending_writes)),
+            background: Arc::default(),
         };
         Ok(CacheLayer {
             shared: Arc::new(shared),

@@ -59,6 +59,7 @@
     unreachable_pub
 )]
 
+mod background;
 mod body;
 mod coalesce;
 pub mod entry;
