@@ -1,0 +1,354 @@
+//! Stampede protection across instances sharing one real Redis (issue: coalescing).
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, Layer};
+use tower_redis_cache::{CacheBody, CacheLayer, CacheLayerBuilder, Stats};
+
+type Origin = BoxCloneSyncService<Request<ReqBody>, Response<Full<Bytes>>, Infallible>;
+type Cached = tower_redis_cache::CacheService<Origin>;
+
+/// An origin that counts calls, takes `delay`, and answers per path:
+/// `/500` a 500, `/no-store` and `/cookie` unshareable responses, anything else a body that
+/// names the call, so two responses from different calls never look alike.
+fn slow_origin(calls: &Calls, delay: Duration) -> Origin {
+    let calls = calls.clone();
+    BoxCloneSyncService::new(service_fn(move |req: Request<ReqBody>| {
+        let n = calls.add();
+        async move {
+            tokio::time::sleep(delay).await;
+            let response = Response::builder();
+            let response = match req.uri().path() {
+                "/500" => response.status(500),
+                "/no-store" => response.header("cache-control", "no-store"),
+                "/cookie" => response.header("set-cookie", "id=1"),
+                _ => response,
+            };
+            let body = format!("{} from call {n}", req.uri().path());
+            Ok::<_, Infallible>(
+                response
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("response"),
+            )
+        }
+    }))
+}
+
+/// `count` layers with their own Redis connections and the same prefix: a fleet.
+async fn fleet(
+    server: &RedisServer,
+    test: &str,
+    count: usize,
+    origin: &Origin,
+    configure: impl Fn(CacheLayerBuilder) -> CacheLayerBuilder,
+) -> (Vec<CacheLayer>, Vec<Cached>) {
+    let prefix = unique_prefix(test);
+    let mut layers = Vec::new();
+    let mut services = Vec::new();
+    for _ in 0..count {
+        let builder = CacheLayer::builder(redis_store(server).await).key_prefix(&prefix);
+        let layer = configure(builder).build().expect("valid config");
+        services.push(layer.layer(origin.clone()));
+        layers.push(layer);
+    }
+    (layers, services)
+}
+
+fn total(layers: &[CacheLayer], field: impl Fn(&Stats) -> u64) -> u64 {
+    layers.iter().map(|l| field(&l.stats())).sum()
+}
+
+/// Sends `per_key` requests for each of `paths` concurrently, round-robin over `services`.
+async fn storm(services: &[Cached], paths: &[String], per_key: usize) -> Vec<(String, Reply)> {
+    let mut set = JoinSet::new();
+    let mut i = 0;
+    for _ in 0..per_key {
+        for path in paths {
+            let svc = services[i % services.len()].clone();
+            i += 1;
+            let path = path.clone();
+            set.spawn(async move {
+                let reply = send(&svc, get(&format!("http://example.test{path}"))).await;
+                (path, reply)
+            });
+        }
+    }
+    let mut replies = Vec::new();
+    while let Some(reply) = set.join_next().await {
+        replies.push(reply.expect("request task"));
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_misses_over_four_instances_cost_one_origin_call() -> TestResult {
+    let server = RedisServer::start().await;
+    let calls = Calls::default();
+    let origin = slow_origin(&calls, Duration::from_millis(200));
+    let (layers, services) = fleet(&server, "storm-one", 4, &origin, |b| b).await;
+
+    let replies = storm(&services, &["/hot".to_owned()], 200).await;
+
+    assert_eq!(calls.get(), 1);
+    assert_eq!(replies.len(), 200);
+    assert!(replies
+        .iter()
+        .all(|(_, r)| r.status == StatusCode::OK && r.body == "/hot from call 1"));
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|(_, r)| r.x_cache() == "MISS")
+            .count(),
+        1
+    );
+    assert_eq!(
+        replies.iter().filter(|(_, r)| r.x_cache() == "HIT").count(),
+        199
+    );
+    assert_eq!(total(&layers, |s| s.coalesced), 199);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_cold_keys_times_twenty_requests_cost_fifty_origin_calls() -> TestResult {
+    let server = RedisServer::start().await;
+    let calls = Calls::default();
+    let origin = slow_origin(&calls, Duration::from_millis(100));
+    let (_layers, services) = fleet(&server, "storm-many", 4, &origin, |b| b).await;
+    let paths: Vec<String> = (0..50).map(|i| format!("/item/{i}")).collect();
+
+    let replies = storm(&services, &paths, 20).await;
+
+    assert_eq!(calls.get(), 50);
+    assert_eq!(replies.len(), 1000);
+    for path in &paths {
+        let bodies: Vec<_> = replies
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, r)| &r.body)
+            .collect();
+        assert_eq!(bodies.len(), 20);
+        assert!(
+            bodies.windows(2).all(|w| w[0] == w[1]),
+            "{path}: every request got the one fill"
+        );
+        assert!(bodies[0].starts_with(path.as_bytes()));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstorable_answers_release_waiters_through_the_notice_not_the_timeout() -> TestResult {
+    let server = RedisServer::start().await;
+    let calls = Calls::default();
+    let origin = slow_origin(&calls, Duration::from_millis(200));
+    let (layers, services) = fleet(&server, "unstorable", 4, &origin, |b| {
+        b.lock_wait(Duration::from_secs(30))
+    })
+    .await;
+    let started = Instant::now();
+
+    for path in ["/500", "/no-store", "/cookie"] {
+        let before = calls.get();
+        let replies = storm(&services, &[path.to_owned()], 12).await;
+        // Every request got an answer of its own: one origin call each, no shared body.
+        assert_eq!(calls.get() - before, 12, "{path}");
+        let mut bodies: Vec<_> = replies.iter().map(|(_, r)| r.body.clone()).collect();
+        bodies.sort();
+        bodies.dedup();
+        assert_eq!(
+            bodies.len(),
+            12,
+            "{path}: no waiter was handed another's response"
+        );
+    }
+    assert_eq!(total(&layers, |s| s.lock_timeouts), 0);
+    assert!(
+        total(&layers, |s| s.lock_waits) > 0,
+        "some instances waited on another's lock"
+    );
+    // Far below one lock_wait: the waits ended on the notice.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leaders_lock_delays_the_others_by_at_most_lock_ttl() -> TestResult {
+    use fred::prelude::*;
+    let server = RedisServer::start().await;
+    let calls = Calls::default();
+    let origin = slow_origin(&calls, Duration::from_millis(50));
+    let lock_ttl = Duration::from_secs(1);
+    let (layers, services) =
+        fleet(&server, "dead-leader", 4, &origin, |b| b.lock_ttl(lock_ttl)).await;
+    // A leader that took the lock and died: its lock stays until it expires.
+    let lock_key = layers[0]
+        .key_for(&get("http://example.test/orphan"))
+        .expect("key")
+        .lock_key();
+    let raw = raw_client(&server).await;
+    let expire = Some(Expiration::PX(lock_ttl.as_millis() as i64));
+    raw.set::<(), _, _>(
+        &lock_key,
+        "dead-leader-token",
+        expire,
+        Some(SetOptions::NX),
+        false,
+    )
+    .await?;
+    let started = Instant::now();
+
+    let replies = storm(&services, &["/orphan".to_owned()], 20).await;
+
+    let took = started.elapsed();
+    assert!(replies
+        .iter()
+        .all(|(_, r)| r.status == StatusCode::OK && r.body == "/orphan from call 1"));
+    assert_eq!(
+        calls.get(),
+        1,
+        "one instance took over; the others were served its fill"
+    );
+    assert_eq!(total(&layers, |s| s.lock_takeovers), 1);
+    assert_eq!(total(&layers, |s| s.lock_timeouts), 0);
+    // lock_ttl, plus the origin's 50 ms, plus polling and scheduling slack.
+    assert!(
+        took < lock_ttl + Duration::from_millis(800),
+        "took {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_slower_than_the_lock_ttl_is_still_called_once() -> TestResult {
+    let server = RedisServer::start().await;
+    let calls = Calls::default();
+    let origin = slow_origin(&calls, Duration::from_secs(3));
+    let (layers, services) = fleet(&server, "slow-origin", 2, &origin, |b| {
+        b.lock_ttl(Duration::from_secs(1))
+            .lock_wait(Duration::from_secs(10))
+    })
+    .await;
+
+    let replies = storm(&services, &["/slow".to_owned()], 10).await;
+
+    assert_eq!(
+        calls.get(),
+        1,
+        "the lock was extended while the origin worked"
+    );
+    assert!(replies.iter().all(|(_, r)| r.body == "/slow from call 1"));
+    assert_eq!(total(&layers, |s| s.lock_takeovers), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leading_client_hanging_up_does_not_cancel_the_fill() -> TestResult {
+    let server = RedisServer::start().await;
+    let calls = Calls::default();
+    let called = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let body = binary_body(256 * 1024, 11);
+    let origin: Origin = BoxCloneSyncService::new(service_fn({
+        let (calls, called, release, body) =
+            (calls.clone(), called.clone(), release.clone(), body.clone());
+        move |_req: Request<ReqBody>| {
+            calls.add();
+            let (called, release, body) = (called.clone(), release.clone(), body.clone());
+            async move {
+                called.notify_one();
+                release.notified().await;
+                Ok::<_, Infallible>(Response::new(Full::new(body)))
+            }
+        }
+    }));
+    let (layers, services) = fleet(&server, "hang-up", 2, &origin, |b| b).await;
+    let uri = "http://example.test/abandoned";
+
+    let leader = tokio::spawn({
+        let svc = services[0].clone();
+        async move { send(&svc, get(uri)).await }
+    });
+    called.notified().await;
+    let mut followers = JoinSet::new();
+    for i in 0..10 {
+        let svc = services[i % 2].clone();
+        followers.spawn(async move { send(&svc, get(uri)).await });
+    }
+    leader.abort();
+    assert!(leader.await.is_err_and(|e| e.is_cancelled()));
+    release.notify_one();
+
+    while let Some(reply) = followers.join_next().await {
+        let reply = reply?;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, body);
+    }
+    layers[0].wait_for_writes().await;
+    let later = send(&services[1], get(uri)).await;
+    assert_eq!(later.x_cache(), "HIT");
+    assert_eq!(later.body, body);
+    assert_eq!(calls.get(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_during_a_storm_never_hangs_a_request() -> TestResult {
+    let mut server = RedisServer::start().await;
+    if !server.is_local() {
+        return Ok(());
+    }
+    let calls = Calls::default();
+    let called = Arc::new(Notify::new());
+    let origin: Origin = BoxCloneSyncService::new(service_fn({
+        let (calls, called) = (calls.clone(), called.clone());
+        move |_req: Request<ReqBody>| {
+            calls.add();
+            let called = called.clone();
+            async move {
+                called.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"origin"))))
+            }
+        }
+    }));
+    let lock_wait = Duration::from_secs(2);
+    let (_layers, services) = fleet(&server, "outage-storm", 4, &origin, |b| {
+        b.lock_wait(lock_wait)
+    })
+    .await;
+
+    let storm = {
+        let services = services.clone();
+        tokio::spawn(async move {
+            storm(&services, &["/during".to_owned(), "/outage".to_owned()], 50).await
+        })
+    };
+    called.notified().await;
+    server.stop();
+    let replies = tokio::time::timeout(
+        lock_wait + Duration::from_millis(300) + Duration::from_secs(3),
+        storm,
+    )
+    .await
+    .expect("no request hangs when Redis dies mid-storm")?;
+
+    assert_eq!(replies.len(), 100);
+    assert!(replies
+        .iter()
+        .all(|(_, r)| r.status == StatusCode::OK && r.body == "origin"));
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn assert_body_type(_: &Response<CacheBody<Full<Bytes>>>) {}
