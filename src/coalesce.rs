@@ -52,6 +52,14 @@ impl Flights {
         })
     }
 
+    /// Follows the flight for `key` if one is running; never starts one.
+    pub(crate) fn follow(&self, key: u128) -> Option<Follower> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.get(&key).map(|receiver| Follower {
+            receiver: receiver.clone(),
+        })
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.running

@@ -4,6 +4,7 @@
 //! store that is down, slow or returning garbage costs at most one bounded lookup.
 
 use crate::body::CacheBody;
+use crate::coalesce::Outcome;
 use crate::entry::{self, Entry, EntryMeta};
 use crate::error::BoxError;
 use crate::headers::{self, CacheOutcome};
@@ -65,7 +66,18 @@ where
         _ => {}
     }
     if head {
-        // A HEAD response has no body to store; the next GET fills the entry.
+        // A HEAD arriving during a GET's fill is answered from it; otherwise it is forwarded
+        // (a HEAD response has no body to store; the next GET fills the entry).
+        if let Some(follower) = shared.flights.follow(key.hash()) {
+            if let Ok(Outcome::Stored(entry)) =
+                tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await
+            {
+                if entry.matches(&parts.headers) {
+                    shared.stats.coalesced(1);
+                    return Ok(hit(&shared, Entry::clone(&entry), true));
+                }
+            }
+        }
         return forward(&shared, inner, parts, body, CacheOutcome::Miss).await;
     }
     crate::fill::miss(shared, inner, key, parts, body).await

@@ -16,9 +16,24 @@ use tower_layer::Layer;
 /// The longest a request may wait for another request's fill before asking the origin itself.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);
 
+/// Whose rules decide what is stored and for how long (design §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CacheMode {
+    /// The service owner decides: the layer's TTL, which the response's own
+    /// `Cache-Control: s-maxage / max-age` may override. The default for the layer.
+    #[default]
+    Application,
+    /// RFC 9111 rules for a shared cache: freshness from the response (`s-maxage`, `max-age`,
+    /// `Expires`, heuristics), request directives honoured, the layer's TTL used only when the
+    /// origin gives no freshness information. The default of the caching proxy.
+    Shared,
+}
+
 /// Validated settings, shared by every service the layer makes.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
+    pub(crate) mode: CacheMode,
     pub(crate) ttl: Duration,
     pub(crate) negative_ttl: Option<Duration>,
     pub(crate) cache_head: bool,
@@ -134,6 +149,7 @@ impl<S> Layer<S> for CacheLayer {
 #[must_use]
 pub struct CacheLayerBuilder {
     store: Arc<dyn Store>,
+    mode: CacheMode,
     ttl: Duration,
     negative_ttl: Option<Duration>,
     methods: Vec<Method>,
@@ -169,6 +185,7 @@ impl CacheLayerBuilder {
     fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
+            mode: CacheMode::Application,
             ttl: Duration::from_secs(60),
             negative_ttl: None,
             methods: vec![Method::GET, Method::HEAD],
@@ -191,6 +208,12 @@ impl CacheLayerBuilder {
             breaker_cooldown: Duration::from_secs(1),
             max_pending_writes: 1024,
         }
+    }
+
+    /// Application mode (default) or RFC 9111 shared-cache mode; see [`CacheMode`].
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// How long a response stays fresh when it does not say (default 60 s). Zero stores only
@@ -395,6 +418,7 @@ impl CacheLayerBuilder {
         }
         let stats = Arc::new(Counters::default());
         let config = Config {
+            mode: self.mode,
             ttl: self.ttl,
             negative_ttl: self.negative_ttl,
             cache_head: self.methods.contains(&Method::HEAD),
