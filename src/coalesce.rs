@@ -19,6 +19,8 @@ pub(crate) enum Outcome {
     Pending,
     /// The fill stored this entry: serve it (if the follower's variant matches).
     Stored(Arc<Entry>),
+    /// The origin failed and this stale entry was served instead (stale-if-error).
+    Stale(Arc<Entry>),
     /// Nothing shareable came of it: each follower asks the origin itself.
     GoToOrigin,
 }

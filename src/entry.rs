@@ -3,7 +3,8 @@
 //! Layout (all integers big-endian), from design §4 plus a variant hash:
 //!
 //! ```text
-//! "TRC" | version u8 | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 | variant u64 |
+//! "TRC" | version u8 | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 |
+//! error_until_ms u64 | variant u64 |
 //! status u16 | n_headers u16 | (name_len u16, name, value_len u32, value)* |
 //! body_len u32 | body | checksum u32 (low 32 bits of xxh3-64 of everything before it)
 //! ```
@@ -11,8 +12,10 @@
 //! The encoding is binary rather than JSON because the hit path decodes it on every request:
 //! decoding is a bounds-checked walk that slices header values and the body out of the fetched
 //! [`Bytes`] without copying them. Every length is checked against what is left of the input
-//! before anything is allocated, so a truncated, foreign or hostile value yields a
-//! [`DecodeError`], never a panic or an allocation larger than the input.
+//! before anything is allocated and the header count is capped at [`MAX_HEADERS`], so a
+//! truncated, foreign or hostile value yields a [`DecodeError`], never a panic, and what
+//! decoding allocates is bounded by the input's size (header map slots for at most
+//! `min(MAX_HEADERS, len / 7)` fields), never by a length the input claims.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -21,11 +24,14 @@ use std::fmt;
 
 const MAGIC: &[u8; 3] = b"TRC";
 const VERSION: u8 = 1;
-/// Bytes before the first header: magic, version, four u64 timestamps/hashes, status, count.
-const PREAMBLE_LEN: usize = 3 + 1 + 8 * 4 + 2 + 2;
+/// Bytes before the first header: magic, version, five u64 timestamps/hashes, status, count.
+const PREAMBLE_LEN: usize = 3 + 1 + 8 * 5 + 2 + 2;
 const CHECKSUM_LEN: usize = 4;
 /// The smallest a header can be on the wire: two length fields and a one-byte name.
 const MIN_HEADER_LEN: usize = 2 + 1 + 4;
+/// The most header field lines an entry holds. Responses with more are not stored; decoding
+/// refuses more, which also bounds the header map it allocates whatever the input claims.
+pub const MAX_HEADERS: usize = 4096;
 
 /// A cached response: what is needed to answer a request without the origin.
 #[derive(Debug, Clone)]
@@ -47,8 +53,12 @@ pub struct EntryMeta {
     pub stored_at_ms: u64,
     /// Unix time in milliseconds until which the entry may be served without the origin.
     pub fresh_until_ms: u64,
-    /// Unix time in milliseconds until which the entry may be served stale (>= fresh_until).
+    /// Unix time in milliseconds until which the entry may be served stale while one request
+    /// refreshes it (stale-while-revalidate; equal to `fresh_until_ms` when not allowed).
     pub stale_until_ms: u64,
+    /// Unix time in milliseconds until which the entry may be served stale when the origin
+    /// fails (stale-if-error; equal to `fresh_until_ms` when not allowed).
+    pub error_until_ms: u64,
     /// Hash of the request headers named by the response's `Vary` (0 when it has none).
     pub variant: u64,
 }
@@ -59,14 +69,25 @@ impl EntryMeta {
         now_ms < self.fresh_until_ms
     }
 
-    /// The entry's age in whole seconds at `now_ms` (RFC 9111 §4.2.3, with no upstream `Age`).
+    /// Whether the entry may be served stale while it is refreshed, at `now_ms`.
+    pub fn within_stale_while_revalidate(&self, now_ms: u64) -> bool {
+        now_ms < self.stale_until_ms
+    }
+
+    /// Whether the entry may be served stale because the origin failed, at `now_ms`.
+    pub fn within_stale_if_error(&self, now_ms: u64) -> bool {
+        now_ms < self.error_until_ms
+    }
+
+    /// The entry's age in whole seconds at `now_ms` (RFC 9111 §4.2.3: `stored_at_ms` is the
+    /// response time minus the age the response already had when it arrived).
     pub fn age_secs(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
     }
 
-    /// Seconds of freshness left at `now_ms`.
-    pub fn ttl_secs(&self, now_ms: u64) -> u64 {
-        self.fresh_until_ms.saturating_sub(now_ms) / 1000
+    /// Seconds of freshness left at `now_ms`; negative once stale (as `Cache-Status` says it).
+    pub fn ttl_secs(&self, now_ms: u64) -> i64 {
+        (self.fresh_until_ms as i64 - now_ms as i64).div_euclid(1000)
     }
 }
 
@@ -114,15 +135,62 @@ pub(crate) fn unix_now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the primary key of a resource that varies holds instead of an entry: the request
+/// headers it varies on, and a generation that names its variants' keys. A new generation
+/// (after an invalidation deleted the index) orphans every variant stored under the old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaryIndex {
+    /// Names variant keys: `{prefix}:{hash}:e:<generation ^ variant>`.
+    pub generation: u64,
+    /// The lowercased header names, comma-separated, as the response's `Vary` listed them.
+    pub names: String,
+}
+
+const VARY_MAGIC: &[u8; 4] = b"TRV\x01";
+
+impl VaryIndex {
+    /// Encodes the index as a store value.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(VARY_MAGIC.len() + 8 + self.names.len());
+        buf.put_slice(VARY_MAGIC);
+        buf.put_u64(self.generation);
+        buf.put_slice(self.names.as_bytes());
+        buf.freeze()
+    }
+
+    /// Decodes a value written by [`encode`](Self::encode); `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(VARY_MAGIC)?;
+        let (generation, names) = rest.split_at_checked(8)?;
+        let generation = u64::from_be_bytes(generation.try_into().ok()?);
+        let names = std::str::from_utf8(names).ok()?.to_owned();
+        Some(Self { generation, names })
+    }
+
+    /// Whether a stored value is a vary index rather than an entry.
+    pub fn is_index(bytes: &[u8]) -> bool {
+        bytes.starts_with(VARY_MAGIC)
+    }
+
+    /// The index for a response's `Vary` header, or `None` when it does not vary.
+    pub fn for_response(headers: &HeaderMap, generation: u64) -> Option<Self> {
+        let names: Vec<String> = crate::key::vary_names(headers)
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        (!names.is_empty()).then(|| Self {
+            generation,
+            names: names.join(","),
+        })
+    }
+}
+
 impl Entry {
     /// Whether this entry answers a request with `request_headers`: always when the response
     /// has no `Vary`, else when the varied request headers hash the same as the stored ones.
     pub fn matches(&self, request_headers: &HeaderMap) -> bool {
         self.meta.variant == 0
-            || crate::key::variant_hash(
-                self.headers.get_all(http::header::VARY).iter(),
-                request_headers,
-            ) == self.meta.variant
+            || crate::key::variant_hash(crate::key::vary_names(&self.headers), request_headers)
+                == self.meta.variant
     }
 }
 
@@ -156,7 +224,7 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: EntryMeta) -> Bytes {
     let has_connection = headers.contains_key(http::header::CONNECTION);
     let stored = |name: &HeaderName| {
-        !is_unstorable_header(name) && !(has_connection && named_by_connection(headers, name))
+        !(is_unstorable_header(name) || (has_connection && named_by_connection(headers, name)))
     };
     let body_len: usize = body.iter().map(Bytes::len).sum();
     let headers_len: usize = headers
@@ -170,15 +238,16 @@ pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: Ent
     buf.put_u64(meta.stored_at_ms);
     buf.put_u64(meta.fresh_until_ms);
     buf.put_u64(meta.stale_until_ms);
+    buf.put_u64(meta.error_until_ms);
     buf.put_u64(meta.variant);
     buf.put_u16(status.as_u16());
     let count_at = buf.len();
     buf.put_u16(0);
     let mut count: u16 = 0;
     for (name, value) in headers.iter().filter(|(n, _)| stored(n)) {
-        // A header map larger than the format's counters is not a response worth keeping
-        // whole; the service never stores one (it checks `fits_entry` first).
-        if count == u16::MAX {
+        // More header lines than an entry may hold: the service never stores such a response
+        // (it checks `fits_entry` first), and `decode` would refuse the value.
+        if count as usize == MAX_HEADERS {
             break;
         }
         count += 1;
@@ -199,7 +268,7 @@ pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: Ent
 
 /// Whether a response of this shape can be represented in the entry format at all.
 pub(crate) fn fits_entry(headers: &HeaderMap, body_len: u64) -> bool {
-    headers.len() < u16::MAX as usize && body_len <= u32::MAX as u64
+    headers.len() <= MAX_HEADERS && body_len <= u32::MAX as u64
 }
 
 fn checksum(bytes: &[u8]) -> u32 {
@@ -284,14 +353,18 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         stored_at_ms: reader.u64()?,
         fresh_until_ms: reader.u64()?,
         stale_until_ms: reader.u64()?,
+        error_until_ms: reader.u64()?,
         variant: reader.u64()?,
     };
     let status = StatusCode::from_u16(reader.u16()?).map_err(|_| DecodeError::InvalidHttp)?;
     let count = reader.u16()? as usize;
+    if count > MAX_HEADERS {
+        return Err(DecodeError::InvalidHttp);
+    }
     if count.saturating_mul(MIN_HEADER_LEN) > reader.remaining() {
         return Err(DecodeError::Truncated);
     }
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::try_with_capacity(count).map_err(|_| DecodeError::InvalidHttp)?;
     for _ in 0..count {
         let name_len = reader.u16()? as usize;
         let name = reader.take(name_len)?;
@@ -299,7 +372,9 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         let value_len = reader.u32()? as usize;
         let value = reader.take(value_len)?;
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| DecodeError::InvalidHttp)?;
-        headers.append(name, value);
+        headers
+            .try_append(name, value)
+            .map_err(|_| DecodeError::InvalidHttp)?;
     }
     let body_len = reader.u32()? as usize;
     let body = reader.take(body_len)?;
@@ -345,7 +420,8 @@ mod tests {
             stored_at_ms: 1,
             fresh_until_ms: 2,
             stale_until_ms: 3,
-            variant: 4,
+            error_until_ms: 4,
+            variant: 5,
         };
         let entry = decode(encode(StatusCode::CREATED, &headers, &body, meta)).unwrap();
         assert_eq!(entry.status, StatusCode::CREATED);

@@ -46,6 +46,8 @@ pub enum ConfigError {
     },
     /// `max_pending_writes` is zero: no miss could ever be written to the store.
     ZeroPendingWrites,
+    /// The `Cache-Status` cache name is not an RFC 8941 token.
+    InvalidCacheName(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -74,6 +76,10 @@ impl fmt::Display for ConfigError {
                 write!(f, "lock_wait of {wait:?} is longer than the maximum of {max:?}")
             }
             Self::ZeroPendingWrites => f.write_str("max_pending_writes is 0: no miss could be stored"),
+            Self::InvalidCacheName(name) => write!(
+                f,
+                "cache name {name:?} is not a token (start with a letter; letters, digits, and !#$%&'*+-.^_`|~:/)"
+            ),
         }
     }
 }

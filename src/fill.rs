@@ -1,4 +1,4 @@
-//! The miss path: one fill per key across the fleet (design §6).
+//! The miss path: one fill per key across the fleet (design §6), and background refreshes.
 //!
 //! In this process, the first request for a key leads and the rest follow it (`coalesce`).
 //! The leader's fill runs in its own task, so a client that hangs up does not cancel it for
@@ -6,18 +6,21 @@
 //! lock held waits for the holder's fill notice (polling as a fallback, and taking the lock
 //! over when its holder let it expire), then reads the entry. Every wait is bounded by
 //! `lock_wait`, after which the request asks the origin itself.
+//!
+//! A background refresh (stale-while-revalidate) is the same fill with nobody waiting for
+//! it: it runs only if it gets the lock at once, so a fleet refreshes an entry once.
 
 use crate::coalesce::{Leader, Outcome, Role};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
-use crate::flow::{self, Lookup, Reply};
-use crate::headers::CacheOutcome;
+use crate::flow::{self, Lookup, MissContext, Reply};
+use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
 use crate::layer::Shared;
 use crate::store::FillNotice;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -25,12 +28,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
+/// Answers a miss: follow this process's fill for the key, or lead one.
 pub(crate) async fn miss<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     inner: S,
     key: CacheKey,
     parts: Parts,
     body: ReqBody,
+    ctx: MissContext,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -40,40 +45,106 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    match shared.flights.join(key.hash()) {
+    match shared.flights.join(key.flight()) {
         Role::Follower(follower) => {
             match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
                 Ok(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
                     shared.stats.coalesced(1);
-                    return Ok(flow::hit(&shared, Entry::clone(&entry), false));
+                    return Ok(served_by_fill(&shared, &entry, &parts.headers));
+                }
+                Ok(Outcome::Stale(entry)) => {
+                    let now = entry::unix_now_ms();
+                    let verdict = flow::stale_verdict(
+                        &entry,
+                        now,
+                        Some((Fwd::Stale, None)),
+                        "stale-if-error",
+                    );
+                    return Ok(flow::from_entry(
+                        &shared,
+                        Entry::clone(&entry),
+                        false,
+                        &parts.headers,
+                        verdict,
+                    ));
                 }
                 Ok(_) => {}
                 Err(_) => shared.stats.lock_timeouts(1),
             }
-            flow::forward(&shared, inner, parts, body, CacheOutcome::Miss).await
+            flow::forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await
         }
         Role::Leader(leader) => {
             let (respond, reply) = oneshot::channel();
             let running = shared.background.start();
+            let task_shared = Arc::clone(&shared);
             tokio::spawn(async move {
-                lead(shared, inner, key, parts, body, leader, respond).await;
+                lead(
+                    task_shared,
+                    inner,
+                    key,
+                    parts,
+                    body,
+                    leader,
+                    Some(respond),
+                    ctx,
+                )
+                .await;
                 drop(running);
             });
             // The fill task only drops `respond` unanswered if the inner service panicked.
-            reply.await.unwrap_or_else(|_| Ok(fill_failed()))
+            reply
+                .await
+                .unwrap_or_else(|_| Ok(flow::fill_failed(&shared)))
         }
     }
 }
 
-fn fill_failed<B>() -> Response<crate::CacheBody<B>> {
-    let mut response = Response::new(crate::CacheBody::cached(None));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    crate::headers::mark_forwarded(response.headers_mut(), CacheOutcome::Miss, false);
-    response
+/// Refreshes a stale entry in the background, unless this process or another already is.
+pub(crate) fn refresh<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    key: CacheKey,
+    parts: Parts,
+    body: ReqBody,
+    ctx: MissContext,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Role::Leader(leader) = shared.flights.join(key.flight()) else {
+        return;
+    };
+    let running = shared.background.start();
+    tokio::spawn(async move {
+        lead(shared, inner, key, parts, body, leader, None, ctx).await;
+        drop(running);
+    });
 }
 
-/// Runs one fill: lock (or wait for another's), call the origin, answer the leading request,
-/// share the entry with followers, write it, announce it, unlock.
+/// A response for a request served by another request's fill.
+fn served_by_fill<B>(
+    shared: &Shared,
+    entry: &Entry,
+    request: &HeaderMap,
+) -> Response<crate::CacheBody<B>> {
+    let ttl = entry.meta.ttl_secs(entry::unix_now_ms());
+    flow::from_entry(
+        shared,
+        Entry::clone(entry),
+        false,
+        request,
+        Verdict::hit(ttl),
+    )
+}
+
+/// Runs one fill: lock (or wait for another's), call the origin, answer the leading request
+/// (`respond`, absent for a background refresh), share the entry with followers, write it,
+/// announce it, unlock.
+#[allow(clippy::too_many_arguments)]
 async fn lead<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     inner: S,
@@ -81,7 +152,8 @@ async fn lead<S, ReqBody, ResBody>(
     parts: Parts,
     body: ReqBody,
     leader: Leader,
-    respond: oneshot::Sender<Reply<ResBody, S::Error>>,
+    respond: Option<oneshot::Sender<Reply<ResBody, S::Error>>>,
+    ctx: MissContext,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
@@ -91,24 +163,53 @@ async fn lead<S, ReqBody, ResBody>(
     let lock_key = key.lock_key();
     let mut held = false;
     if shared.config.distributed_lock {
-        match acquire_or_wait(&shared, &key, &lock_key, &token).await {
+        let wait = respond.is_some();
+        match acquire_or_wait(&shared, &key, &lock_key, &token, wait, &parts.headers).await {
             Acquire::Acquired => held = true,
             Acquire::Filled(entry) => {
                 let entry = Arc::new(entry);
                 leader.resolve(Outcome::Stored(Arc::clone(&entry)));
-                let reply = if entry.matches(&parts.headers) {
-                    shared.stats.coalesced(1);
-                    Ok(flow::hit(&shared, Entry::clone(&entry), false))
-                } else {
-                    flow::forward(&shared, inner, parts, body, CacheOutcome::Miss).await
-                };
-                let _ = respond.send(reply);
+                if let Some(respond) = respond {
+                    let reply = if entry.matches(&parts.headers) {
+                        shared.stats.coalesced(1);
+                        Ok(served_by_fill(&shared, &entry, &parts.headers))
+                    } else {
+                        flow::fetch_and_store(
+                            &shared,
+                            inner,
+                            key,
+                            parts,
+                            body,
+                            CacheOutcome::Miss,
+                            false,
+                            ctx,
+                        )
+                        .await
+                    };
+                    let _ = respond.send(reply);
+                }
                 return;
             }
             Acquire::GoToOrigin => {
                 leader.resolve(Outcome::GoToOrigin);
-                let _ = respond
-                    .send(flow::forward(&shared, inner, parts, body, CacheOutcome::Miss).await);
+                if let Some(respond) = respond {
+                    let reply = flow::fetch_and_store(
+                        &shared,
+                        inner,
+                        key,
+                        parts,
+                        body,
+                        CacheOutcome::Miss,
+                        false,
+                        ctx,
+                    )
+                    .await;
+                    let _ = respond.send(reply);
+                }
+                return;
+            }
+            Acquire::Busy => {
+                leader.resolve(Outcome::GoToOrigin);
                 return;
             }
             // The store is failing: fill without the lock; the write is tried all the same.
@@ -117,18 +218,29 @@ async fn lead<S, ReqBody, ResBody>(
     }
     let extender =
         held.then(|| extend_while_filling(Arc::clone(&shared), lock_key.clone(), token.clone()));
-    let (reply, filled) = flow::fetch(&shared, inner, parts, body, CacheOutcome::Miss, false).await;
-    leader.resolve(match &filled {
-        Some(filled) => Outcome::Stored(Arc::clone(&filled.entry)),
-        None => Outcome::GoToOrigin,
+    let fetched = flow::fetch(&shared, inner, parts, body, CacheOutcome::Miss, false, &ctx).await;
+    leader.resolve(match (&fetched.filled, &fetched.stale_served) {
+        (Some(filled), _) => Outcome::Stored(Arc::clone(&filled.entry)),
+        (None, Some(stale)) => Outcome::Stale(Arc::clone(stale)),
+        (None, None) => Outcome::GoToOrigin,
     });
-    let _ = respond.send(reply);
-    let notice = match &filled {
-        Some(filled) if flow::write(&shared, &key, filled).await => FillNotice::Stored,
+    if let Some(respond) = respond {
+        let _ = respond.send(fetched.reply);
+    }
+    let notice = match &fetched.filled {
+        Some(filled) if flow::write(&shared, &key, ctx.index.as_ref(), filled).await => {
+            FillNotice::Stored
+        }
         Some(_) => FillNotice::NotStorable,
         None => {
+            // Nothing shareable came back: mark the key hit-for-miss so the next requests go
+            // straight to the origin instead of queueing behind a lock. A stale entry kept for
+            // stale-if-error is left in place.
             let ttl = shared.config.hit_for_miss_ttl;
-            if !ttl.is_zero() && (held || !shared.config.distributed_lock) {
+            if fetched.stale_served.is_none()
+                && !ttl.is_zero()
+                && (held || !shared.config.distributed_lock)
+            {
                 let marker = Bytes::from_static(entry::HIT_FOR_MISS);
                 let _ = shared.store.put(key.entry_key(), marker, ttl).await;
             }
@@ -150,11 +262,20 @@ enum Acquire {
     Acquired,
     Filled(Entry),
     GoToOrigin,
+    /// Held elsewhere, and this fill does not wait (a background refresh).
+    Busy,
     StoreDown,
 }
 
 /// Takes the fill lock, or waits for its holder's fill. Bounded by `lock_wait`.
-async fn acquire_or_wait(shared: &Shared, key: &CacheKey, lock_key: &str, token: &str) -> Acquire {
+async fn acquire_or_wait(
+    shared: &Shared,
+    key: &CacheKey,
+    lock_key: &str,
+    token: &str,
+    wait: bool,
+    request: &HeaderMap,
+) -> Acquire {
     let config = &shared.config;
     // Subscribe before trying the lock, so a notice sent in between is not missed.
     let mut waiter = shared.store.subscribe_fill(key.entry_key());
@@ -164,6 +285,7 @@ async fn acquire_or_wait(shared: &Shared, key: &CacheKey, lock_key: &str, token:
         .await
     {
         Ok(true) => return Acquire::Acquired,
+        Ok(false) if !wait => return Acquire::Busy,
         Ok(false) => {}
         Err(_) => return Acquire::StoreDown,
     }
@@ -185,13 +307,13 @@ async fn acquire_or_wait(shared: &Shared, key: &CacheKey, lock_key: &str, token:
                 return Acquire::GoToOrigin;
             }
         };
-        match flow::lookup(shared, key).await {
+        match flow::resolve(shared, key.clone(), request).await.2 {
             Lookup::Found(entry) if entry.meta.is_fresh(entry::unix_now_ms()) => {
                 return Acquire::Filled(entry)
             }
             Lookup::HitForMiss => return Acquire::GoToOrigin,
             Lookup::Unavailable => return Acquire::StoreDown,
-            Lookup::Found(_) | Lookup::Missing => {}
+            Lookup::Found(_) | Lookup::Missing | Lookup::VaryMiss => {}
         }
         if polled {
             match shared

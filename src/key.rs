@@ -6,8 +6,10 @@
 //! huge URLs) out of Redis key names, and the `{…}` hash tag puts an entry and its lock in one
 //! Redis Cluster slot so they can be used together in one script.
 //!
-//! What the response varies on (`Vary`) is not part of this key: the entry records a hash of
-//! the varied request headers, and a request whose headers hash differently is a miss.
+//! What the response varies on (`Vary`) is resolved in a second step: for a resource that
+//! varies, the primary key `…:e` holds a [`VaryIndex`](crate::entry::VaryIndex) naming the
+//! varied headers, and each variant lives at `…:e:<hex>`, named by the index's generation and
+//! a hash of the request's values for those headers. Resources that do not vary cost one read.
 
 use http::request::Parts;
 use std::fmt::{self, Write as _};
@@ -18,30 +20,62 @@ use xxhash_rust::xxh3::Xxh3;
 /// request bypass the cache. The returned string is hashed and prefixed like the canonical one.
 pub type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
-/// The store keys of one cached resource.
+/// A user-supplied test that sends a request past the cache when it returns `true`.
+pub type BypassFn = dyn Fn(&Parts) -> bool + Send + Sync;
+
+/// The store keys of one cached resource (or of one variant of it).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
+    /// `{prefix}:{hash}:e`, then `:<variant hex>` for a variant.
     entry: String,
+    /// Length of `{prefix}:{hash}`.
+    base_len: usize,
     hash: u128,
+    variant: u64,
 }
 
 impl CacheKey {
-    /// The key under which the response entry is stored: `{prefix}:{hash}:e`.
+    /// The key under which the response entry is stored: `{prefix}:{hash}:e`, or
+    /// `{prefix}:{hash}:e:<variant>` for one variant of a resource that varies.
     pub fn entry_key(&self) -> &str {
         &self.entry
     }
 
-    /// The key of the fill lock for this entry: `{prefix}:{hash}:l`.
+    /// The resource's primary key, `{prefix}:{hash}:e`: its entry, or its vary index.
+    pub fn primary_key(&self) -> &str {
+        &self.entry[..self.base_len + 2]
+    }
+
+    /// The key of the fill lock for this entry: `{prefix}:{hash}:l` (plus the variant).
     pub fn lock_key(&self) -> String {
         let mut key = self.entry.clone();
-        key.pop();
-        key.push('l');
+        key.replace_range(self.base_len + 1..self.base_len + 2, "l");
         key
     }
 
     /// The 128-bit hash of the canonical request.
     pub fn hash(&self) -> u128 {
         self.hash
+    }
+
+    /// Identifies this key's fill among the process's running fills (resource and variant).
+    pub(crate) fn flight(&self) -> u128 {
+        self.hash ^ u128::from(self.variant)
+    }
+
+    /// The key of one variant, named by a vary index generation and a variant hash.
+    pub(crate) fn variant(&self, generation: u64, variant: u64) -> CacheKey {
+        let name = generation ^ variant;
+        let mut entry = String::with_capacity(self.base_len + 2 + 17);
+        entry.push_str(self.primary_key());
+        // Writing to a String cannot fail.
+        let _ = write!(entry, ":{name:016x}");
+        CacheKey {
+            entry,
+            base_len: self.base_len,
+            hash: self.hash,
+            variant: name | 1,
+        }
     }
 }
 
@@ -57,11 +91,15 @@ pub(crate) struct KeyMaker {
     pub(crate) prefix: Arc<str>,
     pub(crate) normalize_query: bool,
     pub(crate) custom: Option<Arc<KeyFn>>,
+    pub(crate) bypass: Option<Arc<BypassFn>>,
 }
 
 impl KeyMaker {
     /// The key for a request, or `None` when a custom key function opts it out.
     pub(crate) fn derive(&self, parts: &Parts) -> Option<CacheKey> {
+        if self.bypass.as_ref().is_some_and(|bypass| bypass(parts)) {
+            return None;
+        }
         let hash = match &self.custom {
             Some(custom) => xxhash_rust::xxh3::xxh3_128(custom(parts)?.as_bytes()),
             None => self.canonical_hash(parts),
@@ -75,8 +113,15 @@ impl KeyMaker {
         entry.push_str(":{");
         // Writing to a String cannot fail.
         let _ = write!(entry, "{hash:032x}");
-        entry.push_str("}:e");
-        CacheKey { entry, hash }
+        entry.push('}');
+        let base_len = entry.len();
+        entry.push_str(":e");
+        CacheKey {
+            entry,
+            base_len,
+            hash,
+            variant: 0,
+        }
     }
 
     fn canonical_hash(&self, parts: &Parts) -> u128 {
@@ -129,25 +174,39 @@ fn update_sorted_query(hasher: &mut Xxh3, query: &str) {
     }
 }
 
+/// The header names listed by a response's `Vary` fields (`*` included, for the caller to
+/// refuse).
+pub(crate) fn vary_names(headers: &http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+}
+
 /// A hash of the request's values for the headers a response varies on; 0 means "no Vary".
-/// `vary` is the stored response's `Vary` field values.
+///
+/// Values are normalised only as RFC 9111 §4.1 allows for any field: all field lines are
+/// combined into one list and the optional whitespace around its elements is dropped, so
+/// `gzip, br` and `gzip,br` select the same variant; case and order are kept.
 pub(crate) fn variant_hash<'a>(
-    vary: impl Iterator<Item = &'a http::HeaderValue>,
+    names: impl Iterator<Item = &'a str>,
     request: &http::HeaderMap,
 ) -> u64 {
     let mut hasher: Option<Xxh3> = None;
-    for value in vary {
-        let Ok(value) = value.to_str() else { continue };
-        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let hasher = hasher.get_or_insert_with(Xxh3::new);
-            update_lowercase(hasher, name.as_bytes());
-            hasher.update(b":");
-            for v in request.get_all(name) {
-                hasher.update(v.as_bytes());
+    for name in names {
+        let hasher = hasher.get_or_insert_with(Xxh3::new);
+        update_lowercase(hasher, name.as_bytes());
+        hasher.update(b":");
+        for value in request.get_all(name) {
+            for element in value.as_bytes().split(|b| *b == b',') {
+                hasher.update(element.trim_ascii());
                 hasher.update(b",");
             }
-            hasher.update(b"\n");
         }
+        hasher.update(b"\n");
     }
     // 0 is reserved for "no Vary", so a real hash that happens to be 0 becomes 1.
     hasher.map_or(0, |h| h.digest().max(1))
@@ -162,6 +221,7 @@ mod tests {
             prefix: "p".into(),
             normalize_query,
             custom: None,
+            bypass: None,
         }
     }
 
@@ -178,6 +238,18 @@ mod tests {
     fn layout_is_prefixed_fixed_length_and_slot_tagged() {
         let k = key(&maker(true), "GET", "/a?x=*", Some("h"));
         assert!(k.entry_key().starts_with("p:{") && k.entry_key().ends_with("}:e"));
+        assert_eq!(k.primary_key(), k.entry_key());
+        let v = k.variant(1, 2);
+        assert_eq!(v.primary_key(), k.entry_key());
+        assert_eq!(v.entry_key(), format!("{}:0000000000000003", k.entry_key()));
+        assert_eq!(
+            v.lock_key(),
+            format!(
+                "{}l:0000000000000003",
+                &k.entry_key()[..k.entry_key().len() - 1]
+            )
+        );
+        assert_ne!(v.flight(), k.flight());
         assert_eq!(k.entry_key().len(), "p:{".len() + 32 + "}:e".len());
         assert_eq!(
             k.lock_key(),
@@ -224,21 +296,21 @@ mod tests {
 
     #[test]
     fn variant_hash_depends_on_named_headers_only() {
-        let vary = [http::HeaderValue::from_static("Accept-Language")];
+        let vary = ["Accept-Language"];
         let mut en = http::HeaderMap::new();
         en.insert("accept-language", "en".parse().unwrap());
         let mut fr = en.clone();
         fr.insert("accept-language", "fr".parse().unwrap());
         let mut en_other = en.clone();
         en_other.insert("x-other", "1".parse().unwrap());
-        assert_ne!(
-            variant_hash(vary.iter(), &en),
-            variant_hash(vary.iter(), &fr)
-        );
-        assert_eq!(
-            variant_hash(vary.iter(), &en),
-            variant_hash(vary.iter(), &en_other)
-        );
-        assert_eq!(variant_hash([].iter(), &en), 0);
+        let hash = |h| variant_hash(vary.into_iter(), h);
+        assert_ne!(hash(&en), hash(&fr));
+        assert_eq!(hash(&en), hash(&en_other));
+        assert_eq!(variant_hash(std::iter::empty(), &en), 0);
+        let mut spaced = en.clone();
+        spaced.insert("accept-language", "en , fr".parse().unwrap());
+        let mut tight = en.clone();
+        tight.insert("accept-language", "en,fr".parse().unwrap());
+        assert_eq!(hash(&spaced), hash(&tight));
     }
 }

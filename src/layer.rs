@@ -3,7 +3,7 @@
 use crate::background::Background;
 use crate::coalesce::Flights;
 use crate::error::{ConfigError, StoreError};
-use crate::key::{CacheKey, KeyFn, KeyMaker};
+use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
 use crate::service::CacheService;
 use crate::stats::{Counters, Stats};
 use crate::store::{GuardedStore, Store};
@@ -47,6 +47,7 @@ pub(crate) struct Config {
     pub(crate) lock_wait: Duration,
     pub(crate) distributed_lock: bool,
     pub(crate) hit_for_miss_ttl: Duration,
+    pub(crate) cache_name: String,
 }
 
 /// Everything a [`CacheService`] shares with its clones and siblings.
@@ -160,6 +161,7 @@ pub struct CacheLayerBuilder {
     share_authorized: bool,
     prefix: String,
     key_fn: Option<Arc<KeyFn>>,
+    bypass: Option<Arc<BypassFn>>,
     read_timeout: Duration,
     write_timeout: Duration,
     lock_ttl: Duration,
@@ -168,6 +170,7 @@ pub struct CacheLayerBuilder {
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     hit_for_miss_ttl: Duration,
+    cache_name: String,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     max_pending_writes: usize,
@@ -196,6 +199,7 @@ impl CacheLayerBuilder {
             share_authorized: false,
             prefix: "trc".to_owned(),
             key_fn: None,
+            bypass: None,
             read_timeout: Duration::from_millis(50),
             write_timeout: Duration::from_millis(500),
             lock_ttl: Duration::from_secs(5),
@@ -204,6 +208,7 @@ impl CacheLayerBuilder {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             hit_for_miss_ttl: Duration::from_secs(2),
+            cache_name: "tower-redis-cache".to_owned(),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             max_pending_writes: 1024,
@@ -273,6 +278,16 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Skips the cache for requests `bypass(request)` says so of (`X-Cache: BYPASS`); the rest
+    /// keep the canonical key. Composes with [`key_fn`](Self::key_fn).
+    pub fn bypass_when(
+        mut self,
+        bypass: impl Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.bypass = Some(Arc::new(bypass));
+        self
+    }
+
     /// Replaces the canonical key material with `key_fn(request)`; `None` bypasses the cache.
     /// The result is hashed and prefixed like the canonical key.
     pub fn key_fn(
@@ -334,6 +349,13 @@ impl CacheLayerBuilder {
     /// straight to the origin, as Varnish's hit-for-miss does (default 2 s; zero disables).
     pub fn hit_for_miss_ttl(mut self, ttl: Duration) -> Self {
         self.hit_for_miss_ttl = ttl;
+        self
+    }
+
+    /// The name this cache gives itself in `Cache-Status` (default `tower-redis-cache`); an
+    /// RFC 8941 token, such as `edge-1` or `cdn/eu`.
+    pub fn cache_name(mut self, name: impl Into<String>) -> Self {
+        self.cache_name = name.into();
         self
     }
 
@@ -413,6 +435,9 @@ impl CacheLayerBuilder {
                 max: MAX_LOCK_WAIT,
             });
         }
+        if !crate::headers::is_sf_token(&self.cache_name) {
+            return Err(ConfigError::InvalidCacheName(self.cache_name));
+        }
         if self.max_pending_writes == 0 {
             return Err(ConfigError::ZeroPendingWrites);
         }
@@ -432,6 +457,7 @@ impl CacheLayerBuilder {
             lock_wait: self.lock_wait,
             distributed_lock: self.distributed_lock,
             hit_for_miss_ttl: self.hit_for_miss_ttl,
+            cache_name: self.cache_name,
         };
         let store = GuardedStore::new(
             self.store,
@@ -445,6 +471,7 @@ impl CacheLayerBuilder {
             prefix: self.prefix.into(),
             normalize_query: self.normalize_query,
             custom: self.key_fn,
+            bypass: self.bypass,
         };
         let shared = Shared {
             config,

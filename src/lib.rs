@@ -49,6 +49,7 @@
 //!
 //! - `metrics`: every [`Stats`] counter is also emitted through the `metrics` facade.
 //! - `tls`: `rediss://` URLs.
+//! - `serde`: [`Stats`] implements `serde::Serialize`.
 //! - `testcontainers`: the test harness can start Redis in Docker.
 
 #![forbid(unsafe_code)]
@@ -62,6 +63,7 @@
 mod background;
 mod body;
 mod coalesce;
+mod conditional;
 pub mod entry;
 mod error;
 mod fill;
@@ -76,7 +78,7 @@ mod store;
 
 pub use body::CacheBody;
 pub use error::{BoxError, ConfigError, StoreError, StoreErrorKind};
-pub use key::{CacheKey, KeyFn};
+pub use key::{BypassFn, CacheKey, KeyFn};
 pub use layer::{CacheLayer, CacheLayerBuilder, CacheMode, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;

@@ -1,11 +1,24 @@
-//! What may be looked up, what may be stored, and for how long (design §5, application mode).
+//! What may be looked up, what may be stored, and for how long (design §5).
 //!
-//! This is the one module that reads `Cache-Control`, `Vary`, `Set-Cookie` and `Authorization`,
-//! so every rule that keeps one user's response from reaching another lives here.
+//! This is the one module that reads `Cache-Control`, `Pragma`, `Expires`, `Vary`,
+//! `Set-Cookie` and `Authorization`, so every rule that keeps one user's response from
+//! reaching another lives here. Two modes share it:
+//!
+//! - application mode: the layer's TTL, overridden by the response's `s-maxage`/`max-age`
+//!   when `respect_cache_control` is on; request directives are ignored (clients do not get to
+//!   decide how often the service's origin is hit);
+//! - shared mode: RFC 9111 for a shared cache. Storability and freshness come from
+//!   `http-cache-semantics` (explicit lifetimes, `Expires` against `Date`, upstream `Age`,
+//!   heuristic freshness from `Last-Modified`, `private`, `Authorization`, `no-store`), and the
+//!   layer's TTL is used only when the origin gives no freshness information at all, as
+//!   nginx's `proxy_cache_valid` and Varnish's `default_ttl` do. One deviation from that crate
+//!   is deliberate: it treats `proxy-revalidate` as "never fresh", while RFC 9111 §5.2.2.8
+//!   only forbids serving such a response *stale*; we evaluate it as `must-revalidate`.
 
-use crate::layer::Config;
-use http::{header, HeaderMap, Method, StatusCode};
-use std::time::Duration;
+use crate::layer::{CacheMode, Config};
+use http::{header, HeaderMap, Method, StatusCode, Uri};
+use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
+use std::time::{Duration, SystemTime};
 
 /// How the cache treats a request before anything is looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +30,10 @@ pub(crate) enum RequestClass {
     /// A request carrying credentials: never answered from the cache, forwarded; its response
     /// is stored only when it says it may be shared (RFC 9111 §3.5).
     Authorized,
-    /// Not for the cache at all (other methods, upgrades, ranges): forwarded untouched.
+    /// An unsafe method (`POST`, `PUT`, `DELETE`, `PATCH`, ...): forwarded, and on success the
+    /// stored responses for its target are invalidated (RFC 9111 §4.4).
+    Unsafe,
+    /// Not for the cache at all (`OPTIONS`, upgrades, ranges): forwarded untouched.
     Bypass,
 }
 
@@ -28,10 +44,15 @@ pub(crate) fn classify_request(
 ) -> RequestClass {
     let class = if method == Method::GET {
         RequestClass::Get
-    } else if method == Method::HEAD && config.cache_head {
+    } else if method == Method::HEAD {
+        if !config.cache_head {
+            return RequestClass::Bypass;
+        }
         RequestClass::Head
-    } else {
+    } else if method.is_safe() {
         return RequestClass::Bypass;
+    } else {
+        return RequestClass::Unsafe;
     };
     // A protocol upgrade (WebSocket) or a byte range is not a plain representation.
     if headers.contains_key(header::UPGRADE) || headers.contains_key(header::RANGE) {
@@ -43,95 +64,230 @@ pub(crate) fn classify_request(
     class
 }
 
+/// The request directives a shared cache honours (RFC 9111 §5.2.1). Empty in application mode.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestDirectives {
+    pub(crate) no_cache: bool,
+    pub(crate) no_store: bool,
+    pub(crate) only_if_cached: bool,
+    pub(crate) max_age: Option<u64>,
+    /// `Some(None)`: any staleness is acceptable; `Some(Some(n))`: up to `n` seconds.
+    pub(crate) max_stale: Option<Option<u64>>,
+    pub(crate) min_fresh: Option<u64>,
+}
+
+impl RequestDirectives {
+    pub(crate) fn for_request(headers: &HeaderMap, config: &Config) -> Self {
+        if config.mode != CacheMode::Shared {
+            return Self::default();
+        }
+        let mut wants = Self::default();
+        let mut has_cache_control = false;
+        for (name, arg) in directives(headers.get_all(header::CACHE_CONTROL)) {
+            has_cache_control = true;
+            match name.as_str() {
+                "no-cache" => wants.no_cache = true,
+                "no-store" => wants.no_store = true,
+                "only-if-cached" => wants.only_if_cached = true,
+                "max-age" => wants.max_age = Some(arg.and_then(seconds).unwrap_or(0)),
+                "max-stale" => wants.max_stale = Some(arg.and_then(seconds)),
+                "min-fresh" => wants.min_fresh = Some(arg.and_then(seconds).unwrap_or(0)),
+                _ => {}
+            }
+        }
+        // RFC 9111 §5.4: `Pragma: no-cache` counts only when there is no Cache-Control.
+        if !has_cache_control {
+            wants.no_cache =
+                directives(headers.get_all(header::PRAGMA)).any(|(name, _)| name == "no-cache");
+        }
+        wants
+    }
+}
+
 /// Whether and how long a response may be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
-    /// Store it: fresh for `fresh`, then usable stale for `stale` more.
-    Store { fresh: Duration, stale: Duration },
+    Store(Lifetime),
     /// Do not store it, for the reason given (used in `Cache-Status` detail and traces).
     Skip(&'static str),
+}
+
+/// How long a stored response may be used, counted from when it was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    /// Fresh for this long.
+    pub(crate) fresh: Duration,
+    /// Then servable while being refreshed for this long (stale-while-revalidate).
+    pub(crate) stale: Duration,
+    /// Then servable when the origin fails for this long (stale-if-error), from freshness end.
+    pub(crate) error: Duration,
+    /// How long the store keeps it: past every window, and past freshness for revalidation
+    /// when it has a validator.
+    pub(crate) keep: Duration,
+    /// How old it already was when received (its `Age`).
+    pub(crate) initial_age: Duration,
 }
 
 /// The response directives this cache acts on.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CacheControl {
-    pub no_store: bool,
-    pub no_cache: bool,
-    pub private: bool,
-    pub public: bool,
-    pub must_revalidate: bool,
-    pub max_age: Option<u64>,
-    pub s_maxage: Option<u64>,
-    pub stale_while_revalidate: Option<u64>,
-    pub stale_if_error: Option<u64>,
+    pub(crate) no_store: bool,
+    pub(crate) no_cache: bool,
+    pub(crate) private: bool,
+    pub(crate) public: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) s_maxage: Option<u64>,
+    pub(crate) stale_while_revalidate: Option<u64>,
+    pub(crate) stale_if_error: Option<u64>,
+}
+
+/// Iterates the directives of `Cache-Control`-like fields as (lowercased name, argument).
+fn directives<'a>(
+    values: header::GetAll<'a, http::HeaderValue>,
+) -> impl Iterator<Item = (String, Option<&'a str>)> {
+    values
+        .into_iter()
+        // A value that is not visible ASCII cannot carry directives we understand.
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|directive| {
+            let (name, arg) = match directive.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                None => (directive.trim(), None),
+            };
+            (!name.is_empty()).then(|| (name.to_ascii_lowercase(), arg))
+        })
+}
+
+fn seconds(arg: &str) -> Option<u64> {
+    arg.parse().ok()
 }
 
 impl CacheControl {
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut cc = Self::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            // A value that is not visible ASCII cannot carry directives we understand.
-            let Ok(value) = value.to_str() else { continue };
-            for directive in value.split(',') {
-                let (name, arg) = match directive.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
-                };
-                let seconds = || arg.and_then(|a| a.parse::<u64>().ok());
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
-                    "public" => cc.public = true,
-                    "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
-                    // A directive with a bad argument makes the response uncacheable for that
-                    // purpose: treat it as zero, the conservative reading (RFC 9111 §4.2.1).
-                    "max-age" => cc.max_age = Some(seconds().unwrap_or(0)),
-                    "s-maxage" => cc.s_maxage = Some(seconds().unwrap_or(0)),
-                    "stale-while-revalidate" => cc.stale_while_revalidate = seconds(),
-                    "stale-if-error" => cc.stale_if_error = seconds(),
-                    _ => {}
-                }
+        for (name, arg) in directives(headers.get_all(header::CACHE_CONTROL)) {
+            match name.as_str() {
+                "no-store" => cc.no_store = true,
+                "no-cache" => cc.no_cache = true,
+                "private" => cc.private = true,
+                "public" => cc.public = true,
+                "must-revalidate" => cc.must_revalidate = true,
+                "proxy-revalidate" => cc.proxy_revalidate = true,
+                // A bad argument is read as zero, the conservative reading (RFC 9111 §4.2.1).
+                "max-age" => cc.max_age = Some(arg.and_then(seconds).unwrap_or(0)),
+                "s-maxage" => cc.s_maxage = Some(arg.and_then(seconds).unwrap_or(0)),
+                "stale-while-revalidate" => cc.stale_while_revalidate = arg.and_then(seconds),
+                "stale-if-error" => cc.stale_if_error = arg.and_then(seconds),
+                _ => {}
             }
         }
         cc
     }
+
+    /// Whether stale serving is forbidden (RFC 9111 §5.2.2.2, §5.2.2.8, §5.2.2.4).
+    pub(crate) fn forbids_stale(&self, shared: bool) -> bool {
+        self.must_revalidate || (shared && self.proxy_revalidate) || self.no_cache
+    }
 }
 
-/// Decides whether a response from the origin is stored, in application mode.
+/// The request a response answered, as the policy needs it.
+pub(crate) struct RequestHead<'a> {
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) authorized: bool,
+    pub(crate) no_store: bool,
+}
+
+/// Decides whether a response from the origin is stored, and for how long.
 pub(crate) fn decide(
     config: &Config,
-    authorized_request: bool,
+    request: &RequestHead<'_>,
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Decision {
-    let negative = config
-        .negative_ttl
-        .filter(|_| matches!(status.as_u16(), 404 | 410));
-    if negative.is_none() && !config.statuses.contains(&status) {
-        return Decision::Skip("status");
+    if request.no_store {
+        return Decision::Skip("request-no-store");
     }
     let cc = CacheControl::parse(headers);
+    // Rules for every mode: never share what is personal or cannot be keyed.
     if cc.no_store {
         return Decision::Skip("no-store");
     }
     if cc.private {
         return Decision::Skip("private");
     }
-    if cc.no_cache {
-        return Decision::Skip("no-cache");
-    }
     if headers.contains_key(header::SET_COOKIE) {
         return Decision::Skip("set-cookie");
     }
-    if varies_on_everything(headers) {
+    if crate::key::vary_names(headers).any(|name| name == "*") {
         return Decision::Skip("vary-star");
     }
-    if authorized_request && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+    if request.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
         return Decision::Skip("authorization");
     }
     if declared_length(headers).is_some_and(|len| len > config.max_body_bytes) {
         return Decision::Skip("too-large");
+    }
+    let shared = config.mode == CacheMode::Shared;
+    let (fresh, initial_age) = match config.mode {
+        CacheMode::Shared => match shared_freshness(config, request, status, headers, &cc) {
+            Ok(freshness) => freshness,
+            Err(reason) => return Decision::Skip(reason),
+        },
+        _ => match application_freshness(config, status, &cc) {
+            Ok(fresh) => (fresh, Duration::ZERO),
+            Err(reason) => return Decision::Skip(reason),
+        },
+    };
+    let (stale, error) = if cc.forbids_stale(shared) {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        let directive = |d: Option<u64>| Duration::from_secs(d.unwrap_or(0));
+        let stale = config
+            .stale_while_revalidate
+            .max(directive(cc.stale_while_revalidate));
+        (
+            stale,
+            config.stale_if_error.max(directive(cc.stale_if_error)),
+        )
+    };
+    if fresh.is_zero() && stale.is_zero() && error.is_zero() {
+        return Decision::Skip("zero-ttl");
+    }
+    let has_validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    let revalidation = if has_validator {
+        fresh.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
+    } else {
+        Duration::ZERO
+    };
+    let keep = fresh + stale.max(error).max(revalidation);
+    Decision::Store(Lifetime {
+        fresh,
+        stale,
+        error,
+        keep,
+        initial_age,
+    })
+}
+
+fn application_freshness(
+    config: &Config,
+    status: StatusCode,
+    cc: &CacheControl,
+) -> Result<Duration, &'static str> {
+    let negative = config
+        .negative_ttl
+        .filter(|_| matches!(status.as_u16(), 404 | 410));
+    if negative.is_none() && !config.statuses.contains(&status) {
+        return Err("status");
+    }
+    // `no-cache` allows storing only with revalidation on every use: not worth storing here.
+    if cc.no_cache {
+        return Err("no-cache");
     }
     let mut fresh = negative.unwrap_or(config.ttl);
     if config.respect_cache_control {
@@ -139,24 +295,105 @@ pub(crate) fn decide(
             fresh = Duration::from_secs(secs);
         }
     }
-    let stale = if cc.must_revalidate {
-        Duration::ZERO
-    } else {
-        config.stale_while_revalidate.max(config.stale_if_error)
-    };
-    if fresh.is_zero() && stale.is_zero() {
-        return Decision::Skip("zero-ttl");
-    }
-    Decision::Store { fresh, stale }
+    Ok(fresh)
 }
 
-fn varies_on_everything(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::VARY)
+struct PolicyRequest<'a>(&'a RequestHead<'a>);
+
+impl RequestLike for PolicyRequest<'_> {
+    fn uri(&self) -> Uri {
+        self.0.uri.clone()
+    }
+    fn is_same_uri(&self, other: &Uri) -> bool {
+        self.0.uri == other
+    }
+    fn method(&self) -> &Method {
+        &Method::GET
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.0.headers
+    }
+}
+
+struct PolicyResponse<'a>(StatusCode, &'a HeaderMap);
+
+impl ResponseLike for PolicyResponse<'_> {
+    fn status(&self) -> StatusCode {
+        self.0
+    }
+    fn headers(&self) -> &HeaderMap {
+        self.1
+    }
+}
+
+/// RFC 9111 freshness for a shared cache: (time to live from now, age already accrued).
+fn shared_freshness(
+    config: &Config,
+    request: &RequestHead<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+) -> Result<(Duration, Duration), &'static str> {
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Err("partial-content");
+    }
+    if cc.no_cache {
+        return Err("no-cache");
+    }
+    let rewritten;
+    let headers = if cc.proxy_revalidate && !cc.must_revalidate {
+        rewritten = proxy_revalidate_as_must_revalidate(headers);
+        &rewritten
+    } else {
+        headers
+    };
+    let now = SystemTime::now();
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(
+        &PolicyRequest(request),
+        &PolicyResponse(status, headers),
+        now,
+        options,
+    );
+    if !policy.is_storable() {
+        return Err("not-storable");
+    }
+    let explicit =
+        cc.s_maxage.is_some() || cc.max_age.is_some() || headers.contains_key(header::EXPIRES);
+    let heuristic = headers.contains_key(header::LAST_MODIFIED);
+    if !explicit && !heuristic {
+        // No freshness information at all: the operator's default, for the listed statuses.
+        return if config.statuses.contains(&status) {
+            Ok((config.ttl, Duration::ZERO))
+        } else {
+            Err("status")
+        };
+    }
+    Ok((policy.time_to_live(now), policy.age(now)))
+}
+
+fn proxy_revalidate_as_must_revalidate(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = headers.clone();
+    copy.append(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("must-revalidate"),
+    );
+    let values: Vec<String> = copy
+        .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|name| name.trim() == "*")
+        .map(|v| v.replace("proxy-revalidate", "must-revalidate"))
+        .collect();
+    copy.remove(header::CACHE_CONTROL);
+    for value in values {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            copy.append(header::CACHE_CONTROL, value);
+        }
+    }
+    copy
 }
 
 /// The body length the response declares, if it declares a valid one.
@@ -180,8 +417,9 @@ mod tests {
             .collect()
     }
 
-    fn config() -> Config {
+    fn config(mode: CacheMode) -> Config {
         crate::CacheLayer::builder(crate::MemoryStore::new(1 << 20))
+            .mode(mode)
             .ttl(Duration::from_secs(60))
             .build()
             .unwrap()
@@ -189,66 +427,194 @@ mod tests {
             .clone()
     }
 
+    fn decide_for(
+        config: &Config,
+        authorized: bool,
+        status: u16,
+        response: &HeaderMap,
+    ) -> Decision {
+        let uri = Uri::from_static("http://example.test/x");
+        let request = RequestHead {
+            uri: &uri,
+            headers: &HeaderMap::new(),
+            authorized,
+            no_store: false,
+        };
+        decide(
+            config,
+            &request,
+            StatusCode::from_u16(status).unwrap(),
+            response,
+        )
+    }
+
+    fn fresh(decision: Decision) -> Option<u64> {
+        match decision {
+            Decision::Store(lifetime) => Some(lifetime.fresh.as_secs()),
+            Decision::Skip(_) => None,
+        }
+    }
+
     #[test]
-    fn shared_responses_are_stored_for_their_declared_lifetime() {
-        let c = config();
-        let ok = StatusCode::OK;
+    fn application_mode_uses_the_layer_ttl_unless_the_response_says() {
+        let c = config(CacheMode::Application);
         assert_eq!(
-            decide(&c, false, ok, &HeaderMap::new()),
-            Decision::Store {
-                fresh: Duration::from_secs(60),
-                stale: Duration::ZERO
-            }
+            fresh(decide_for(&c, false, 200, &HeaderMap::new())),
+            Some(60)
         );
         assert_eq!(
-            decide(
+            fresh(decide_for(
                 &c,
                 false,
-                ok,
+                200,
                 &headers(&[("cache-control", "max-age=5, s-maxage=7")])
-            ),
-            Decision::Store {
-                fresh: Duration::from_secs(7),
-                stale: Duration::ZERO
-            }
+            )),
+            Some(7)
+        );
+        assert_eq!(
+            fresh(decide_for(
+                &c,
+                false,
+                200,
+                &headers(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")])
+            )),
+            Some(60)
         );
     }
 
     #[test]
-    fn private_and_personal_responses_are_not_stored() {
-        let c = config();
-        let ok = StatusCode::OK;
-        for (h, why) in [
-            (headers(&[("cache-control", "no-store")]), "no-store"),
-            (headers(&[("cache-control", "Private")]), "private"),
-            (headers(&[("set-cookie", "a=b")]), "set-cookie"),
-            (headers(&[("vary", "accept, *")]), "vary-star"),
-            (headers(&[("content-length", "999999999")]), "too-large"),
-        ] {
-            assert_eq!(decide(&c, false, ok, &h), Decision::Skip(why));
-        }
+    fn shared_mode_follows_the_response_and_uses_the_ttl_only_without_information() {
+        let c = config(CacheMode::Shared);
         assert_eq!(
-            decide(
+            fresh(decide_for(&c, false, 200, &HeaderMap::new())),
+            Some(60)
+        );
+        assert_eq!(
+            fresh(decide_for(
                 &c,
                 false,
-                StatusCode::INTERNAL_SERVER_ERROR,
+                200,
+                &headers(&[("cache-control", "max-age=5")])
+            )),
+            Some(5)
+        );
+        assert_eq!(
+            fresh(decide_for(
+                &c,
+                false,
+                200,
+                &headers(&[("cache-control", "max-age=5, s-maxage=9")])
+            )),
+            Some(9)
+        );
+        let expired = headers(&[
+            ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+            ("date", "Thu, 01 Jan 1970 00:00:10 GMT"),
+        ]);
+        assert_eq!(
+            decide_for(&c, false, 200, &expired),
+            Decision::Skip("zero-ttl")
+        );
+        let aged = headers(&[("cache-control", "max-age=100"), ("age", "30")]);
+        assert_eq!(fresh(decide_for(&c, false, 200, &aged)), Some(70));
+        // 404 is heuristically cacheable, but without information the default applies only
+        // to the listed statuses.
+        assert_eq!(
+            decide_for(&c, false, 404, &HeaderMap::new()),
+            Decision::Skip("status")
+        );
+        assert_eq!(
+            fresh(decide_for(
+                &c,
+                false,
+                404,
+                &headers(&[("cache-control", "max-age=3")])
+            )),
+            Some(3)
+        );
+        let revalidate = headers(&[("cache-control", "max-age=10, proxy-revalidate")]);
+        assert_eq!(fresh(decide_for(&c, false, 200, &revalidate)), Some(10));
+    }
+
+    #[test]
+    fn private_and_personal_responses_are_not_stored_in_either_mode() {
+        for mode in [CacheMode::Application, CacheMode::Shared] {
+            let c = config(mode);
+            for (h, why) in [
+                (headers(&[("cache-control", "no-store")]), "no-store"),
+                (headers(&[("cache-control", "Private")]), "private"),
+                (
+                    headers(&[
+                        ("set-cookie", "a=b"),
+                        ("cache-control", "public, max-age=9"),
+                    ]),
+                    "set-cookie",
+                ),
+                (headers(&[("vary", "accept, *")]), "vary-star"),
+                (headers(&[("content-length", "999999999")]), "too-large"),
+            ] {
+                assert_eq!(
+                    decide_for(&c, false, 200, &h),
+                    Decision::Skip(why),
+                    "{mode:?}"
+                );
+            }
+            assert_eq!(
+                decide_for(&c, true, 200, &HeaderMap::new()),
+                Decision::Skip("authorization")
+            );
+            assert!(fresh(decide_for(
+                &c,
+                true,
+                200,
+                &headers(&[("cache-control", "public, max-age=9")])
+            ))
+            .is_some());
+        }
+        assert_eq!(
+            decide_for(
+                &config(CacheMode::Application),
+                false,
+                500,
                 &HeaderMap::new()
             ),
             Decision::Skip("status")
         );
-        assert_eq!(
-            decide(&c, true, ok, &HeaderMap::new()),
-            Decision::Skip("authorization")
-        );
-        assert!(matches!(
-            decide(&c, true, ok, &headers(&[("cache-control", "public")])),
-            Decision::Store { .. }
-        ));
+    }
+
+    #[test]
+    fn stale_windows_come_from_config_or_directives_unless_revalidation_is_required() {
+        let c = config(CacheMode::Shared);
+        let Decision::Store(l) = decide_for(
+            &c,
+            false,
+            200,
+            &headers(&[(
+                "cache-control",
+                "max-age=1, stale-while-revalidate=30, stale-if-error=90",
+            )]),
+        ) else {
+            panic!("stored")
+        };
+        assert_eq!((l.stale.as_secs(), l.error.as_secs()), (30, 90));
+        assert!(l.keep >= l.fresh + l.error);
+        let Decision::Store(l) = decide_for(
+            &c,
+            false,
+            200,
+            &headers(&[(
+                "cache-control",
+                "max-age=1, must-revalidate, stale-if-error=90",
+            )]),
+        ) else {
+            panic!("stored")
+        };
+        assert_eq!((l.stale, l.error), (Duration::ZERO, Duration::ZERO));
     }
 
     #[test]
     fn requests_are_classified() {
-        let c = config();
+        let c = config(CacheMode::Application);
         let none = HeaderMap::new();
         assert_eq!(classify_request(&Method::GET, &none, &c), RequestClass::Get);
         assert_eq!(
@@ -257,6 +623,10 @@ mod tests {
         );
         assert_eq!(
             classify_request(&Method::POST, &none, &c),
+            RequestClass::Unsafe
+        );
+        assert_eq!(
+            classify_request(&Method::OPTIONS, &none, &c),
             RequestClass::Bypass
         );
         assert_eq!(
@@ -267,5 +637,27 @@ mod tests {
             classify_request(&Method::GET, &headers(&[("upgrade", "websocket")]), &c),
             RequestClass::Bypass
         );
+    }
+
+    #[test]
+    fn request_directives_count_only_in_shared_mode() {
+        let h = headers(&[(
+            "cache-control",
+            "max-age=0, max-stale, min-fresh=5, only-if-cached",
+        )]);
+        assert_eq!(
+            RequestDirectives::for_request(&h, &config(CacheMode::Application)),
+            RequestDirectives::default()
+        );
+        let wants = RequestDirectives::for_request(&h, &config(CacheMode::Shared));
+        assert_eq!(wants.max_age, Some(0));
+        assert_eq!(wants.max_stale, Some(None));
+        assert_eq!(wants.min_fresh, Some(5));
+        assert!(wants.only_if_cached);
+        let pragma = RequestDirectives::for_request(
+            &headers(&[("pragma", "no-cache")]),
+            &config(CacheMode::Shared),
+        );
+        assert!(pragma.no_cache);
     }
 }

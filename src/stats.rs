@@ -10,6 +10,7 @@ macro_rules! counters {
     ($($(#[$doc:meta])* $field:ident),* $(,)?) => {
         /// A snapshot of the cache's counters since the layer was built.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize))]
         #[non_exhaustive]
         pub struct Stats {
             $($(#[$doc])* pub $field: u64,)*
@@ -42,6 +43,12 @@ counters! {
     hits,
     /// Cacheable requests that were not found and went to the origin.
     misses,
+    /// Requests answered from a stale entry (stale-while-revalidate, stale-if-error, max-stale).
+    stale,
+    /// Stale entries the origin confirmed with `304 Not Modified`.
+    revalidated,
+    /// Entries deleted because an unsafe request to their URL succeeded.
+    invalidations,
     /// Requests that did not use the cache (method, credentials, store unavailable).
     bypass,
     /// Followers answered by another request's fill, in this process or another.

@@ -115,6 +115,13 @@ async fn unsafe_methods_are_never_cached_nor_answered_from_cache() -> TestResult
     assert_eq!(cached.x_cache(), "MISS");
 
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        // Fill the GET entry, then send the unsafe request twice.
+        send(&svc, get("http://example.test/thing")).await;
+        layer.wait_for_writes().await;
+        assert_eq!(
+            send(&svc, get("http://example.test/thing")).await.x_cache(),
+            "HIT"
+        );
         for _ in 0..2 {
             let before = calls.get();
             let reply = send(&svc, request(method, "http://example.test/thing")).await;
@@ -126,11 +133,12 @@ async fn unsafe_methods_are_never_cached_nor_answered_from_cache() -> TestResult
                 reply.body
             );
         }
+        // A successful unsafe request invalidates what was stored for its URL.
+        let after = send(&svc, get("http://example.test/thing")).await;
+        assert_eq!(after.x_cache(), "MISS", "{method} invalidated the entry");
+        assert_ne!(after.body, cached.body);
     }
-    assert_eq!(
-        send(&svc, get("http://example.test/thing")).await.body,
-        cached.body
-    );
+    assert_eq!(layer.stats().invalidations, 8);
     Ok(())
 }
 
@@ -230,7 +238,7 @@ async fn an_authorized_response_never_reaches_an_anonymous_request() -> TestResu
     let marked = send(&svc, authorized("http://example.test/public")).await;
     assert_eq!(
         marked.headers["cache-status"],
-        "tower-redis-cache; fwd=bypass; stored"
+        "tower-redis-cache; fwd=bypass; fwd-status=200; stored; ttl=60"
     );
     layer.wait_for_writes().await;
     assert_eq!(layer.stats().stored, 2);

@@ -18,6 +18,7 @@ use crate::error::StoreError;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The future a [`Store`] method returns.
@@ -61,4 +62,43 @@ pub trait Store: Send + Sync + 'static {
     /// Registers interest in the next fill notice for `entry_key`. Register before checking the
     /// lock, so a notice sent in between is not missed.
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter;
+}
+
+/// A shared store is a store: lets an application choose its store at run time
+/// (`Arc<dyn Store>`) or hand one store to several layers.
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        (**self).get(key)
+    }
+    fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+        (**self).put(key, value, ttl)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+        (**self).delete(key)
+    }
+    fn try_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).try_lock(key, token, ttl)
+    }
+    fn extend_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).extend_lock(key, token, ttl)
+    }
+    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+        (**self).unlock(key, token)
+    }
+    fn publish_fill<'a>(&'a self, entry_key: &'a str, notice: FillNotice) -> StoreFuture<'a, ()> {
+        (**self).publish_fill(entry_key, notice)
+    }
+    fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+        (**self).subscribe_fill(entry_key)
+    }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit, integration (against real redis-server processes the tests
+# start on free ports), example, bench (one quick pass each) and doc tests, README included.
+#
+# Needs only the Rust toolchain: when `redis-server` is not on PATH it is installed with
+# apt-get (as root, or through sudo). Extra arguments go to both `cargo test` runs, e.g.
+# `./scripts/test.sh coalesc` runs only the tests whose names contain "coalesc".
+# Set REDIS_URL to run the tests against a Redis you started yourself instead.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "error: redis-server is missing and installing it needs root or sudo" >&2
+        exit 1
+    fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server not found: installing it with apt-get" >&2
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+fi
+redis-server --version
+
+# `--all-targets` covers the lib, tests, examples and benches, but not doctests.
+cargo test --all-features --all-targets "$@"
+cargo test --all-features --doc "$@"
