@@ -58,6 +58,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -494,12 +495,6 @@ async fn run(args: Args) -> Result<(), String> {
         .build(connector);
     let upstream = Arc::new(args.upstream.clone());
 
-    if let StoreKind::Redis(store) = &store {
-        watch_redis(
-            store.clone(),
-            redact(args.redis.as_deref().unwrap_or_default()),
-        );
-    }
     tokio::spawn(upkeep(metrics.clone()));
     if let Some((admin, admin_addr)) = admin {
         tokio::spawn(serve_admin(admin, layer.clone(), store.clone(), metrics));
@@ -513,6 +508,11 @@ async fn run(args: Args) -> Result<(), String> {
         "caching proxy ready"
     );
     announce(&format!("listening on {local}"));
+    // Started after `listening on`, so `redis connected` always follows it on stdout.
+    if let StoreKind::Redis(store) = &store {
+        let url = redact(args.redis.as_deref().unwrap_or_default());
+        watch_redis(store.clone(), url);
+    }
 
     let mut server = auto::Builder::new(TokioExecutor::new());
     server
@@ -577,33 +577,72 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// Reports whether Redis answers: a warning when it does not (the proxy then serves uncached
-/// until it does) and a `redis connected` line on stdout when it does.
+/// until it does) and a `redis connected` line on stdout once every pooled connection is up.
 fn watch_redis(store: RedisStore, url: String) {
     tokio::spawn(async move {
-        let pool = store.pool();
-        let mut warned = false;
-        loop {
-            let _ = tokio::time::timeout(Duration::from_secs(2), pool.wait_for_connect()).await;
-            if pool.clients().iter().all(|client| client.is_connected()) {
-                tracing::info!(redis = %url, "connected to Redis: the cache is shared");
-                announce("redis connected");
-                return;
-            }
-            if !warned {
+        let warned = AtomicBool::new(false);
+        let warn = || {
+            if !warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     redis = %url,
                     "Redis is not reachable: serving uncached (X-Cache: BYPASS) until it answers"
                 );
-                warned = true;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            // fred does not retry a *first* connection that failed (the store sets
-            // `fail_fast`), so start another attempt. For a client whose connection task is
-            // already running this only returns an error, which is ignored. The handle is a
-            // detached task: dropping it does not stop the attempt.
-            drop(ClientLike::connect(pool));
-        }
+        };
+        let clients = store.pool().clients();
+        futures_join_all(clients.iter().map(|client| keep_connecting(client, &warn))).await;
+        tracing::info!(redis = %url, "connected to Redis: the cache is shared");
+        announce("redis connected");
     });
+}
+
+/// How long a connection attempt may run before it must have reported success or failure
+/// (the store's 5 s connect timeout, and some slack).
+const ATTEMPT_BOUND: Duration = Duration::from_secs(6);
+
+/// Returns once `client` has connected.
+///
+/// Works around the store's lazy connection not retrying a *first* attempt that fails: fred
+/// ends the connection task after a failed first connect when `fail_fast` is set (as
+/// `RedisStore` sets it), so a Redis that is down at start would never be used. Each time an
+/// attempt has ended, start another. fred's reconnect policy takes over once connected.
+async fn keep_connecting(client: &fred::clients::Client, warn: &impl Fn()) {
+    let mut attempt_started = tokio::time::Instant::now();
+    loop {
+        if client.is_connected() {
+            return;
+        }
+        let ended =
+            match tokio::time::timeout(Duration::from_secs(1), client.wait_for_connect()).await {
+                Ok(Ok(())) => return,
+                // The attempt reported its failure and ended.
+                Ok(Err(_)) => true,
+                // No report: still trying, or it ended before we listened. Starting another while
+                // one runs would cut it short, so wait until any attempt must have finished.
+                Err(_) => attempt_started.elapsed() > ATTEMPT_BOUND,
+            };
+        if ended && !client.is_connected() {
+            warn();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A detached task: dropping its handle does not stop it.
+            drop(client.connect());
+            attempt_started = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Polls every future to completion (a tiny `join_all`, to need no `futures` crate).
+async fn futures_join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let mut futures: Vec<Pin<Box<F>>> = futures.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        futures.retain_mut(|future| future.as_mut().poll(cx).is_pending());
+        if futures.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Histograms in the Prometheus recorder need periodic upkeep when no HTTP listener of its

@@ -216,6 +216,9 @@ async fn lead<S, ReqBody, ResBody>(
             Acquire::StoreDown => {}
         }
     }
+    if respond.is_none() {
+        shared.stats.refreshes(1);
+    }
     let extender =
         held.then(|| extend_while_filling(Arc::clone(&shared), lock_key.clone(), token.clone()));
     let fetched = flow::fetch(&shared, inner, parts, body, CacheOutcome::Miss, false, &ctx).await;

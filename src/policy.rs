@@ -254,11 +254,13 @@ pub(crate) fn decide(
             config.stale_if_error.max(directive(cc.stale_if_error)),
         )
     };
-    if fresh.is_zero() && stale.is_zero() && error.is_zero() {
-        return Decision::Skip("zero-ttl");
-    }
     let has_validator =
         headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    // A response that is never fresh is still worth keeping when it can be revalidated: the
+    // origin then answers `304` instead of sending the body again (`no-cache`, `max-age=0`).
+    if fresh.is_zero() && stale.is_zero() && error.is_zero() && !has_validator {
+        return Decision::Skip("zero-ttl");
+    }
     let revalidation = if has_validator {
         fresh.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
     } else {
@@ -285,9 +287,9 @@ fn application_freshness(
     if negative.is_none() && !config.statuses.contains(&status) {
         return Err("status");
     }
-    // `no-cache` allows storing only with revalidation on every use: not worth storing here.
-    if cc.no_cache {
-        return Err("no-cache");
+    // `no-cache`: stored, but never fresh; every use is revalidated with the origin.
+    if cc.no_cache && config.respect_cache_control {
+        return Ok(Duration::ZERO);
     }
     let mut fresh = negative.unwrap_or(config.ttl);
     if config.respect_cache_control {
@@ -337,9 +339,6 @@ fn shared_freshness(
     if status == StatusCode::PARTIAL_CONTENT {
         return Err("partial-content");
     }
-    if cc.no_cache {
-        return Err("no-cache");
-    }
     let rewritten;
     let headers = if cc.proxy_revalidate && !cc.must_revalidate {
         rewritten = proxy_revalidate_as_must_revalidate(headers);
@@ -361,8 +360,10 @@ fn shared_freshness(
     if !policy.is_storable() {
         return Err("not-storable");
     }
-    let explicit =
-        cc.s_maxage.is_some() || cc.max_age.is_some() || headers.contains_key(header::EXPIRES);
+    let explicit = cc.no_cache
+        || cc.s_maxage.is_some()
+        || cc.max_age.is_some()
+        || headers.contains_key(header::EXPIRES);
     let heuristic = headers.contains_key(header::LAST_MODIFIED);
     if !explicit && !heuristic {
         // No freshness information at all: the operator's default, for the listed statuses.

@@ -47,6 +47,8 @@ counters! {
     stale,
     /// Stale entries the origin confirmed with `304 Not Modified`.
     revalidated,
+    /// Background refreshes of stale entries that ran (took the fill lock).
+    refreshes,
     /// Entries deleted because an unsafe request to their URL succeeded.
     invalidations,
     /// Requests that did not use the cache (method, credentials, store unavailable).

@@ -56,7 +56,7 @@ async fn fleet(
     let mut layers = Vec::new();
     let mut services = Vec::new();
     for _ in 0..count {
-        let builder = CacheLayer::builder(redis_store(server).await).key_prefix(&prefix);
+        let builder = support::builder(redis_store(server).await, test).key_prefix(&prefix);
         let layer = configure(builder).build().expect("valid config");
         services.push(layer.layer(origin.clone()));
         layers.push(layer);
@@ -325,6 +325,7 @@ async fn redis_stopped_during_a_storm_never_hangs_a_request() -> TestResult {
     let lock_wait = Duration::from_secs(2);
     let (_layers, services) = fleet(&server, "outage-storm", 4, &origin, |b| {
         b.lock_wait(lock_wait)
+            .read_timeout(Duration::from_millis(100))
     })
     .await;
 

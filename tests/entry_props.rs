@@ -512,10 +512,7 @@ fn round_trip_of_many_repeated_header_values() {
         }
         let encoded = encode(StatusCode::OK, &headers, &[], EntryMeta::default());
         let result = std::panic::catch_unwind(|| decode(encoded.clone()).map(|e| e.headers.len()));
-        assert!(
-            matches!(result, Ok(Ok(MAX_HEADERS) | Err(_))),
-            "{n} values"
-        );
+        assert!(matches!(result, Ok(Ok(MAX_HEADERS) | Err(_))), "{n} values");
     }
     for n in [1_000usize, MAX_HEADERS] {
         let mut headers = HeaderMap::new();

@@ -12,8 +12,7 @@ use tower::{service_fn, Layer};
 use tower_redis_cache::CacheLayer;
 
 async fn layer(server: &RedisServer, test: &str) -> CacheLayer {
-    CacheLayer::builder(redis_store(server).await)
-        .key_prefix(unique_prefix(test))
+    support::builder(redis_store(&server).await, test)
         .build()
         .expect("valid config")
 }
@@ -86,10 +85,10 @@ async fn a_second_instance_with_its_own_client_hits_what_the_first_stored() -> T
     let server = RedisServer::start().await;
     let prefix = unique_prefix("instances");
     let calls = Calls::default();
-    let one = CacheLayer::builder(redis_store(&server).await)
+    let one = support::builder(redis_store(&server).await, "instances")
         .key_prefix(&prefix)
         .build()?;
-    let two = CacheLayer::builder(redis_store(&server).await)
+    let two = support::builder(redis_store(&server).await, "instances")
         .key_prefix(&prefix)
         .build()?;
     let svc_one = one.layer(counting_origin(&calls));
@@ -287,8 +286,7 @@ async fn query_order_is_normalized_only_when_asked_and_hosts_never_share() -> Te
         "HIT"
     );
 
-    let verbatim = CacheLayer::builder(redis_store(&server).await)
-        .key_prefix(unique_prefix("query-off"))
+    let verbatim = support::builder(redis_store(&server).await, "query-off")
         .normalize_query(false)
         .build()?
         .layer(counting_origin(&calls));
@@ -330,8 +328,7 @@ async fn an_oversized_body_streams_through_complete_and_is_never_held_whole() ->
     let limit: u64 = 64 * 1024;
     let chunk = binary_body(16 * 1024, 3);
     let chunks = 64; // 1 MiB in all
-    let layer = CacheLayer::builder(redis_store(&server).await)
-        .key_prefix(unique_prefix("oversized"))
+    let layer = support::builder(redis_store(&server).await, "oversized")
         .max_body_bytes(limit)
         .build()?;
     let pulled = Arc::new(AtomicU64::new(0));
@@ -407,8 +404,7 @@ async fn with_redis_down_requests_bypass_quickly_and_hits_resume_after_restart()
     }
     let read_timeout = Duration::from_millis(50);
     let origin_delay = Duration::from_millis(20);
-    let layer = CacheLayer::builder(redis_store(&server).await)
-        .key_prefix(unique_prefix("outage"))
+    let layer = support::builder(redis_store(&server).await, "outage")
         .read_timeout(read_timeout)
         .circuit_breaker(3, Duration::from_millis(200))
         .build()?;

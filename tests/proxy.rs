@@ -81,7 +81,8 @@ struct Proxy {
     child: Option<Child>,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
-    /// Lines the proxy printed on stdout after `listening on`.
+    /// Lines the proxy printed on stdout and no test looked at yet.
+    backlog: Vec<String>,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: Arc<Mutex<String>>,
 }
@@ -124,6 +125,7 @@ impl Proxy {
             }
         });
         let mut admin = None;
+        let mut backlog = Vec::new();
         let addr = loop {
             let line = match tokio::time::timeout(PATIENCE, lines.recv()).await {
                 Ok(Some(line)) => line,
@@ -140,12 +142,15 @@ impl Proxy {
                 admin = Some(addr.trim().parse().expect("admin address"));
             } else if let Some(addr) = line.strip_prefix("listening on ") {
                 break addr.trim().parse().expect("listening address");
+            } else {
+                backlog.push(line);
             }
         };
         Proxy {
             child: Some(child),
             addr,
             admin,
+            backlog,
             lines,
             stderr,
         }
@@ -171,6 +176,11 @@ impl Proxy {
 
     /// Waits until the proxy prints a line containing `needle`.
     async fn wait_for_line(&mut self, needle: &str) {
+        if let Some(at) = self.backlog.iter().position(|line| line.contains(needle)) {
+            self.backlog.drain(..=at);
+            return;
+        }
+        self.backlog.clear();
         loop {
             match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
                 Ok(Some(line)) if line.contains(needle) => return,

@@ -184,6 +184,19 @@ pub fn unique_prefix(test: &str) -> String {
     )
 }
 
+/// A layer builder for tests: generous store timeouts, because these tests count origin calls
+/// and a loaded machine must not turn slow lookups into (correct, but uncounted) fail-open
+/// bypasses. Tests of the timeouts themselves set their own.
+pub fn builder(
+    store: impl tower_redis_cache::Store,
+    test: &str,
+) -> tower_redis_cache::CacheLayerBuilder {
+    tower_redis_cache::CacheLayer::builder(store)
+        .key_prefix(unique_prefix(test))
+        .read_timeout(Duration::from_secs(2))
+        .write_timeout(Duration::from_secs(2))
+}
+
 /// A Redis store with its own connections.
 pub async fn redis_store(server: &RedisServer) -> RedisStore {
     RedisStore::connect(server.url())
