@@ -12,7 +12,7 @@ use tower::{service_fn, Layer};
 use tower_redis_cache::CacheLayer;
 
 async fn layer(server: &RedisServer, test: &str) -> CacheLayer {
-    support::builder(redis_store(&server).await, test)
+    support::builder(redis_store(server).await, test)
         .build()
         .expect("valid config")
 }
