@@ -247,6 +247,7 @@ impl Forward {
             }
         };
         let method = parts.method.clone();
+        let client_version = parts.version;
         prepare_request_headers(&mut parts.headers, &parts.uri, parts.version, self.peer);
         parts.uri = target;
         parts.version = Version::HTTP_11;
@@ -270,6 +271,8 @@ impl Forward {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         append_via(&mut parts.headers, parts.version);
+        // Answer in the client's protocol version, whatever the upstream spoke.
+        parts.version = client_version;
         Response::from_parts(parts, body.map_err(BoxError::from).boxed())
     }
 }
@@ -749,6 +752,10 @@ fn stats_json(stats: &Stats) -> String {
         ("bytes_stored", stats.bytes_stored),
         ("not_stored", stats.not_stored),
         ("writes_dropped", stats.writes_dropped),
+        ("stale", stats.stale),
+        ("revalidated", stats.revalidated),
+        ("refreshes", stats.refreshes),
+        ("invalidations", stats.invalidations),
     ];
     let object: serde_json::Map<String, serde_json::Value> = fields
         .into_iter()

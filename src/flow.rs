@@ -212,7 +212,11 @@ fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode
     let meta = &entry.meta;
     let fresh_left_ms = meta.fresh_until_ms as i64 - now as i64;
     if wants.no_cache
-        || wants.max_age.is_some_and(|max| meta.age_secs(now) > max)
+        // Compared in milliseconds; `max-age=0` always revalidates, as clients mean by it,
+        // even for a response stored in this very millisecond.
+        || wants.max_age.is_some_and(|max| {
+            max == 0 || now.saturating_sub(meta.stored_at_ms) > max.saturating_mul(1000)
+        })
         || wants
             .min_fresh
             .is_some_and(|min| fresh_left_ms < (min as i64).saturating_mul(1000))
@@ -479,7 +483,17 @@ fn same_origin(
 ) -> Option<Uri> {
     let uri: Uri = value.to_str().ok()?.parse().ok()?;
     match uri.authority() {
-        None => uri.path().starts_with('/').then_some(uri),
+        // A path on the target's own origin: key it as the target is keyed.
+        None if uri.path().starts_with('/') => match (target.scheme(), target.authority()) {
+            (Some(scheme), Some(authority)) => Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(uri.path_and_query()?.clone())
+                .build()
+                .ok(),
+            _ => Some(uri),
+        },
+        None => None,
         Some(authority) => {
             let ours = target
                 .authority()
