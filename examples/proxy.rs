@@ -40,7 +40,6 @@
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
-use fred::prelude::ClientLike;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -58,7 +57,6 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -133,6 +131,15 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     upstream_timeout_ms: u64,
+
+    /// Longest a cache lookup or lock call may take before the request goes on without the
+    /// cache, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    store_read_timeout_ms: u64,
+
+    /// Longest a cache write may take (writes are off the response path), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    store_write_timeout_ms: u64,
 
     /// Size of the in-process cache when there is no --redis, in bytes.
     #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
@@ -454,6 +461,8 @@ async fn run(args: Args) -> Result<(), String> {
         .lock_wait(Duration::from_millis(args.lock_wait_ms))
         .max_body_bytes(args.max_body_bytes)
         .key_prefix(args.prefix.clone())
+        .read_timeout(Duration::from_millis(args.store_read_timeout_ms))
+        .write_timeout(Duration::from_millis(args.store_write_timeout_ms))
         .build()
         .map_err(|e| format!("invalid cache settings: {e}"))?;
     if let StoreKind::Memory = store {
@@ -580,72 +589,24 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// Reports whether Redis answers: a warning when it does not (the proxy then serves uncached
-/// until it does) and a `redis connected` line on stdout once every pooled connection is up.
+/// until it does; the store keeps retrying in the background) and a `redis connected` line on
+/// stdout once every pooled connection is up.
 fn watch_redis(store: RedisStore, url: String) {
     tokio::spawn(async move {
-        let warned = AtomicBool::new(false);
-        let warn = || {
-            if !warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    redis = %url,
-                    "Redis is not reachable: serving uncached (X-Cache: BYPASS) until it answers"
-                );
-            }
-        };
-        let clients = store.pool().clients();
-        futures_join_all(clients.iter().map(|client| keep_connecting(client, &warn))).await;
-        tracing::info!(redis = %url, "connected to Redis: the cache is shared");
-        announce("redis connected");
+        if tokio::time::timeout(Duration::from_secs(2), store.wait_connected())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                redis = %url,
+                "Redis is not reachable: serving uncached (X-Cache: BYPASS) until it answers"
+            );
+        }
+        if store.wait_connected().await.is_ok() {
+            tracing::info!(redis = %url, "connected to Redis: the cache is shared");
+            announce("redis connected");
+        }
     });
-}
-
-/// How long a connection attempt may run before it must have reported success or failure
-/// (the store's 5 s connect timeout, and some slack).
-const ATTEMPT_BOUND: Duration = Duration::from_secs(6);
-
-/// Returns once `client` has connected.
-///
-/// Works around the store's lazy connection not retrying a *first* attempt that fails: fred
-/// ends the connection task after a failed first connect when `fail_fast` is set (as
-/// `RedisStore` sets it), so a Redis that is down at start would never be used. Each time an
-/// attempt has ended, start another. fred's reconnect policy takes over once connected.
-async fn keep_connecting(client: &fred::clients::Client, warn: &impl Fn()) {
-    let mut attempt_started = tokio::time::Instant::now();
-    loop {
-        if client.is_connected() {
-            return;
-        }
-        let ended =
-            match tokio::time::timeout(Duration::from_secs(1), client.wait_for_connect()).await {
-                Ok(Ok(())) => return,
-                // The attempt reported its failure and ended.
-                Ok(Err(_)) => true,
-                // No report: still trying, or it ended before we listened. Starting another while
-                // one runs would cut it short, so wait until any attempt must have finished.
-                Err(_) => attempt_started.elapsed() > ATTEMPT_BOUND,
-            };
-        if ended && !client.is_connected() {
-            warn();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            // A detached task: dropping its handle does not stop it.
-            drop(client.connect());
-            attempt_started = tokio::time::Instant::now();
-        }
-    }
-}
-
-/// Polls every future to completion (a tiny `join_all`, to need no `futures` crate).
-async fn futures_join_all<F: Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    let mut futures: Vec<Pin<Box<F>>> = futures.map(Box::pin).collect();
-    std::future::poll_fn(|cx| {
-        futures.retain_mut(|future| future.as_mut().poll(cx).is_pending());
-        if futures.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
 }
 
 /// Histograms in the Prometheus recorder need periodic upkeep when no HTTP listener of its
@@ -708,8 +669,7 @@ async fn admin(
             let state = match store {
                 StoreKind::Memory => "memory",
                 StoreKind::Redis(store) => {
-                    let ping = store.pool().next().ping::<String>(None);
-                    match tokio::time::timeout(PING_TIMEOUT, ping).await {
+                    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
                         Ok(Ok(_)) => "reachable",
                         _ => "unreachable",
                     }
@@ -737,28 +697,8 @@ async fn admin(
 }
 
 fn stats_json(stats: &Stats) -> String {
-    let fields = [
-        ("hits", stats.hits),
-        ("misses", stats.misses),
-        ("bypass", stats.bypass),
-        ("coalesced", stats.coalesced),
-        ("lock_waits", stats.lock_waits),
-        ("lock_timeouts", stats.lock_timeouts),
-        ("lock_takeovers", stats.lock_takeovers),
-        ("store_errors", stats.store_errors),
-        ("store_skipped", stats.store_skipped),
-        ("corrupt", stats.corrupt),
-        ("stored", stats.stored),
-        ("bytes_stored", stats.bytes_stored),
-        ("not_stored", stats.not_stored),
-        ("writes_dropped", stats.writes_dropped),
-        ("stale", stats.stale),
-        ("revalidated", stats.revalidated),
-        ("refreshes", stats.refreshes),
-        ("invalidations", stats.invalidations),
-    ];
-    let object: serde_json::Map<String, serde_json::Value> = fields
-        .into_iter()
+    let object: serde_json::Map<String, serde_json::Value> = stats
+        .fields()
         .map(|(name, value)| (name.to_owned(), value.into()))
         .collect();
     let mut body = serde_json::Value::Object(object).to_string();

@@ -16,6 +16,14 @@ macro_rules! counters {
             $($(#[$doc])* pub $field: u64,)*
         }
 
+        impl Stats {
+            /// Every counter with its field name, in declaration order: for exporters and
+            /// status pages that should not list the fields by hand.
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($field), self.$field),)*].into_iter()
+            }
+        }
+
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $($field: AtomicU64,)*

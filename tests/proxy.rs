@@ -157,6 +157,8 @@ impl Proxy {
     }
 
     /// Starts a proxy sharing the cache in the Redis at `redis`, and waits until it is connected.
+    /// Store timeouts are generous: these tests count origin calls, and a loaded machine must
+    /// not turn slow lookups into (correct, but uncounted) fail-open bypasses.
     async fn start_redis(upstream: &str, redis: &str, prefix: &str) -> Proxy {
         let mut proxy = Proxy::start(
             upstream,
@@ -167,6 +169,10 @@ impl Proxy {
                 prefix,
                 "--admin-listen",
                 "127.0.0.1:0",
+                "--store-read-timeout-ms",
+                "2000",
+                "--store-write-timeout-ms",
+                "2000",
             ],
         )
         .await;

@@ -7,8 +7,10 @@
 //! - Fill notices go over one pub/sub channel per store (`PUBLISH channel "S<entry key>"`).
 //!   Each process subscribes once and fans notices out to its waiters in memory, which costs
 //!   one subscription per process instead of one per waiting key.
-//! - Commands fail fast while disconnected and fred reconnects in the background with an
-//!   exponential back-off, so the cache recovers by itself when Redis comes back.
+//! - Commands fail fast while disconnected (fred's per-command `fail_fast`), while the
+//!   connections, the first one included, are retried in the background with an exponential
+//!   back-off: a store made while Redis is down starts caching when Redis comes up, and one
+//!   that loses Redis recovers by itself when it comes back.
 
 use super::{FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
@@ -47,6 +49,7 @@ struct Inner {
     channel: String,
     unlock: Script,
     extend: Script,
+    fail_fast: Options,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -154,7 +157,9 @@ impl RedisStore {
     /// `redis-sentinel://host:port?sentinelServiceName=name`.
     pub fn builder(url: &str) -> Result<RedisStoreBuilder, StoreError> {
         let mut config = Config::from_url(url)?;
-        config.fail_fast = true;
+        // Retry the first connection too (fred's `fail_fast` would give up on it); commands
+        // still fail fast through `Options` on each call.
+        config.fail_fast = false;
         Ok(RedisStoreBuilder {
             config,
             pool_size: 2,
@@ -231,11 +236,50 @@ impl RedisStore {
             channel,
             unlock: Script::from_lua(UNLOCK_LUA),
             extend: Script::from_lua(EXTEND_LUA),
+            fail_fast: Options {
+                fail_fast: true,
+                max_attempts: Some(1),
+                ..Options::default()
+            },
             tasks,
         };
         Self {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Commands that fail at once while disconnected instead of queueing for a reconnect.
+    fn commands(&self) -> fred::clients::WithOptions<Pool> {
+        self.inner.pool.with_options(&self.inner.fail_fast)
+    }
+
+    /// Scripts cannot take per-call options in fred; fail them fast by hand.
+    fn ensure_connected(&self) -> Result<(), StoreError> {
+        if self.inner.pool.is_connected() {
+            Ok(())
+        } else {
+            Err(StoreError::from_kind(StoreErrorKind::Connection))
+        }
+    }
+
+    /// Whether every pooled connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.pool.is_connected()
+    }
+
+    /// Sends `PING`, for health checks: `Ok` when Redis answered.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self
+            .inner
+            .pool
+            .with_options(&self.inner.fail_fast)
+            .ping::<()>(None)
+            .await?)
+    }
+
+    /// Waits until every pooled connection is up (forever if Redis never answers: bound it).
+    pub async fn wait_connected(&self) -> Result<(), StoreError> {
+        Ok(self.inner.pool.wait_for_connect().await?)
     }
 
     /// The fred pool, for commands this crate does not wrap.
@@ -272,22 +316,21 @@ fn millis(duration: Duration) -> i64 {
 
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(async move { Ok(self.inner.pool.get::<Option<Bytes>, _>(key).await?) })
+        Box::pin(async move { Ok(self.commands().get::<Option<Bytes>, _>(key).await?) })
     }
 
     fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let expire = Some(Expiration::PX(millis(ttl)));
             Ok(self
-                .inner
-                .pool
+                .commands()
                 .set::<(), _, _>(key, value, expire, None, false)
                 .await?)
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { Ok(self.inner.pool.unlink::<(), _>(key).await?) })
+        Box::pin(async move { Ok(self.commands().unlink::<(), _>(key).await?) })
     }
 
     fn try_lock<'a>(
@@ -299,8 +342,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let expire = Some(Expiration::PX(millis(ttl)));
             let reply: Option<String> = self
-                .inner
-                .pool
+                .commands()
                 .set(key, token, expire, Some(SetOptions::NX), false)
                 .await?;
             Ok(reply.is_some())
@@ -314,6 +356,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
+            self.ensure_connected()?;
             let args: Vec<Value> = vec![token.into(), millis(ttl).into()];
             let extended: i64 = self
                 .inner
@@ -326,6 +369,7 @@ impl Store for RedisStore {
 
     fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            self.ensure_connected()?;
             let _: i64 = self
                 .inner
                 .unlock
@@ -342,6 +386,7 @@ impl Store for RedisStore {
                 .inner
                 .pool
                 .next()
+                .with_options(&self.inner.fail_fast)
                 .publish(self.inner.channel.as_str(), message)
                 .await?;
             Ok(())
