@@ -77,7 +77,7 @@ where
             let (respond, reply) = oneshot::channel();
             let running = shared.background.start();
             let task_shared = Arc::clone(&shared);
-            tokio::spawn(async move {
+            let fill = async move {
                 lead(
                     task_shared,
                     inner,
@@ -90,7 +90,8 @@ where
                 )
                 .await;
                 drop(running);
-            });
+            };
+            tokio::spawn(tracing::Instrument::in_current_span(fill));
             // The fill task only drops `respond` unanswered if the inner service panicked.
             reply
                 .await
@@ -119,10 +120,11 @@ pub(crate) fn refresh<S, ReqBody, ResBody>(
         return;
     };
     let running = shared.background.start();
-    tokio::spawn(async move {
+    let refresh = async move {
         lead(shared, inner, key, parts, body, leader, None, ctx).await;
         drop(running);
-    });
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(refresh));
 }
 
 /// A response for a request served by another request's fill.

@@ -82,6 +82,7 @@ where
         )
         .await;
     };
+    tracing::Span::current().record("key", tracing::field::display(key.entry_key()));
     let wants = RequestDirectives::for_request(&parts.headers, &shared.config);
     let mut ctx = MissContext {
         stale: None,
@@ -341,6 +342,7 @@ fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict, age: Optio
         CacheOutcome::Miss => shared.stats.misses(1),
         CacheOutcome::Bypass => shared.stats.bypass(1),
     }
+    tracing::Span::current().record("outcome", verdict.outcome.as_str());
     headers::mark(headers, &shared.config.cache_name, verdict, age);
 }
 
@@ -543,7 +545,11 @@ where
     if let Some(stale) = &ctx.stale {
         conditional::add_validators(&mut parts.headers, &stale.headers);
     }
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
     let result = inner.call(Request::from_parts(parts, body)).await;
+    #[cfg(feature = "metrics")]
+    crate::stats::record_fill(started.elapsed());
     let failed_status = match &result {
         Ok(response) if response.status().is_server_error() => Some(response.status()),
         Ok(_) => None,
@@ -845,10 +851,11 @@ where
     if let Some(filled) = fetched.filled {
         let running = shared.background.start();
         let shared = Arc::clone(shared);
-        tokio::spawn(async move {
+        let write = async move {
             write(&shared, &key, ctx.index.as_ref(), &filled).await;
             drop(running);
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(write));
     }
     fetched.reply
 }

@@ -63,8 +63,29 @@ where
         // The ready service is the one `poll_ready` was called on; leave a fresh clone behind.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
+        // A debug-level span per request; `key` and `outcome` are recorded as they are known.
+        // With no subscriber listening at debug level this costs a cached callsite check.
+        let span = tracing::debug_span!(
+            "cache",
+            method = %request.method(),
+            uri = %request.uri(),
+            key = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let flow = crate::flow::run(Arc::clone(&self.shared), ready, request);
+        #[cfg(feature = "metrics")]
+        let flow = {
+            let started = std::time::Instant::now();
+            async move {
+                let result = flow.await;
+                if let Ok(response) = &result {
+                    crate::stats::record_latency(response.headers(), started.elapsed());
+                }
+                result
+            }
+        };
         ResponseFuture {
-            inner: Box::pin(crate::flow::run(Arc::clone(&self.shared), ready, request)),
+            inner: Box::pin(tracing::Instrument::instrument(flow, span)),
         }
     }
 }

@@ -84,3 +84,27 @@ counters! {
     /// Writes dropped because too many were already in flight.
     writes_dropped,
 }
+
+/// Records how long a response took in the histogram for its outcome (`metrics` feature):
+/// `tower_redis_cache_hit_seconds` for answers from the cache (HIT, STALE), and
+/// `tower_redis_cache_forward_seconds` for the rest. The outcome is read back from the
+/// response's `X-Cache`, so the histogram always agrees with what clients saw.
+#[cfg(feature = "metrics")]
+pub(crate) fn record_latency(headers: &http::HeaderMap, elapsed: std::time::Duration) {
+    let from_cache = headers
+        .get(crate::headers::X_CACHE)
+        .is_some_and(|v| v == "HIT" || v == "STALE");
+    let name = if from_cache {
+        "tower_redis_cache_hit_seconds"
+    } else {
+        "tower_redis_cache_forward_seconds"
+    };
+    metrics::histogram!(name).record(elapsed.as_secs_f64());
+}
+
+/// Records how long the origin took to answer a fill (`metrics` feature):
+/// `tower_redis_cache_fill_seconds`.
+#[cfg(feature = "metrics")]
+pub(crate) fn record_fill(elapsed: std::time::Duration) {
+    metrics::histogram!("tower_redis_cache_fill_seconds").record(elapsed.as_secs_f64());
+}
