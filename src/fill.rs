@@ -168,54 +168,37 @@ async fn lead<S, ReqBody, ResBody>(
         let wait = respond.is_some();
         match acquire_or_wait(&shared, &key, &lock_key, &token, wait, &parts.headers).await {
             Acquire::Acquired => held = true,
-            Acquire::Filled(entry) => {
-                let entry = Arc::new(entry);
-                leader.resolve(Outcome::Stored(Arc::clone(&entry)));
+            // The store is failing: fill without the lock; the write is tried all the same.
+            Acquire::StoreDown => {}
+            // Another's fill ended (stored, or not shareable), the wait ran out, or (for a
+            // background refresh) another process is already refreshing.
+            ended => {
+                let filled = match ended {
+                    Acquire::Filled(entry) => Some(Arc::new(entry)),
+                    _ => None,
+                };
+                leader.resolve(match &filled {
+                    Some(entry) => Outcome::Stored(Arc::clone(entry)),
+                    None => Outcome::GoToOrigin,
+                });
                 if let Some(respond) = respond {
-                    let reply = if entry.matches(&parts.headers) {
-                        shared.stats.coalesced(1);
-                        Ok(served_by_fill(&shared, &entry, &parts.headers))
-                    } else {
-                        flow::fetch_and_store(
-                            &shared,
-                            inner,
-                            key,
-                            parts,
-                            body,
-                            CacheOutcome::Miss,
-                            false,
-                            ctx,
-                        )
-                        .await
+                    let reply = match filled.filter(|entry| entry.matches(&parts.headers)) {
+                        Some(entry) => {
+                            shared.stats.coalesced(1);
+                            Ok(served_by_fill(&shared, &entry, &parts.headers))
+                        }
+                        None => {
+                            let miss = CacheOutcome::Miss;
+                            flow::fetch_and_store(
+                                &shared, inner, key, parts, body, miss, false, ctx,
+                            )
+                            .await
+                        }
                     };
                     let _ = respond.send(reply);
                 }
                 return;
             }
-            Acquire::GoToOrigin => {
-                leader.resolve(Outcome::GoToOrigin);
-                if let Some(respond) = respond {
-                    let reply = flow::fetch_and_store(
-                        &shared,
-                        inner,
-                        key,
-                        parts,
-                        body,
-                        CacheOutcome::Miss,
-                        false,
-                        ctx,
-                    )
-                    .await;
-                    let _ = respond.send(reply);
-                }
-                return;
-            }
-            Acquire::Busy => {
-                leader.resolve(Outcome::GoToOrigin);
-                return;
-            }
-            // The store is failing: fill without the lock; the write is tried all the same.
-            Acquire::StoreDown => {}
         }
     }
     if respond.is_none() {

@@ -56,31 +56,13 @@ where
 {
     let class = policy::classify_request(request.method(), request.headers(), &shared.config);
     let (parts, body) = request.into_parts();
-    match class {
-        RequestClass::Bypass => {
-            return forward(
-                &shared,
-                inner,
-                parts,
-                body,
-                CacheOutcome::Bypass,
-                Fwd::Bypass,
-            )
-            .await
-        }
+    let key = match class {
         RequestClass::Unsafe => return forward_and_invalidate(&shared, inner, parts, body).await,
-        _ => {}
-    }
-    let Some(key) = shared.keys.derive(&parts) else {
-        return forward(
-            &shared,
-            inner,
-            parts,
-            body,
-            CacheOutcome::Bypass,
-            Fwd::Bypass,
-        )
-        .await;
+        RequestClass::Bypass => None,
+        _ => shared.keys.derive(&parts),
+    };
+    let Some(key) = key else {
+        return bypass(&shared, inner, parts, body).await;
     };
     tracing::Span::current().record("key", tracing::field::display(key.entry_key()));
     let wants = RequestDirectives::for_request(&parts.headers, &shared.config);
@@ -108,17 +90,7 @@ where
     let (key, index, found) = resolve(&shared, key, &parts.headers).await;
     ctx.index = index;
     match found {
-        Lookup::Unavailable => {
-            return forward(
-                &shared,
-                inner,
-                parts,
-                body,
-                CacheOutcome::Bypass,
-                Fwd::Bypass,
-            )
-            .await
-        }
+        Lookup::Unavailable => return bypass(&shared, inner, parts, body).await,
         Lookup::Found(entry) => {
             let now = entry::unix_now_ms();
             match usability(&entry, now, &wants, shared.config.mode) {
@@ -407,6 +379,27 @@ pub(crate) fn fill_failed<B>(shared: &Shared) -> Response<CacheBody<B>> {
     response
 }
 
+/// Passes the request by the cache: not cacheable, or the store is unavailable.
+async fn bypass<S, ReqBody, ResBody>(
+    shared: &Shared,
+    inner: S,
+    parts: Parts,
+    body: ReqBody,
+) -> Reply<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    forward(
+        shared,
+        inner,
+        parts,
+        body,
+        CacheOutcome::Bypass,
+        Fwd::Bypass,
+    )
+    .await
+}
+
 /// Passes the request to the inner service and its response back untouched, but marked.
 pub(crate) async fn forward<S, ReqBody, ResBody>(
     shared: &Shared,
@@ -444,15 +437,7 @@ where
 {
     let target = parts.uri.clone();
     let host = parts.headers.get(header::HOST).cloned();
-    let response = forward(
-        shared,
-        inner,
-        parts,
-        body,
-        CacheOutcome::Bypass,
-        Fwd::Bypass,
-    )
-    .await?;
+    let response = bypass(shared, inner, parts, body).await?;
     if !(response.status().is_success() || response.status().is_redirection()) {
         return Ok(response);
     }

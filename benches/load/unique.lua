@@ -1,0 +1,25 @@
+-- wrk script where every request asks for a new key: `-- <path prefix>` is followed by a
+-- counter (wrk -t1, so one Lua state and unique paths). Prints the same summary as report.lua.
+local prefix = "/1k/unique-"
+local counter = 0
+
+function init(args)
+   if args[1] ~= nil then
+      prefix = args[1]
+   end
+end
+
+function request()
+   counter = counter + 1
+   return wrk.format("GET", prefix .. counter)
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      "LOAD-RESULT requests=%d duration_us=%d bytes=%d p50_us=%d p99_us=%d max_us=%d " ..
+      "connect=%d read=%d write=%d status=%d timeout=%d\n",
+      summary.requests, summary.duration, summary.bytes,
+      latency:percentile(50), latency:percentile(99), latency.max,
+      e.connect, e.read, e.write, e.status, e.timeout))
+end
