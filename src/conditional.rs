@@ -8,26 +8,29 @@ use std::time::SystemTime;
 /// response with `response` headers. `If-None-Match` wins over `If-Modified-Since`.
 pub(crate) fn not_modified(request: &HeaderMap, response: &HeaderMap) -> bool {
     if request.contains_key(header::IF_NONE_MATCH) {
-        let Some(etag) = response.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+        let Some(etag) = response.get(header::ETAG) else {
             return false;
         };
+        // Entity tags are compared as bytes: they may carry obs-text.
         return request
             .get_all(header::IF_NONE_MATCH)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .any(|tag| tag == "*" || weak_match(tag, etag));
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|tag| tag == b"*" || weak_match(tag, etag.as_bytes()));
     }
     let since = request.get(header::IF_MODIFIED_SINCE).and_then(http_date);
-    let modified = response.get(header::LAST_MODIFIED).and_then(http_date);
+    // Without Last-Modified, the response's Date is the best known modification time.
+    let modified = response
+        .get(header::LAST_MODIFIED)
+        .or_else(|| response.get(header::DATE))
+        .and_then(http_date);
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
 /// Weak comparison (RFC 9110 §8.8.3.2): equal opaque tags, whatever their `W/` prefixes.
-fn weak_match(a: &str, b: &str) -> bool {
-    let opaque = |t: &str| t.strip_prefix("W/").unwrap_or(t).to_owned();
-    opaque(a) == opaque(b)
+fn weak_match(a: &[u8], b: &[u8]) -> bool {
+    a.strip_prefix(b"W/").unwrap_or(a) == b.strip_prefix(b"W/").unwrap_or(b)
 }
 
 fn http_date(value: &HeaderValue) -> Option<SystemTime> {
@@ -73,14 +76,12 @@ pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
 }
 
 /// The stored headers updated with those of a `304` (RFC 9111 §3.2): each field the 304
-/// carries replaces the stored one, except the framing fields that describe the stored body.
+/// carries replaces the stored one, except `Content-Length` (the stored body's own) and the
+/// framing a hop adds (`Transfer-Encoding`).
 pub(crate) fn merge_not_modified(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in update.keys() {
-        if name == header::CONTENT_LENGTH
-            || name == header::CONTENT_ENCODING
-            || name == header::TRANSFER_ENCODING
-        {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
         merged.remove(name);

@@ -184,7 +184,9 @@ enum Usable {
 fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode) -> Usable {
     let meta = &entry.meta;
     let fresh_left_ms = meta.fresh_until_ms as i64 - now as i64;
+    // `no-store` asks that nothing be kept of this exchange: answer it from the origin.
     if wants.no_cache
+        || wants.no_store
         // Compared in milliseconds; `max-age=0` always revalidates, as clients mean by it,
         // even for a response stored in this very millisecond.
         || wants.max_age.is_some_and(|max| {
@@ -662,6 +664,10 @@ where
         verdict,
     );
     *response.version_mut() = parts.version;
+    // The age the response already had upstream is part of its identity for the client.
+    for age in parts.headers.get_all(header::AGE) {
+        response.headers_mut().append(header::AGE, age.clone());
+    }
     Fetched {
         reply: Ok(response),
         filled: Some(filled),

@@ -81,10 +81,9 @@ impl RequestDirectives {
         if config.mode != CacheMode::Shared {
             return Self::default();
         }
+        // `Pragma` is not read: RFC 9111 §5.4 deprecates it, and only `Cache-Control` counts.
         let mut wants = Self::default();
-        let mut has_cache_control = false;
         for (name, arg) in directives(headers.get_all(header::CACHE_CONTROL)) {
-            has_cache_control = true;
             match name.as_str() {
                 "no-cache" => wants.no_cache = true,
                 "no-store" => wants.no_store = true,
@@ -94,11 +93,6 @@ impl RequestDirectives {
                 "min-fresh" => wants.min_fresh = Some(arg.and_then(seconds).unwrap_or(0)),
                 _ => {}
             }
-        }
-        // RFC 9111 §5.4: `Pragma: no-cache` counts only when there is no Cache-Control.
-        if !has_cache_control {
-            wants.no_cache =
-                directives(headers.get_all(header::PRAGMA)).any(|(name, _)| name == "no-cache");
         }
         wants
     }
@@ -111,6 +105,9 @@ pub(crate) enum Decision {
     /// Do not store it, for the reason given (used in `Cache-Status` detail and traces).
     Skip(&'static str),
 }
+
+/// The longest anything is kept in the store, whatever the response declares.
+const MAX_KEEP: Duration = Duration::from_secs(365 * 86_400);
 
 /// How long a stored response may be used, counted from when it was received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,12 +258,14 @@ pub(crate) fn decide(
     if fresh.is_zero() && stale.is_zero() && error.is_zero() && !has_validator {
         return Decision::Skip("zero-ttl");
     }
-    let revalidation = if has_validator {
+    // Kept past freshness for revalidation (with a validator) and for clients' `max-stale`;
+    // bounded, so a lifetime of centuries cannot overflow a store's expiry arithmetic.
+    let grace = if has_validator {
         fresh.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
     } else {
-        Duration::ZERO
+        Duration::from_secs(60)
     };
-    let keep = fresh + stale.max(error).max(revalidation);
+    let keep = (fresh + stale.max(error).max(grace)).min(MAX_KEEP);
     Decision::Store(Lifetime {
         fresh,
         stale,
@@ -336,31 +335,11 @@ fn shared_freshness(
     headers: &HeaderMap,
     cc: &CacheControl,
 ) -> Result<(Duration, Duration), &'static str> {
-    if status == StatusCode::PARTIAL_CONTENT {
-        return Err("partial-content");
-    }
-    let rewritten;
-    let headers = if cc.proxy_revalidate && !cc.must_revalidate {
-        rewritten = proxy_revalidate_as_must_revalidate(headers);
-        &rewritten
-    } else {
-        headers
-    };
-    let now = SystemTime::now();
-    let options = CacheOptions {
-        shared: true,
-        ..CacheOptions::default()
-    };
-    let policy = CachePolicy::new_options(
-        &PolicyRequest(request),
-        &PolicyResponse(status, headers),
-        now,
-        options,
-    );
-    if !policy.is_storable() {
-        return Err("not-storable");
+    if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Err("status");
     }
     let explicit = cc.no_cache
+        || cc.public
         || cc.s_maxage.is_some()
         || cc.max_age.is_some()
         || headers.contains_key(header::EXPIRES);
@@ -373,25 +352,71 @@ fn shared_freshness(
             Err("status")
         };
     }
+    // Any final status may be stored when the origin says for how long (RFC 9111 §3); the
+    // crate only knows the classic list, so explicit freshness is evaluated as for a 200.
+    let evaluated_status = if explicit { StatusCode::OK } else { status };
+    let headers = normalized_for_policy(headers, cc);
+    let now = SystemTime::now();
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(
+        &PolicyRequest(request),
+        &PolicyResponse(evaluated_status, &headers),
+        now,
+        options,
+    );
+    if !policy.is_storable() {
+        return Err("not-storable");
+    }
     Ok((policy.time_to_live(now), policy.age(now)))
 }
 
-fn proxy_revalidate_as_must_revalidate(headers: &HeaderMap) -> HeaderMap {
+/// The response headers as `http-cache-semantics` should see them. That crate matches
+/// directive names case-sensitively and reads `Age` strictly, so `Cache-Control` is rebuilt
+/// from our own parse (names lowercased, `proxy-revalidate` as `must-revalidate`: see the
+/// module docs) and `Age` is reduced to its first value when that is a number (RFC 9111 §5.1),
+/// else dropped.
+fn normalized_for_policy(headers: &HeaderMap, cc: &CacheControl) -> HeaderMap {
     let mut copy = headers.clone();
-    copy.append(
-        header::CACHE_CONTROL,
-        http::HeaderValue::from_static("must-revalidate"),
-    );
-    let values: Vec<String> = copy
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| v.replace("proxy-revalidate", "must-revalidate"))
+    let rebuilt: Vec<String> = directives(headers.get_all(header::CACHE_CONTROL))
+        .map(|(name, arg)| {
+            let name = if name == "proxy-revalidate" && !cc.must_revalidate {
+                "must-revalidate".to_owned()
+            } else {
+                name
+            };
+            match arg {
+                Some(arg)
+                    if arg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                {
+                    format!("{name}={arg}")
+                }
+                Some(arg) => format!("{name}=\"{}\"", arg.replace('"', "")),
+                None => name,
+            }
+        })
         .collect();
     copy.remove(header::CACHE_CONTROL);
-    for value in values {
-        if let Ok(value) = http::HeaderValue::from_str(&value) {
-            copy.append(header::CACHE_CONTROL, value);
+    if let Ok(value) = http::HeaderValue::from_str(&rebuilt.join(", ")) {
+        if !rebuilt.is_empty() {
+            copy.insert(header::CACHE_CONTROL, value);
+        }
+    }
+    let age = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(|v| http::HeaderValue::from_str(v.trim_start_matches('0')).ok());
+    copy.remove(header::AGE);
+    if let Some(Some(age)) = age {
+        if !age.is_empty() {
+            copy.insert(header::AGE, age);
         }
     }
     copy
@@ -659,6 +684,41 @@ mod tests {
             &headers(&[("pragma", "no-cache")]),
             &config(CacheMode::Shared),
         );
-        assert!(pragma.no_cache);
+        assert!(!pragma.no_cache, "Pragma is deprecated (RFC 9111 §5.4)");
+    }
+
+    #[test]
+    fn shared_mode_reads_directives_and_age_as_the_rfc_does() {
+        let c = config(CacheMode::Shared);
+        let mixed_case = headers(&[("cache-control", "No-CaChE, MaX-aGe=10000")]);
+        assert_eq!(
+            fresh(decide_for(&c, false, 200, &mixed_case)),
+            None,
+            "no-cache: never fresh"
+        );
+        let listed_age = headers(&[("cache-control", "max-age=3600"), ("age", "7200, 0")]);
+        assert_eq!(
+            decide_for(&c, false, 200, &listed_age),
+            Decision::Skip("zero-ttl")
+        );
+        let declared = headers(&[("cache-control", "max-age=30")]);
+        assert_eq!(
+            fresh(decide_for(&c, false, 500, &declared)),
+            Some(30),
+            "any status may be stored with explicit freshness"
+        );
+        assert_eq!(
+            decide_for(&c, false, 500, &HeaderMap::new()),
+            Decision::Skip("status")
+        );
+        let Decision::Store(l) = decide_for(
+            &c,
+            false,
+            200,
+            &headers(&[("cache-control", "max-age=99999999999")]),
+        ) else {
+            panic!("stored")
+        };
+        assert!(l.keep <= MAX_KEEP);
     }
 }
