@@ -58,11 +58,14 @@ pub(crate) fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// Removes the client's own validators, so the origin answers the cache with a full response
-/// it can store; the client's conditions are then evaluated against what is stored.
+/// Removes the client's own validators and range, so the origin answers the cache with a full
+/// response it can store; the client's conditions are then evaluated against what is stored.
 pub(crate) fn strip_client_validators(request: &mut HeaderMap) {
     request.remove(header::IF_NONE_MATCH);
     request.remove(header::IF_MODIFIED_SINCE);
+    // Likewise a byte range: the cache fetches the whole response and serves the range from it.
+    request.remove(header::RANGE);
+    request.remove(header::IF_RANGE);
 }
 
 /// Adds the stored response's validators to a request, to revalidate it with the origin.

@@ -16,9 +16,10 @@ use crate::layer::{CacheMode, Shared};
 use crate::policy::{
     self, CacheControl, Decision, Lifetime, RequestClass, RequestDirectives, RequestHead,
 };
+use crate::range;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderMap, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
@@ -330,18 +331,31 @@ pub(crate) fn from_entry<B>(
     verdict: Verdict,
 ) -> Response<CacheBody<B>> {
     let age = entry.meta.age_secs(entry::unix_now_ms());
-    let mut response =
-        if entry.status == StatusCode::OK && conditional::not_modified(request, &entry.headers) {
-            let mut response = Response::new(CacheBody::cached(None));
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            *response.headers_mut() = conditional::not_modified_headers(&entry.headers);
-            response
-        } else {
-            let mut response = Response::new(CacheBody::cached((!head).then_some(entry.body)));
-            *response.status_mut() = entry.status;
-            *response.headers_mut() = entry.headers;
-            response
-        };
+    let mut response = if entry.status == StatusCode::OK
+        && conditional::not_modified(request, &entry.headers)
+    {
+        let mut response = Response::new(CacheBody::cached(None));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = conditional::not_modified_headers(&entry.headers);
+        response
+    } else if let Some(range) = (entry.status == StatusCode::OK && !head)
+        .then(|| range::requested(request, entry.body.len(), entry.headers.get(header::ETAG)))
+        .flatten()
+    {
+        let len = entry.body.len();
+        let mut response = Response::new(CacheBody::cached(Some(entry.body.slice(range.clone()))));
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        *response.headers_mut() = entry.headers;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_RANGE, range::content_range(&range, len));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.len()));
+        response
+    } else {
+        let mut response = Response::new(CacheBody::cached((!head).then_some(entry.body)));
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers;
+        response
+    };
     let shows_age = !matches!(verdict.outcome, CacheOutcome::Miss | CacheOutcome::Bypass);
     finish(
         shared,

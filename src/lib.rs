@@ -72,6 +72,7 @@ pub mod headers;
 mod key;
 mod layer;
 mod policy;
+mod range;
 mod service;
 mod stats;
 mod store;

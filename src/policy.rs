@@ -54,8 +54,9 @@ pub(crate) fn classify_request(
     } else {
         return RequestClass::Unsafe;
     };
-    // A protocol upgrade (WebSocket) or a byte range is not a plain representation.
-    if headers.contains_key(header::UPGRADE) || headers.contains_key(header::RANGE) {
+    // A protocol upgrade (WebSocket) is not a representation. (A byte range is: it is served
+    // from a stored whole response, and forwarded otherwise.)
+    if headers.contains_key(header::UPGRADE) {
         return RequestClass::Bypass;
     }
     if headers.contains_key(header::AUTHORIZATION) && !config.share_authorized {
@@ -654,6 +655,10 @@ mod tests {
         assert_eq!(
             classify_request(&Method::OPTIONS, &none, &c),
             RequestClass::Bypass
+        );
+        assert_eq!(
+            classify_request(&Method::GET, &headers(&[("range", "bytes=0-1")]), &c),
+            RequestClass::Get
         );
         assert_eq!(
             classify_request(&Method::GET, &headers(&[("authorization", "x")]), &c),

@@ -794,3 +794,50 @@ async fn successful_unsafe_requests_invalidate_their_targets_in_every_instance()
     assert_eq!(two.stats().invalidations, 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn byte_ranges_are_served_from_the_stored_response() -> TestResult {
+    let server = RedisServer::start().await;
+    let origin = Scripted::new();
+    let layer = layer(&server, "ranges", |b| b).await;
+    let body = binary_body(1000, 5);
+    let svc = layer.layer(origin.service({
+        let body = body.clone();
+        move |req, _| {
+            assert!(
+                !req.headers().contains_key("range"),
+                "the cache asks for the whole response"
+            );
+            response(&[("etag", "\"r1\"")], body.clone())
+        }
+    }));
+    let uri = "http://example.test/file";
+
+    // A cold range request fills the whole entry and gets its range from it.
+    let cold = send(&svc, with_headers(uri, &[("range", "bytes=10-19")])).await;
+    assert_eq!(cold.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(cold.body, body.slice(10..20));
+    assert_eq!(cold.headers["content-range"], "bytes 10-19/1000");
+    layer.wait_for_writes().await;
+
+    let suffix = send(&svc, with_headers(uri, &[("range", "bytes=-100")])).await;
+    assert_eq!(
+        (suffix.status, suffix.x_cache()),
+        (StatusCode::PARTIAL_CONTENT, "HIT")
+    );
+    assert_eq!(suffix.body, body.slice(900..));
+    assert_eq!(suffix.headers["content-length"], "100");
+    let stale_validator = send(
+        &svc,
+        with_headers(uri, &[("range", "bytes=0-1"), ("if-range", "\"old\"")]),
+    )
+    .await;
+    assert_eq!(
+        (stale_validator.status, stale_validator.body.len()),
+        (StatusCode::OK, 1000)
+    );
+    let several = send(&svc, with_headers(uri, &[("range", "bytes=0-1,5-6")])).await;
+    assert_eq!((several.status, several.body.len()), (StatusCode::OK, 1000));
+    assert_eq!(origin.calls.get(), 1);
+    Ok(())
+}
