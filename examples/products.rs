@@ -24,8 +24,10 @@
 //! ```
 //!
 //! The data source sleeps 150 ms per read to stand in for a slow database. `GET` responses are
-//! cached for 30 s, `404`s for 5 s; a `PUT` writes the product and removes the cached `GET`s it
-//! made stale (the product and the list) with [`CacheLayer::invalidate`].
+//! cached for 30 s, `404`s for 5 s. A `PUT` writes the product and removes the cached `GET`s it
+//! made stale (the product and the list) with [`CacheLayer::invalidate`]. (The layer also drops
+//! the entry for the URL of any successful `PUT`/`POST`/`DELETE`/`PATCH` by itself, but only an
+//! application knows which other URLs, like the list, show the data that changed.)
 
 use axum::{
     extract::{Path, State},
@@ -140,7 +142,8 @@ async fn put_product(
         .await
         .insert(id, product.clone());
     // The cache keys a response by host, path and query: rebuild the GETs this write made
-    // stale with the same host as this request.
+    // stale with the same host as this request. The product's own URL would also be dropped
+    // by the layer once this handler succeeds; the list would not.
     for path in [uri.path(), "/api/products"] {
         let stale_get = get_request(&uri, &headers, path);
         match app.cache.invalidate(&stale_get).await {
@@ -163,19 +166,17 @@ fn get_request(uri: &Uri, headers: &HeaderMap, path: &str) -> Request<()> {
     request
 }
 
-/// The cache's counters. Marked `no-store`, so the cache never keeps it.
+/// The cache's counters and the data source's reads. Marked `no-store`, so the cache never
+/// keeps it.
 async fn stats(State(app): State<App>) -> impl IntoResponse {
-    let s = app.cache.stats();
-    let body = serde_json::json!({
-        "origin_reads": app.catalog.reads.load(Relaxed),
-        "hits": s.hits,
-        "misses": s.misses,
-        "bypass": s.bypass,
-        "coalesced": s.coalesced,
-        "stored": s.stored,
-        "not_stored": s.not_stored,
-        "store_errors": s.store_errors,
-    });
+    let mut body = serde_json::Map::new();
+    body.insert(
+        "origin_reads".into(),
+        app.catalog.reads.load(Relaxed).into(),
+    );
+    for (name, value) in app.cache.stats().fields() {
+        body.insert(name.into(), value.into());
+    }
     (
         [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(body),
@@ -219,7 +220,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .route("/api/products/{id}", get(get_product).put(put_product))
         .route("/stats", get(stats))
         .with_state(app)
-        .layer(cache);
+        .layer(cache.clone());
 
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
@@ -244,5 +245,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    // Let fills and store writes still running finish before exiting.
+    cache.wait_for_writes().await;
     Ok(())
 }

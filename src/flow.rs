@@ -351,9 +351,17 @@ pub(crate) fn from_entry<B>(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.len()));
         response
     } else {
+        let len = entry.body.len();
         let mut response = Response::new(CacheBody::cached((!head).then_some(entry.body)));
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers;
+        // A HEAD answer has no body to measure: say how long the GET's body is, as the
+        // origin's server would have (it may have added the length only on the wire).
+        if head && !response.headers().contains_key(header::CONTENT_LENGTH) {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
         response
     };
     let shows_age = !matches!(verdict.outcome, CacheOutcome::Miss | CacheOutcome::Bypass);

@@ -265,8 +265,9 @@ impl CacheLayerBuilder {
     }
 
     /// Looks up and stores requests carrying `Authorization` like any other (default off:
-    /// they go to the origin, and their responses are stored only when marked `public` or
-    /// `s-maxage`). Turn on only when the response never depends on who asks.
+    /// they go to the origin, and their responses are stored only when marked `public`,
+    /// `s-maxage` or `must-revalidate`, as RFC 9111 §3.5 allows). Turn on only when the
+    /// response never depends on who asks.
     pub fn share_authorized(mut self, on: bool) -> Self {
         self.share_authorized = on;
         self

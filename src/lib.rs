@@ -1,4 +1,5 @@
-//! A shared, distributed HTTP response cache for [tower] services, stored in Redis.
+//! A shared, distributed HTTP response cache for [tower](https://docs.rs/tower) services,
+//! stored in Redis.
 //!
 //! # Overview
 //!
