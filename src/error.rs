@@ -48,6 +48,8 @@ pub enum ConfigError {
     ZeroPendingWrites,
     /// The `Cache-Status` cache name is not an RFC 8941 token.
     InvalidCacheName(String),
+    /// The near cache was given no room.
+    ZeroNearCache,
 }
 
 impl fmt::Display for ConfigError {
@@ -76,6 +78,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "lock_wait of {wait:?} is longer than the maximum of {max:?}")
             }
             Self::ZeroPendingWrites => f.write_str("max_pending_writes is 0: no miss could be stored"),
+            Self::ZeroNearCache => f.write_str("near_cache has 0 bytes: give it room or leave it off"),
             Self::InvalidCacheName(name) => write!(
                 f,
                 "cache name {name:?} is not a token (start with a letter; letters, digits, and !#$%&'*+-.^_`|~:/)"

@@ -287,7 +287,7 @@ async fn acquire_or_wait(
         let polled = tokio::select! {
             notice = waiter.notice() => match notice {
                 FillNotice::NotStorable => return Acquire::GoToOrigin,
-                FillNotice::Stored => false,
+                FillNotice::Stored | FillNotice::Changed => false,
             },
             () = tokio::time::sleep(poll) => true,
             () = &mut deadline => {

@@ -58,7 +58,9 @@ where
     let class = policy::classify_request(request.method(), request.headers(), &shared.config);
     let (parts, body) = request.into_parts();
     let key = match class {
-        RequestClass::Unsafe => return forward_and_invalidate(&shared, inner, parts, body).await,
+        RequestClass::Unsafe => {
+            return Box::pin(forward_and_invalidate(&shared, inner, parts, body)).await
+        }
         RequestClass::Bypass => None,
         _ => shared.keys.derive(&parts),
     };
@@ -75,7 +77,7 @@ where
     };
     if class == RequestClass::Authorized {
         ctx.fwd = Fwd::Bypass;
-        return fetch_and_store(
+        return Box::pin(fetch_and_store(
             &shared,
             inner,
             key,
@@ -84,7 +86,7 @@ where
             CacheOutcome::Bypass,
             true,
             ctx,
-        )
+        ))
         .await;
     }
     let head = class == RequestClass::Head;
@@ -128,7 +130,7 @@ where
             }
         }
         Lookup::HitForMiss if !head && !wants.only_if_cached => {
-            return fetch_and_store(
+            return Box::pin(fetch_and_store(
                 &shared,
                 inner,
                 key,
@@ -137,7 +139,7 @@ where
                 CacheOutcome::Miss,
                 false,
                 ctx,
-            )
+            ))
             .await;
         }
         Lookup::VaryMiss => ctx.fwd = Fwd::VaryMiss,
@@ -168,7 +170,9 @@ where
         }
         return forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await;
     }
-    crate::fill::miss(shared, inner, key, parts, body, ctx).await
+    // The miss path's state is large: boxing it keeps the hit path's future small, so the one
+    // allocation every request makes for its future copies less.
+    Box::pin(crate::fill::miss(shared, inner, key, parts, body, ctx)).await
 }
 
 /// How a found entry may be used for this request.

@@ -174,6 +174,7 @@ pub struct CacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     max_pending_writes: usize,
+    near_cache: Option<(u64, Duration)>,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -212,6 +213,7 @@ impl CacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             max_pending_writes: 1024,
+            near_cache: None,
         }
     }
 
@@ -368,6 +370,17 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Keeps the values this process reads or writes in an in-process tier of at most
+    /// `max_bytes`, for at most `ttl`, in front of the shared store (default: off). Hits it
+    /// can answer cost no store round trip. Every write and delete announces itself to the
+    /// other instances, whose copies are dropped on the notice; a copy can outlive a change
+    /// made elsewhere only if that notice is lost, and never past `ttl`. Entries keep their
+    /// own freshness either way.
+    pub fn near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
+        self.near_cache = Some((max_bytes, ttl));
+        self
+    }
+
     /// The most store writes in flight at once (default 1024); misses beyond it are not stored.
     pub fn max_pending_writes(mut self, writes: usize) -> Self {
         self.max_pending_writes = writes;
@@ -439,6 +452,14 @@ impl CacheLayerBuilder {
         if !crate::headers::is_sf_token(&self.cache_name) {
             return Err(ConfigError::InvalidCacheName(self.cache_name));
         }
+        if let Some((max_bytes, ttl)) = self.near_cache {
+            if max_bytes == 0 {
+                return Err(ConfigError::ZeroNearCache);
+            }
+            if ttl.is_zero() {
+                return Err(ConfigError::ZeroDuration("near_cache ttl"));
+            }
+        }
         if self.max_pending_writes == 0 {
             return Err(ConfigError::ZeroPendingWrites);
         }
@@ -468,6 +489,10 @@ impl CacheLayerBuilder {
             self.breaker_cooldown,
             Arc::clone(&stats),
         );
+        let store = match self.near_cache {
+            Some((max_bytes, ttl)) => store.with_near_cache(max_bytes, ttl),
+            None => store,
+        };
         let keys = KeyMaker {
             prefix: self.prefix.into(),
             normalize_query: self.normalize_query,

@@ -59,6 +59,8 @@ counters! {
     refreshes,
     /// Entries deleted because an unsafe request to their URL succeeded.
     invalidations,
+    /// Store reads answered by the near cache, without a store round trip.
+    near_hits,
     /// Requests that did not use the cache (method, credentials, store unavailable).
     bypass,
     /// Followers answered by another request's fill, in this process or another.

@@ -6,8 +6,15 @@
 //! opens and calls are skipped outright for `cooldown`, so an outage costs no latency per
 //! request. After the cool-down the next calls go through; one success closes the breaker,
 //! one failure reopens it at once.
+//!
+//! The optional near cache lives here too: an in-process [`MemoryStore`] holding the values
+//! this process read or wrote lately, for at most its TTL. Reads it can answer cost no store
+//! round trip. Writes and deletes go to the shared store first and then announce a
+//! [`FillNotice::Changed`], and every notice from any process drops the near copy of its key,
+//! so a copy outlives a change elsewhere only if the notice is lost, and never past the TTL.
+//! Entries carry their own freshness, so a near copy is never served past it.
 
-use super::{FillNotice, FillWaiter, Store, StoreFuture};
+use super::{FillNotice, FillWaiter, MemoryStore, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::stats::Counters;
 use bytes::Bytes;
@@ -21,6 +28,15 @@ pub(crate) struct GuardedStore {
     write_timeout: Duration,
     breaker: Breaker,
     stats: Arc<Counters>,
+    near: Option<NearCache>,
+}
+
+/// The near cache, and this layer's id in the change notices it sends.
+struct NearCache {
+    copies: Arc<MemoryStore>,
+    ttl: Duration,
+    /// Prefixes the key in this layer's `Changed` notices, so it can ignore its own.
+    sender: String,
 }
 
 impl GuardedStore {
@@ -43,7 +59,30 @@ impl GuardedStore {
             write_timeout,
             breaker,
             stats,
+            near: None,
         }
+    }
+
+    /// Adds a near cache of at most `max_bytes`, keeping copies for at most `ttl`.
+    pub(crate) fn with_near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let copies = Arc::new(MemoryStore::new(max_bytes));
+        let sender = format!("{:016x}", RandomState::new().hash_one(std::process::id()));
+        let (listener, own) = (Arc::clone(&copies), sender.clone());
+        self.store.listen(Arc::new(move |key: &str, notice| {
+            // Only another layer's change matters: fill notices come with a `Changed` of
+            // their own from the writer, and this layer's own changes are already applied.
+            if notice != FillNotice::Changed || key.get(..own.len()) == Some(own.as_str()) {
+                return;
+            }
+            listener.delete_now(key.get(own.len()..).unwrap_or(key));
+        }));
+        self.near = Some(NearCache {
+            copies,
+            ttl,
+            sender,
+        });
+        self
     }
 
     async fn call<T>(
@@ -73,7 +112,18 @@ impl GuardedStore {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        self.call(self.read_timeout, self.store.get(key)).await
+        let Some(near) = &self.near else {
+            return self.call(self.read_timeout, self.store.get(key)).await;
+        };
+        if let Some(value) = near.copies.get_now(key) {
+            self.stats.near_hits(1);
+            return Ok(Some(value));
+        }
+        let value = self.call(self.read_timeout, self.store.get(key)).await?;
+        if let Some(value) = &value {
+            near.copies.put_now(key, value.clone(), near.ttl);
+        }
+        Ok(value)
     }
 
     pub(crate) async fn put(
@@ -82,12 +132,32 @@ impl GuardedStore {
         value: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.call(self.write_timeout, self.store.put(key, value, ttl))
-            .await
+        let Some(near) = &self.near else {
+            return self
+                .call(self.write_timeout, self.store.put(key, value, ttl))
+                .await;
+        };
+        self.call(self.write_timeout, self.store.put(key, value.clone(), ttl))
+            .await?;
+        self.announce_change(near, key).await;
+        near.copies.put_now(key, value, ttl.min(near.ttl));
+        Ok(())
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.call(self.write_timeout, self.store.delete(key)).await
+        let result = self.call(self.write_timeout, self.store.delete(key)).await;
+        if let Some(near) = &self.near {
+            near.copies.delete_now(key);
+            self.announce_change(near, key).await;
+        }
+        result
+    }
+
+    /// Tells the other layers' near caches to drop their copy of `key`.
+    async fn announce_change(&self, near: &NearCache, key: &str) {
+        let tagged = format!("{}{key}", near.sender);
+        let notice = self.store.publish_fill(&tagged, FillNotice::Changed);
+        let _ = self.call(self.write_timeout, notice).await;
     }
 
     pub(crate) async fn try_lock(

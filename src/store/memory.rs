@@ -78,6 +78,21 @@ impl MemoryStore {
         }
     }
 
+    /// Reads a value without going through a future (for the near cache).
+    pub(crate) fn get_now(&self, key: &str) -> Option<Bytes> {
+        self.entries.get(key).map(|stored| stored.value)
+    }
+
+    /// Writes a value without going through a future (for the near cache).
+    pub(crate) fn put_now(&self, key: &str, value: Bytes, ttl: Duration) {
+        self.entries.insert(key.to_owned(), Stored { value, ttl });
+    }
+
+    /// Removes a value without going through a future (for the near cache).
+    pub(crate) fn delete_now(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
     fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.locks.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -85,17 +100,16 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        let value = self.entries.get(key).map(|stored| stored.value);
-        Box::pin(std::future::ready(Ok(value)))
+        Box::pin(std::future::ready(Ok(self.get_now(key))))
     }
 
     fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
-        self.entries.insert(key.to_owned(), Stored { value, ttl });
+        self.put_now(key, value, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        self.entries.invalidate(key);
+        self.delete_now(key);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -147,5 +161,9 @@ impl Store for MemoryStore {
 
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         self.notices.register(entry_key)
+    }
+
+    fn listen(&self, listener: super::NoticeListener) {
+        self.notices.listen(listener);
     }
 }

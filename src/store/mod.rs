@@ -31,7 +31,13 @@ pub enum FillNotice {
     Stored,
     /// The origin's answer may not be shared: stop waiting and ask the origin yourself.
     NotStorable,
+    /// The value under the key was written or deleted: drop any copy held in memory. Sent
+    /// when a layer keeps a near cache; waiters for a fill do not see it.
+    Changed,
 }
+
+/// Told of every fill notice a store receives, from this process or another.
+pub type NoticeListener = Arc<dyn Fn(&str, FillNotice) + Send + Sync>;
 
 /// A place to keep encoded entries, shared by every instance that should share a cache.
 ///
@@ -62,6 +68,11 @@ pub trait Store: Send + Sync + 'static {
     /// Registers interest in the next fill notice for `entry_key`. Register before checking the
     /// lock, so a notice sent in between is not missed.
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter;
+    /// Calls `listener` with every notice this store receives, for any key. A store that
+    /// cannot deliver notices across processes may ignore it (the default).
+    fn listen(&self, listener: NoticeListener) {
+        let _ = listener;
+    }
 }
 
 /// A shared store is a store: lets an application choose its store at run time
@@ -100,5 +111,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         (**self).subscribe_fill(entry_key)
+    }
+    fn listen(&self, listener: NoticeListener) {
+        (**self).listen(listener)
     }
 }

@@ -1,15 +1,22 @@
 //! In-process fan-out of fill notices to the requests waiting for them.
 
-use super::FillNotice;
+use super::{FillNotice, NoticeListener};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// Routes fill notices to the waiters registered for a key. A store owns one and feeds it,
 /// from its pub/sub subscription (Redis) or directly (memory).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct FillNotices {
     waiters: Mutex<HashMap<String, Slot>>,
+    listeners: Mutex<Vec<NoticeListener>>,
+}
+
+impl std::fmt::Debug for FillNotices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FillNotices").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -37,8 +44,28 @@ impl FillNotices {
         }
     }
 
-    /// Delivers `notice` to every waiter registered for `entry_key`.
+    /// Adds a listener told of every notice dispatched from now on.
+    pub fn listen(&self, listener: NoticeListener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
+    /// Delivers `notice` to the listeners, and (unless it is [`FillNotice::Changed`]) to every
+    /// waiter registered for `entry_key`.
     pub fn dispatch(&self, entry_key: &str, notice: FillNotice) {
+        for listener in self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            listener(entry_key, notice);
+        }
+        if notice == FillNotice::Changed {
+            return;
+        }
         let map = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = map.get(entry_key) {
             slot.sender.send_replace(Some(notice));

@@ -33,6 +33,9 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// How often connection state is checked while waiting for it.
+const CONNECT_POLL: Duration = Duration::from_millis(10);
+
 /// The default pub/sub channel for fill notices.
 pub const DEFAULT_NOTICE_CHANNEL: &str = "tower-redis-cache:fills";
 
@@ -50,6 +53,8 @@ struct Inner {
     unlock: Script,
     extend: Script,
     fail_fast: Options,
+    /// Becomes `true` once fill notices are subscribed to.
+    subscribed: tokio::sync::watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,10 +127,9 @@ impl RedisStoreBuilder {
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let timeout = self.connect_timeout;
         let store = self.connect_lazy()?;
-        let pool = store.inner.pool.clone();
-        match tokio::time::timeout(timeout, pool.wait_for_connect()).await {
+        match tokio::time::timeout(timeout, store.wait_connected()).await {
             Ok(Ok(())) => Ok(store),
-            Ok(Err(error)) => Err(error.into()),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(StoreError::from_kind(StoreErrorKind::Connection)),
         }
     }
@@ -203,10 +207,16 @@ impl RedisStore {
         let _connection = subscriber.connect();
         let sub = subscriber.clone();
         let sub_channel = channel.clone();
-        // (Re)subscribe on every connection: fred forgets subscriptions that failed while down.
+        let (subscribed, subscribed_rx) = tokio::sync::watch::channel(false);
+        // Subscribe once connected, then again on every reconnection: fred forgets
+        // subscriptions that failed while Redis was down.
         tasks.push(tokio::spawn(async move {
-            if sub.wait_for_connect().await.is_ok() {
-                let _ = sub.subscribe(sub_channel.clone()).await;
+            loop {
+                if sub.is_connected() && sub.subscribe(sub_channel.clone()).await.is_ok() {
+                    subscribed.send_replace(true);
+                    break;
+                }
+                tokio::time::sleep(CONNECT_POLL).await;
             }
             while reconnects.recv().await.is_ok() {
                 if let Err(error) = sub.subscribe(sub_channel.clone()).await {
@@ -236,6 +246,7 @@ impl RedisStore {
             channel,
             unlock: Script::from_lua(UNLOCK_LUA),
             extend: Script::from_lua(EXTEND_LUA),
+            subscribed: subscribed_rx,
             fail_fast: Options {
                 fail_fast: true,
                 max_attempts: Some(1),
@@ -277,9 +288,20 @@ impl RedisStore {
             .await?)
     }
 
-    /// Waits until every pooled connection is up (forever if Redis never answers: bound it).
+    /// Waits until every pooled connection is up and fill notices are subscribed to (forever
+    /// if Redis never answers: bound it).
     pub async fn wait_connected(&self) -> Result<(), StoreError> {
-        Ok(self.inner.pool.wait_for_connect().await?)
+        let mut subscribed = self.inner.subscribed.clone();
+        // fred's `wait_for_connect` waits for the *next* connection, which never comes when
+        // the first one is already up; its state is read instead.
+        while !self.inner.pool.is_connected() {
+            tokio::time::sleep(CONNECT_POLL).await;
+        }
+        subscribed
+            .wait_for(|done| *done)
+            .await
+            .map(drop)
+            .map_err(|_| StoreError::from_kind(StoreErrorKind::Connection))
     }
 
     /// The fred pool, for commands this crate does not wrap.
@@ -293,6 +315,7 @@ fn encode_notice(entry_key: &str, notice: FillNotice) -> String {
     message.push(match notice {
         FillNotice::Stored => 'S',
         FillNotice::NotStorable => 'N',
+        FillNotice::Changed => 'C',
     });
     message.push_str(entry_key);
     message
@@ -303,6 +326,7 @@ fn parse_notice(value: &Value) -> Option<(&str, FillNotice)> {
     let notice = match text.as_bytes().first()? {
         b'S' => FillNotice::Stored,
         b'N' => FillNotice::NotStorable,
+        b'C' => FillNotice::Changed,
         _ => return None,
     };
     Some((&text[1..], notice))
@@ -395,5 +419,9 @@ impl Store for RedisStore {
 
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         self.inner.notices.register(entry_key)
+    }
+
+    fn listen(&self, listener: super::NoticeListener) {
+        self.inner.notices.listen(listener);
     }
 }
