@@ -144,6 +144,16 @@ struct Args {
     /// Size of the in-process cache when there is no --redis, in bytes.
     #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
     memory_bytes: u64,
+
+    /// With --redis: keep entries read or written lately in process for up to this long, in
+    /// milliseconds, so hot entries cost no Redis round trip (0: off). Changes made by other
+    /// instances drop the local copies through Redis pub/sub.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    near_cache_ms: u64,
+
+    /// Size of the near cache, in bytes.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024 * 1024)]
+    near_cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -444,7 +454,11 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("invalid --redis URL {}: {e}", redact(url)))?
                 .connect_lazy()
                 .map_err(|e| format!("cannot set up Redis at {}: {e}", redact(url)))?;
-            let builder = CacheLayer::builder(store.clone());
+            let mut builder = CacheLayer::builder(store.clone());
+            if args.near_cache_ms > 0 {
+                let ttl = Duration::from_millis(args.near_cache_ms);
+                builder = builder.near_cache(args.near_cache_bytes, ttl);
+            }
             (StoreKind::Redis(store), builder)
         }
         None => {
