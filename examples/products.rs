@@ -188,6 +188,20 @@ fn redacted(url: &str) -> &str {
     url.rsplit_once('@').map_or(url, |(_, host)| host)
 }
 
+/// The products API behind `cache` (the tests reuse it).
+pub fn router(cache: CacheLayer) -> Router {
+    let app = App {
+        catalog: Arc::new(Catalog::seeded()),
+        cache: cache.clone(),
+    };
+    Router::new()
+        .route("/api/products", get(list_products))
+        .route("/api/products/{id}", get(get_product).put(put_product))
+        .route("/stats", get(stats))
+        .with_state(app)
+        .layer(cache)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
@@ -211,16 +225,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .negative_ttl(Duration::from_secs(5))
         .build()?;
 
-    let app = App {
-        catalog: Arc::new(Catalog::seeded()),
-        cache: cache.clone(),
-    };
-    let router = Router::new()
-        .route("/api/products", get(list_products))
-        .route("/api/products/{id}", get(get_product).put(put_product))
-        .route("/stats", get(stats))
-        .with_state(app)
-        .layer(cache.clone());
+    let router = router(cache.clone());
 
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port

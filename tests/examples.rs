@@ -10,6 +10,9 @@ mod axum_example;
 #[path = "../examples/hyper.rs"]
 mod hyper_example;
 #[allow(dead_code)]
+#[path = "../examples/products.rs"]
+mod products_example;
+#[allow(dead_code)]
 #[path = "../examples/tonic.rs"]
 mod tonic_example;
 
@@ -266,4 +269,47 @@ mod tonic_server {
         server.abort();
         Ok(())
     }
+}
+
+#[tokio::test]
+async fn products_demo_caches_reads_and_a_put_invalidates_them() {
+    use tower::ServiceExt;
+    let cache =
+        tower_redis_cache::CacheLayer::builder(tower_redis_cache::MemoryStore::new(1 << 20))
+            .build()
+            .expect("valid config");
+    let app = products_example::router(cache.clone());
+    let get = || {
+        Request::get("http://demo.test/api/products/1")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    let read = |response: Response<_>| async move {
+        let x_cache = response.headers()["x-cache"]
+            .to_str()
+            .expect("x-cache")
+            .to_owned();
+        let body = BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        (x_cache, body)
+    };
+    let (first, before) = read(app.clone().oneshot(get()).await.expect("GET")).await;
+    cache.wait_for_writes().await;
+    let (second, cached) = read(app.clone().oneshot(get()).await.expect("GET")).await;
+    assert_eq!((first.as_str(), second.as_str()), ("MISS", "HIT"));
+    assert_eq!(before, cached);
+
+    let put = Request::put("http://demo.test/api/products/1")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            r#"{"name":"Teapot","price_cents":2500}"#,
+        ))
+        .expect("request");
+    let updated = app.clone().oneshot(put).await.expect("PUT");
+    assert!(updated.status().is_success());
+    let (after, fresh) = read(app.oneshot(get()).await.expect("GET")).await;
+    assert_eq!(after, "MISS", "the PUT invalidated the cached product");
+    assert!(String::from_utf8_lossy(&fresh).contains("Teapot"));
 }
