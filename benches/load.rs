@@ -1,5 +1,6 @@
-//! Load benchmark: the caching proxy (`examples/proxy.rs` with a Redis store) next to nginx
-//! (`proxy_cache`, one worker) and the origin itself, on one machine, in one run.
+//! Load benchmark: the caching proxy (`examples/proxy.rs` with a Redis store, without and with
+//! its near cache) next to nginx (`proxy_cache`, one worker) and the origin itself, on one
+//! machine, in one run.
 //!
 //! Run: `./scripts/bench-load.sh` (installs `redis-server`, `nginx-light` and `wrk` when they are
 //! missing, builds the proxy, then runs `cargo bench --bench load`). Without `--bench` on the
@@ -9,10 +10,13 @@
 //! - an origin in this process (hyper 1): `/1k/*` and `/64k/*` answer a fixed 1 KiB / 64 KiB
 //!   body after 20 ms with `Cache-Control: max-age=600`, and count the calls per path
 //!   (`GET /__calls` shows the total);
-//! - `redis-server` (through `tests/support`), the release proxy in front of the origin, and
-//!   nginx with the config in `benches/load/nginx.conf` (cache on tmpfs, cache lock on).
+//! - `redis-server` (through `tests/support`); the release proxy in front of the origin twice,
+//!   both on that Redis: `proxy` (`--redis`) and `proxy-near` (`--redis --near-cache-ms 1000`:
+//!   hot entries answered from process memory for up to 1 s, dropped early on a change notice
+//!   from Redis pub/sub); nginx with the config in `benches/load/nginx.conf` (cache on tmpfs,
+//!   cache lock on).
 //!
-//! Scenarios, each against the proxy, nginx and the origin directly:
+//! Scenarios, each against both proxies, nginx and the origin directly:
 //! - 1 KiB and 64 KiB hits: one warmed key, `wrk -t1 -c64 --latency`;
 //! - unique-key misses: every request a new key (`benches/load/unique.lua`); the 20 ms origin
 //!   bounds this at about 64 / 20 ms = 3200 requests/s;
@@ -20,15 +24,18 @@
 //!   (a driver in this file); reports origin calls per key and p50/p99.
 //!
 //! CPU per request is utime+stime of the proxy (and of Redis, shown apart) or of the nginx
-//! worker, from `/proc/<pid>/stat`, over the run, divided by the requests completed.
+//! worker, from `/proc/<pid>/stat`, over the run, divided by the requests completed. The report
+//! compares every proxy variant with nginx, `proxy-near` with `proxy`, and each proxy with the
+//! targets (40 µs CPU per 64 KiB hit, 40 ms storm p99).
 //!
 //! Each wrk scenario runs `LOAD_ROUNDS` rounds, every server in turn in each round, so a slow
 //! spell of a shared machine does not land on one server only.
 //!
 //! Settings (environment): `LOAD_SECS` (5) per wrk run, `LOAD_ROUNDS` (2), `LOAD_CONNS` (64),
 //! `LOAD_STORM_KEYS` (50), `LOAD_SCENARIOS` (a subset of `hit1k,hit64k,miss,storm`),
-//! `LOAD_SERVERS` (a subset of `proxy,nginx,origin`, plus `proxy-memory`: the proxy with its
-//! in-process store, to tell the Redis round trip from the rest), `LOAD_PROXY_BIN` (default
+//! `LOAD_SERVERS` (a subset of `proxy,proxy-near,nginx,origin`, the default, plus
+//! `proxy-memory`: the proxy with its in-process store, to tell the Redis round trip from the
+//! rest, only when listed; an unknown name is an error), `LOAD_PROXY_BIN` (default
 //! `target/release/examples/proxy`), `REDIS_URL` (use that Redis instead of starting one; its
 //! CPU is then not measured).
 
@@ -58,13 +65,15 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 const ORIGIN_DELAY: Duration = Duration::from_millis(20);
+/// `--near-cache-ms` of the `proxy-near` variant.
+const NEAR_CACHE_MS: &str = "1000";
 const NGINX_CONF: &str = include_str!("load/nginx.conf");
 const REPORT_LUA: &str = include_str!("load/report.lua");
 const UNIQUE_LUA: &str = include_str!("load/unique.lua");
 
 fn main() -> ExitCode {
     if !std::env::args().skip(1).any(|arg| arg == "--bench") {
-        println!("load: skipped (a 2-3 minute load test; run ./scripts/bench-load.sh)");
+        println!("load: skipped (a 3-4 minute load test; run ./scripts/bench-load.sh)");
         return ExitCode::SUCCESS;
     }
     match run() {
@@ -111,6 +120,18 @@ impl Only {
     /// Whether `name` is named explicitly (for what is off by default).
     fn lists(&self, name: &str) -> bool {
         self.0.iter().any(|n| n == name)
+    }
+
+    /// Fails on a name that is not one of `known`, so a typo does not silently drop a server.
+    fn check(&self, variable: &str, known: &[&str]) -> Result<()> {
+        match self.0.iter().find(|n| !known.contains(&n.as_str())) {
+            Some(name) => Err(format!(
+                "{variable}: unknown name {name:?} (known: {})",
+                known.join(",")
+            )
+            .into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -487,10 +508,11 @@ struct ProxyProc {
     admin: SocketAddr,
 }
 
-/// Starts the proxy, with a Redis store, or with its in-process store when `redis_url` is `None`.
+/// Starts the proxy variant `server` (see [`Server::proxy_flags`]).
 fn start_proxy(
     settings: &Settings,
-    redis_url: Option<&str>,
+    server: Server,
+    redis_url: &str,
     origin: SocketAddr,
     dir: &Path,
 ) -> Result<ProxyProc> {
@@ -502,16 +524,13 @@ fn start_proxy(
         )
         .into());
     }
-    let log = dir.join(if redis_url.is_some() {
-        "proxy.log"
-    } else {
-        "proxy-memory.log"
-    });
+    let flags = server.proxy_flags(redis_url);
+    let log = dir.join(format!("{}.log", server.tag()));
     let child = Command::new(&settings.proxy_bin)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .arg("--upstream")
         .arg(format!("http://{origin}"))
-        .args(redis_url.map(|url| ["--redis", url]).into_iter().flatten())
+        .args(&flags)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -531,7 +550,8 @@ fn start_proxy(
             let _ = lines.send(line);
         }
     });
-    let (mut addr, mut admin, mut connected) = (None, None, redis_url.is_none());
+    let uses_redis = flags.iter().any(|f| f == "--redis");
+    let (mut addr, mut admin, mut connected) = (None, None, !uses_redis);
     let deadline = Instant::now() + Duration::from_secs(30);
     while addr.is_none() || admin.is_none() || !connected {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -543,8 +563,9 @@ fn start_proxy(
                     mpsc::RecvTimeoutError::Disconnected => "exited before reporting",
                 };
                 return Err(format!(
-                    "the proxy {why} `listening on`, `admin on` and `redis connected` (30 s); \
+                    "{}: the proxy {why} `listening on`, `admin on` and `redis connected` (30 s); \
                      its log:\n{}",
+                    server.tag(),
                     tail(&log)
                 )
                 .into());
@@ -720,6 +741,7 @@ fn stats_delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) ->
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
     Proxy,
+    ProxyNear,
     ProxyMemory,
     Nginx,
     Origin,
@@ -729,6 +751,7 @@ impl Server {
     fn label(self) -> &'static str {
         match self {
             Server::Proxy => "proxy (Redis)",
+            Server::ProxyNear => "proxy (Redis + near cache 1 s)",
             Server::ProxyMemory => "proxy (memory store)",
             Server::Nginx => "nginx (1 worker)",
             Server::Origin => "origin direct",
@@ -738,10 +761,41 @@ impl Server {
     fn tag(self) -> &'static str {
         match self {
             Server::Proxy => "proxy",
+            Server::ProxyNear => "proxy-near",
             Server::ProxyMemory => "proxy-memory",
             Server::Nginx => "nginx",
             Server::Origin => "origin",
         }
+    }
+
+    /// Every server, in the order the table lists them.
+    const ALL: [Server; 5] = [
+        Server::Proxy,
+        Server::ProxyNear,
+        Server::ProxyMemory,
+        Server::Nginx,
+        Server::Origin,
+    ];
+
+    /// The proxy variants, each compared with nginx.
+    const PROXIES: [Server; 3] = [Server::Proxy, Server::ProxyNear, Server::ProxyMemory];
+
+    /// Whether the run includes this server: the ones off by default only when listed.
+    fn wanted(self, servers: &Only) -> bool {
+        match self {
+            Server::ProxyMemory => servers.lists(self.tag()),
+            _ => servers.wants(self.tag()),
+        }
+    }
+
+    /// The proxy's flags for this variant, after `--listen`, `--admin-listen` and `--upstream`.
+    fn proxy_flags(self, redis_url: &str) -> Vec<String> {
+        let flags: &[&str] = match self {
+            Server::Proxy => &["--redis", redis_url],
+            Server::ProxyNear => &["--redis", redis_url, "--near-cache-ms", NEAR_CACHE_MS],
+            Server::ProxyMemory | Server::Nginx | Server::Origin => &[],
+        };
+        flags.iter().map(|f| (*f).to_owned()).collect()
     }
 }
 
@@ -1352,6 +1406,12 @@ fn rps(value: f64) -> String {
 
 fn run() -> Result<()> {
     let settings = Settings::from_env();
+    settings
+        .servers
+        .check("LOAD_SERVERS", &Server::ALL.map(Server::tag))?;
+    settings
+        .scenarios
+        .check("LOAD_SCENARIOS", &["hit1k", "hit64k", "miss", "storm"])?;
     let nginx_bin = find_program("nginx").ok_or("nginx not found (apt-get install nginx-light)")?;
     for program in ["wrk", "redis-server"] {
         if find_program(program).is_none() && std::env::var("REDIS_URL").is_err() {
@@ -1390,33 +1450,45 @@ fn run() -> Result<()> {
     } else {
         None
     };
-    let proxy = start_proxy(&settings, Some(redis.url()), origin.addr, &dir.0)?;
-    // Off by default: the same proxy with its in-process store separates the Redis round trip
-    // from the rest of the proxy's cost.
-    let proxy_memory = if settings.servers.lists("proxy-memory") {
-        Some(start_proxy(&settings, None, origin.addr, &dir.0)?)
-    } else {
-        None
-    };
+    // The proxy variants in the run; proxy-memory (the proxy with its in-process store, off by
+    // default) separates the Redis round trip from the rest of the proxy's cost.
+    let mut proxies = Vec::new();
+    for server in Server::PROXIES {
+        if server.wanted(&settings.servers) {
+            let proc = start_proxy(&settings, server, redis.url(), origin.addr, &dir.0)?;
+            proxies.push((server, proc));
+        }
+    }
     let nginx = start_nginx(&nginx_bin, origin.addr, &dir.0)?;
+    let started: Vec<String> = proxies
+        .iter()
+        .map(|(server, proxy)| format!("{} {} (admin {})", server.tag(), proxy.addr, proxy.admin))
+        .collect();
     eprintln!(
-        "load: origin {}, redis {}, proxy {} (admin {}), nginx {} (worker pid {})",
+        "load: origin {}, redis {}, {}, nginx {} (worker pid {})",
         origin.addr,
         redis.url(),
-        proxy.addr,
-        proxy.admin,
+        started.join(", "),
         nginx.addr,
         nginx.worker
     );
 
-    let targets = [
-        Target {
-            server: Server::Proxy,
+    let mut all_targets: Vec<Target> = proxies
+        .iter()
+        .map(|(server, proxy)| Target {
+            server: *server,
             addr: proxy.addr,
             pid: Some(proxy.proc.pid()),
-            helper: redis_pid,
+            // Redis's CPU is shown apart for the variants that use it.
+            helper: if *server == Server::ProxyMemory {
+                None
+            } else {
+                redis_pid
+            },
             admin: Some(proxy.admin),
-        },
+        })
+        .collect();
+    all_targets.extend([
         Target {
             server: Server::Nginx,
             addr: nginx.addr,
@@ -1431,7 +1503,14 @@ fn run() -> Result<()> {
             helper: None,
             admin: None,
         },
-    ];
+    ]);
+    let targets: Vec<&Target> = all_targets
+        .iter()
+        .filter(|t| t.server.wanted(&settings.servers))
+        .collect();
+    if targets.is_empty() {
+        return Err("LOAD_SERVERS selects no server".into());
+    }
     let mut bench = Bench {
         settings: &settings,
         rt: &rt,
@@ -1441,19 +1520,6 @@ fn run() -> Result<()> {
         notes: Vec::new(),
     };
     let started = Instant::now();
-
-    let memory_target = proxy_memory.as_ref().map(|proxy| Target {
-        server: Server::ProxyMemory,
-        addr: proxy.addr,
-        pid: Some(proxy.proc.pid()),
-        helper: None,
-        admin: Some(proxy.admin),
-    });
-    let targets: Vec<&Target> = targets
-        .iter()
-        .filter(|t| settings.servers.wants(t.server.tag()))
-        .chain(memory_target.iter())
-        .collect();
     for (scenario, size, name) in [
         ("1 KiB hit", "1k", "hit1k"),
         ("64 KiB hit", "64k", "hit64k"),
@@ -1532,19 +1598,24 @@ fn print_report(bench: &Bench<'_>, machine: &[String], elapsed: Duration) {
     }
 
     let _ = writeln!(out, "\n### Comparisons\n");
-    for scenario in [
+    let scenarios = [
         "1 KiB hit",
         "64 KiB hit",
         "unique-key miss (1 KiB)",
         "cold-key storm",
-    ] {
-        if let (Some(p), Some(n)) = (
-            bench.row(scenario, Server::Proxy),
-            bench.row(scenario, Server::Nginx),
-        ) {
+    ];
+    for scenario in scenarios {
+        let Some(n) = bench.row(scenario, Server::Nginx) else {
+            continue;
+        };
+        for server in Server::PROXIES {
+            let Some(p) = bench.row(scenario, server) else {
+                continue;
+            };
+            let tag = server.tag();
             let cpu = match (p.cpu_us, n.cpu_us) {
                 (Some(pc), Some(nc)) if nc > 0.0 => format!(
-                    "; CPU/req proxy {pc:.1} µs{} vs nginx {nc:.1} µs ({:.2}×)",
+                    "; CPU/req {tag} {pc:.1} µs{} vs nginx {nc:.1} µs ({:.2}×)",
                     p.helper_us
                         .map(|r| format!(" (+{r:.1} Redis)"))
                         .unwrap_or_default(),
@@ -1554,7 +1625,7 @@ fn print_report(bench: &Bench<'_>, machine: &[String], elapsed: Duration) {
             };
             let _ = writeln!(
                 out,
-                "- {scenario}: requests/s proxy/nginx = {:.2}× ({} vs {}); p99 proxy/nginx = \
+                "- {scenario}: requests/s {tag}/nginx = {:.2}× ({} vs {}); p99 {tag}/nginx = \
                  {:.2}× ({} vs {}){cpu}",
                 p.rps / n.rps.max(1e-9),
                 rps(p.rps),
@@ -1565,30 +1636,60 @@ fn print_report(bench: &Bench<'_>, machine: &[String], elapsed: Duration) {
             );
         }
     }
-    if let Some(p) = bench.row("64 KiB hit", Server::Proxy) {
-        if let Some(cpu) = p.cpu_us {
+    // What the near cache changes, against the same proxy without it.
+    for scenario in scenarios {
+        if let (Some(near), Some(p)) = (
+            bench.row(scenario, Server::ProxyNear),
+            bench.row(scenario, Server::Proxy),
+        ) {
+            let total = |row: &Row| Some(row.cpu_us? + row.helper_us.unwrap_or(0.0));
+            let cpu = match (total(near), total(p)) {
+                (Some(nc), Some(pc)) if pc > 0.0 => format!(
+                    "; CPU/req with Redis {nc:.1} µs vs {pc:.1} µs ({:.2}×)",
+                    nc / pc
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "- proxy CPU per 64 KiB hit: {cpu:.1} µs (target 40 µs: {}){}",
+                "- near cache, {scenario}: requests/s proxy-near/proxy = {:.2}× ({} vs {}); p99 \
+                 {} vs {}{cpu}",
+                near.rps / p.rps.max(1e-9),
+                rps(near.rps),
+                rps(p.rps),
+                ms(near.p99_us),
+                ms(p.p99_us)
+            );
+        }
+    }
+    for server in Server::PROXIES {
+        let tag = server.tag();
+        if let Some((cpu, redis)) = bench
+            .row("64 KiB hit", server)
+            .and_then(|p| Some((p.cpu_us?, p.helper_us)))
+        {
+            let _ = writeln!(
+                out,
+                "- {tag} CPU per 64 KiB hit: {cpu:.1} µs (target 40 µs: {}){}",
                 if cpu <= 40.0 { "met" } else { "missed" },
-                p.helper_us
+                redis
                     .map(|r| format!("; Redis adds {r:.1} µs, {:.1} µs together", cpu + r))
                     .unwrap_or_default()
             );
         }
-    }
-    if let Some(p) = bench.row("cold-key storm", Server::Proxy) {
-        let _ = writeln!(
-            out,
-            "- proxy storm: origin calls {}; p99 {} (target 40 ms: {})",
-            p.origin_calls,
-            ms(p.p99_us),
-            if p.p99_us <= 40_000.0 {
-                "met"
-            } else {
-                "missed"
-            }
-        );
+        if let Some(p) = bench.row("cold-key storm", server) {
+            let _ = writeln!(
+                out,
+                "- {tag} storm: origin calls {}; p99 {} (target 40 ms: {})",
+                p.origin_calls,
+                ms(p.p99_us),
+                if p.p99_us <= 40_000.0 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            );
+        }
     }
     let failed: u64 = bench.rows.iter().map(|r| r.errors).sum();
     let total: u64 = bench.rows.iter().map(|r| r.requests).sum();
@@ -1625,7 +1726,9 @@ fn print_report(bench: &Bench<'_>, machine: &[String], elapsed: Duration) {
     let _ = writeln!(
         out,
         "- proxy: `{} --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream ORIGIN --redis \
-         REDIS` (defaults otherwise: shared mode, 50 ms store read timeout); nginx: \
+         REDIS` (defaults otherwise: shared mode, 50 ms store read timeout); proxy-near: the \
+         same plus `--near-cache-ms {NEAR_CACHE_MS}` (near cache 64 MiB, the default), on the \
+         same Redis; proxy-memory: no `--redis` (in-process store); nginx: \
          benches/load/nginx.conf (1 worker, cache on tmpfs, proxy_cache_lock on, sendfile, \
          keepalive both ways)",
         settings.proxy_bin.display()

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Load benchmark in one command: the caching proxy (examples/proxy.rs, Redis store) next to
-# nginx (proxy_cache, one worker) and the origin itself, under wrk and a cold-key storm.
-# Prints a markdown table (also saved to target/bench-load.md). Takes about 2-3 minutes.
+# Load benchmark in one command: the caching proxy (examples/proxy.rs, Redis store), the same
+# proxy with its near cache (--near-cache-ms 1000), nginx (proxy_cache, one worker) and the
+# origin itself, under wrk and a cold-key storm. Prints a markdown table (also saved to
+# target/bench-load.md). Takes about 3-4 minutes.
 #
 # Needs only the Rust toolchain: redis-server, nginx (nginx-light) and wrk are installed with
 # apt-get when missing (as root, or through sudo). Settings, all optional: LOAD_SECS (5 s per
 # wrk run), LOAD_ROUNDS (2), LOAD_CONNS (64), LOAD_STORM_KEYS (50), LOAD_SCENARIOS (some of
-# hit1k,hit64k,miss,storm), LOAD_SERVERS (some of proxy,nginx,origin, or proxy-memory: the
-# proxy with its in-process store); REDIS_URL uses your Redis instead of a fresh one.
+# hit1k,hit64k,miss,storm), LOAD_SERVERS (some of proxy,proxy-near,nginx,origin, all four by
+# default, and proxy-memory, only when listed: the proxy with its in-process store); REDIS_URL
+# uses your Redis instead of a fresh one.
 # See benches/load.rs for what is measured and how.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
