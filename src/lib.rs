@@ -43,8 +43,12 @@
 //! # Layout
 //!
 //! `layer` (configuration), `service` and `flow` (the request path), `fill` and `coalesce`
-//! (one origin call per key), `policy` (what is stored), `key`, `entry` (the binary entry
-//! format), `store` (Redis, memory, and the fail-open guard), `headers`, `stats`.
+//! (one origin call per key, background refreshes), `policy` (what is stored, for how long:
+//! application and RFC 9111 shared modes), `conditional` (304s and revalidation), `range`
+//! (byte ranges from stored responses), `key` (keys and variants), `entry` (the binary entry
+//! format), `store` (Redis, memory, and the fail-open guard with the optional near cache),
+//! `headers` (`X-Cache`, `Cache-Status`, `Age`), `stats`, `background` (work off the response
+//! path, for `wait_for_writes`).
 //!
 //! # Features
 //!
