@@ -27,6 +27,7 @@ pub type TestResult = Result<(), BoxError>;
 /// A Redis server for one test: a child process killed on drop, or an external `REDIS_URL`.
 pub struct RedisServer {
     port: u16,
+    cluster: bool,
     url: String,
     child: Option<Child>,
     dir: Option<PathBuf>,
@@ -61,6 +62,7 @@ impl RedisServer {
     fn external(url: String) -> Self {
         Self {
             port: 0,
+            cluster: false,
             url,
             child: None,
             dir: None,
@@ -105,19 +107,21 @@ impl RedisServer {
             NEXT.fetch_add(1, SeqCst)
         ));
         std::fs::create_dir_all(&dir).expect("create redis dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&dir);
+        if self.cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -169,6 +173,73 @@ impl Drop for RedisServer {
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// A real Redis Cluster of `n` primaries (no replicas) on free loopback ports, built with
+/// `redis-cli --cluster create`; every node is killed on drop. `REDIS_CLUSTER_URL` points the
+/// tests at an external cluster instead.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    url: String,
+}
+
+impl RedisCluster {
+    pub async fn start(n: usize) -> Self {
+        if let Ok(url) = std::env::var("REDIS_CLUSTER_URL") {
+            return Self {
+                nodes: Vec::new(),
+                url,
+            };
+        }
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let mut node = RedisServer::external(String::new());
+            node.port = free_port();
+            node.cluster = true;
+            node.spawn();
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        // The slots are assigned; wait (bounded) until every node agrees the cluster is up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let others: Vec<String> = addresses[1..].iter().map(|a| format!("node={a}")).collect();
+        let url = format!("redis-cluster://{}?{}", addresses[0], others.join("&"));
+        Self { nodes, url }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The ports of the nodes this harness started.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
     }
 }
 
