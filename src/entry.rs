@@ -92,9 +92,16 @@ impl EntryMeta {
         now_ms.saturating_sub(self.stored_at_ms) / 1000
     }
 
+    /// Milliseconds of freshness left at `now_ms`; negative once stale. Computed wide, so a
+    /// hostile timestamp cannot overflow it.
+    pub fn fresh_left_ms(&self, now_ms: u64) -> i64 {
+        let left = i128::from(self.fresh_until_ms) - i128::from(now_ms);
+        left.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+    }
+
     /// Seconds of freshness left at `now_ms`; negative once stale (as `Cache-Status` says it).
     pub fn ttl_secs(&self, now_ms: u64) -> i64 {
-        (self.fresh_until_ms as i64 - now_ms as i64).div_euclid(1000)
+        self.fresh_left_ms(now_ms).div_euclid(1000)
     }
 }
 
@@ -490,5 +497,20 @@ mod tests {
             decode(Bytes::from(v2)).unwrap_err(),
             DecodeError::UnsupportedVersion(2)
         );
+    }
+
+    #[test]
+    fn hostile_timestamps_do_not_overflow() {
+        let meta = EntryMeta {
+            fresh_until_ms: 1 << 63,
+            ..EntryMeta::default()
+        };
+        assert_eq!(meta.fresh_left_ms(u64::MAX >> 1), 1);
+        let meta = EntryMeta {
+            fresh_until_ms: u64::MAX,
+            ..EntryMeta::default()
+        };
+        assert!(meta.ttl_secs(0) > 0);
+        assert!(EntryMeta::default().ttl_secs(u64::MAX) < 0);
     }
 }

@@ -188,7 +188,7 @@ enum Usable {
 
 fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode) -> Usable {
     let meta = &entry.meta;
-    let fresh_left_ms = meta.fresh_until_ms as i64 - now as i64;
+    let fresh_left_ms = meta.fresh_left_ms(now);
     // `no-store` asks that nothing be kept of this exchange: answer it from the origin.
     if wants.no_cache
         || wants.no_store
@@ -775,7 +775,7 @@ fn encode_filled(
     variant: u64,
 ) -> Option<Filled> {
     let now = entry::unix_now_ms();
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let fresh_until_ms = now.saturating_add(ms(lifetime.fresh));
     let meta = EntryMeta {
         stored_at_ms: now.saturating_sub(ms(lifetime.initial_age)),

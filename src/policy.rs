@@ -266,7 +266,9 @@ pub(crate) fn decide(
     } else {
         Duration::from_secs(60)
     };
-    let keep = (fresh + stale.max(error).max(grace)).min(MAX_KEEP);
+    let keep = fresh
+        .saturating_add(stale.max(error).max(grace))
+        .min(MAX_KEEP);
     Decision::Store(Lifetime {
         fresh,
         stale,
@@ -725,5 +727,18 @@ mod tests {
             panic!("stored")
         };
         assert!(l.keep <= MAX_KEEP);
+    }
+
+    #[test]
+    fn absurd_lifetimes_do_not_overflow() {
+        let c = config(CacheMode::Application);
+        let forever = headers(&[(
+            "cache-control",
+            "max-age=18446744073709551615, stale-if-error=18446744073709551615",
+        )]);
+        let Decision::Store(l) = decide_for(&c, false, 200, &forever) else {
+            panic!("stored")
+        };
+        assert_eq!(l.keep, MAX_KEEP);
     }
 }

@@ -50,7 +50,7 @@ impl GuardedStore {
     ) -> Self {
         let breaker = Breaker {
             threshold,
-            cooldown_ms: cooldown.as_millis() as u64,
+            cooldown_ms: u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
             ..Breaker::default()
         };
         Self {
@@ -235,7 +235,7 @@ impl Breaker {
             .saturating_add(1);
         if failures >= self.threshold {
             self.open_until_ms
-                .store(now_ms() + self.cooldown_ms, Relaxed);
+                .store(now_ms().saturating_add(self.cooldown_ms), Relaxed);
             return true;
         }
         false
