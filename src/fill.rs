@@ -13,10 +13,12 @@
 use crate::coalesce::{Leader, Outcome, Role};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
+use crate::fetch;
 use crate::flow::{self, Lookup, MissContext, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
 use crate::layer::Shared;
+use crate::respond;
 use crate::store::FillNotice;
 use bytes::Bytes;
 use http::request::Parts;
@@ -54,13 +56,13 @@ where
                 }
                 Ok(Outcome::Stale(entry)) => {
                     let now = entry::unix_now_ms();
-                    let verdict = flow::stale_verdict(
+                    let verdict = respond::stale_verdict(
                         &entry,
                         now,
                         Some((Fwd::Stale, None)),
                         "stale-if-error",
                     );
-                    return Ok(flow::from_entry(
+                    return Ok(respond::from_entry(
                         &shared,
                         Entry::clone(&entry),
                         false,
@@ -71,7 +73,7 @@ where
                 Ok(_) => {}
                 Err(_) => shared.stats.lock_timeouts(1),
             }
-            flow::forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await
+            respond::forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await
         }
         Role::Leader(leader) => {
             let (respond, reply) = oneshot::channel();
@@ -95,7 +97,7 @@ where
             // The fill task only drops `respond` unanswered if the inner service panicked.
             reply
                 .await
-                .unwrap_or_else(|_| Ok(flow::fill_failed(&shared)))
+                .unwrap_or_else(|_| Ok(respond::fill_failed(&shared)))
         }
     }
 }
@@ -134,7 +136,7 @@ fn served_by_fill<B>(
     request: &HeaderMap,
 ) -> Response<crate::CacheBody<B>> {
     let ttl = entry.meta.ttl_secs(entry::unix_now_ms());
-    flow::from_entry(
+    respond::from_entry(
         shared,
         Entry::clone(entry),
         false,
@@ -189,7 +191,7 @@ async fn lead<S, ReqBody, ResBody>(
                         }
                         None => {
                             let miss = CacheOutcome::Miss;
-                            flow::fetch_and_store(
+                            fetch::fetch_and_store(
                                 &shared, inner, key, parts, body, miss, false, ctx,
                             )
                             .await
@@ -206,7 +208,7 @@ async fn lead<S, ReqBody, ResBody>(
     }
     let extender =
         held.then(|| extend_while_filling(Arc::clone(&shared), lock_key.clone(), token.clone()));
-    let fetched = flow::fetch(&shared, inner, parts, body, CacheOutcome::Miss, false, &ctx).await;
+    let fetched = fetch::fetch(&shared, inner, parts, body, CacheOutcome::Miss, false, &ctx).await;
     leader.resolve(match (&fetched.filled, &fetched.stale_served) {
         (Some(filled), _) => Outcome::Stored(Arc::clone(&filled.entry)),
         (None, Some(stale)) => Outcome::Stale(Arc::clone(stale)),
@@ -216,7 +218,7 @@ async fn lead<S, ReqBody, ResBody>(
         let _ = respond.send(fetched.reply);
     }
     let notice = match &fetched.filled {
-        Some(filled) if flow::write(&shared, &key, ctx.index.as_ref(), filled).await => {
+        Some(filled) if fetch::write(&shared, &key, ctx.index.as_ref(), filled).await => {
             FillNotice::Stored
         }
         Some(_) => FillNotice::NotStorable,

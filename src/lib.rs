@@ -42,7 +42,9 @@
 //!
 //! # Layout
 //!
-//! `layer` (configuration), `service` and `flow` (the request path), `fill` and `coalesce`
+//! `layer` (configuration), `service` and `flow` (the request path), `respond` (every
+//! response the cache gives, marked and counted), `fetch` (origin calls that may fill, and
+//! writes), `fill` and `coalesce`
 //! (one origin call per key, background refreshes), `policy` (what is stored, for how long:
 //! application and RFC 9111 shared modes), `conditional` (304s and revalidation), `range`
 //! (byte ranges from stored responses), `key` (keys and variants), `entry` (the binary entry
@@ -71,6 +73,7 @@ mod coalesce;
 mod conditional;
 pub mod entry;
 mod error;
+mod fetch;
 mod fill;
 mod flow;
 pub mod headers;
@@ -78,6 +81,7 @@ mod key;
 mod layer;
 mod policy;
 mod range;
+mod respond;
 mod service;
 mod stats;
 mod store;

@@ -1,0 +1,424 @@
+//! Asking the origin for something to store: the fill's origin call (revalidating a stale
+//! entry when there is one, serving it on errors within stale-if-error), turning the answer
+//! into an encoded entry within the body limit, and writing entries (with vary indexes).
+
+use crate::body::CacheBody;
+use crate::conditional;
+use crate::entry::{self, Entry, EntryMeta, VaryIndex};
+use crate::error::BoxError;
+use crate::flow::{MissContext, Reply};
+use crate::headers::{CacheOutcome, Fwd, Verdict};
+use crate::key::{self, CacheKey};
+use crate::layer::Shared;
+use crate::policy::{self, Decision, Lifetime, RequestHead};
+use crate::respond::stale_verdict;
+use crate::respond::{finish, from_entry};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use tower_service::Service;
+
+/// A response the origin gave that may be stored: the encoded value and its decoded form.
+pub(crate) struct Filled {
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) encoded: Bytes,
+    pub(crate) keep: std::time::Duration,
+}
+
+/// What came of asking the origin.
+pub(crate) struct Fetched<B, E> {
+    pub(crate) reply: Reply<B, E>,
+    /// The entry to store and share, when the answer may be stored.
+    pub(crate) filled: Option<Filled>,
+    /// The stale entry served because the origin failed (stale-if-error).
+    pub(crate) stale_served: Option<Arc<Entry>>,
+}
+
+/// Calls the origin (revalidating `ctx.stale` when there is one) and, when policy allows,
+/// buffers the response into an entry. The reply goes to the caller; the entry (if any) is for
+/// the caller to store and share.
+pub(crate) async fn fetch<S, ReqBody, ResBody>(
+    shared: &Shared,
+    mut inner: S,
+    mut parts: Parts,
+    body: ReqBody,
+    outcome: CacheOutcome,
+    authorized: bool,
+    ctx: &MissContext,
+) -> Fetched<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let request_headers = parts.headers.clone();
+    let uri = parts.uri.clone();
+    conditional::strip_client_validators(&mut parts.headers);
+    if let Some(stale) = &ctx.stale {
+        conditional::add_validators(&mut parts.headers, &stale.headers);
+    }
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
+    let result = inner.call(Request::from_parts(parts, body)).await;
+    #[cfg(feature = "metrics")]
+    crate::stats::record_fill(started.elapsed());
+    let failed_status = match &result {
+        Ok(response) if response.status().is_server_error() => Some(response.status()),
+        Ok(_) => None,
+        Err(_) => Some(StatusCode::BAD_GATEWAY),
+    };
+    if let Some(status) = failed_status {
+        let now = entry::unix_now_ms();
+        if let Some(stale) = ctx
+            .stale
+            .as_ref()
+            .filter(|s| s.meta.within_stale_if_error(now))
+        {
+            let verdict = stale_verdict(
+                stale,
+                now,
+                Some((Fwd::Stale, Some(status))),
+                "stale-if-error",
+            );
+            let reply = Ok(from_entry(
+                shared,
+                Entry::clone(stale),
+                false,
+                &request_headers,
+                verdict,
+            ));
+            return Fetched {
+                reply,
+                filled: None,
+                stale_served: Some(Arc::clone(stale)),
+            };
+        }
+    }
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            shared.stats.not_stored(1);
+            return Fetched {
+                reply: Err(error),
+                filled: None,
+                stale_served: None,
+            };
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    let request = RequestHead {
+        uri: &uri,
+        headers: &request_headers,
+        authorized,
+        no_store: ctx.no_store,
+    };
+    if parts.status == StatusCode::NOT_MODIFIED {
+        if let Some(stale) = &ctx.stale {
+            return revalidated(shared, stale, &parts.headers, &request, ctx.fwd);
+        }
+    }
+    let decision = policy::decide(&shared.config, &request, parts.status, &parts.headers);
+    let verdict = |stored| Verdict::forwarded(outcome, ctx.fwd, parts.status, stored);
+    let lifetime = match decision {
+        Decision::Store(lifetime) => lifetime,
+        Decision::Skip(reason) => {
+            tracing::debug!(reason, "response not stored");
+            shared.stats.not_stored(1);
+            let verdict = Verdict {
+                detail: Some(reason),
+                ..verdict(false)
+            };
+            finish(shared, &mut parts.headers, verdict, None);
+            return Fetched {
+                reply: Ok(Response::from_parts(parts, CacheBody::upstream(body))),
+                filled: None,
+                stale_served: None,
+            };
+        }
+    };
+    let (chunks, rest) = match collect(body, shared.config.max_body_bytes).await {
+        Collected::Whole(chunks, rest) => (chunks, rest),
+        Collected::Partial(body) => {
+            shared.stats.not_stored(1);
+            finish(
+                shared,
+                &mut parts.headers,
+                Verdict {
+                    detail: Some("too-large"),
+                    ..verdict(false)
+                },
+                None,
+            );
+            return Fetched {
+                reply: Ok(Response::from_parts(parts, body)),
+                filled: None,
+                stale_served: None,
+            };
+        }
+    };
+    let body_len: usize = chunks.iter().map(Bytes::len).sum();
+    let variant = key::variant_hash(key::vary_names(&parts.headers), &request_headers);
+    let filled = entry::fits_entry(&parts.headers, body_len as u64)
+        .then(|| encode_filled(parts.status, &parts.headers, &chunks, lifetime, variant))
+        .flatten();
+    let Some(filled) = filled else {
+        // Not representable as an entry (too many headers): hand back what was read.
+        shared.stats.not_stored(1);
+        finish(shared, &mut parts.headers, verdict(false), None);
+        let frames = chunks.into_iter().map(Frame::data).collect();
+        let reply = Ok(Response::from_parts(
+            parts,
+            CacheBody::replay(frames, rest, true),
+        ));
+        return Fetched {
+            reply,
+            filled: None,
+            stale_served: None,
+        };
+    };
+    let ttl = lifetime.fresh.as_secs() as i64;
+    let verdict = Verdict {
+        ttl: Some(ttl),
+        ..verdict(true)
+    };
+    let mut response = from_entry(
+        shared,
+        Entry::clone(&filled.entry),
+        false,
+        &request_headers,
+        verdict,
+    );
+    *response.version_mut() = parts.version;
+    // The age the response already had upstream is part of its identity for the client.
+    for age in parts.headers.get_all(header::AGE) {
+        response.headers_mut().append(header::AGE, age.clone());
+    }
+    Fetched {
+        reply: Ok(response),
+        filled: Some(filled),
+        stale_served: None,
+    }
+}
+
+/// The origin confirmed a stale entry (`304`): refresh its headers and freshness.
+fn revalidated<B, E>(
+    shared: &Shared,
+    stale: &Entry,
+    update: &HeaderMap,
+    request: &RequestHead<'_>,
+    fwd: Fwd,
+) -> Fetched<B, E> {
+    let headers = conditional::merge_not_modified(&stale.headers, update);
+    let verdict = |stored, ttl| Verdict {
+        outcome: CacheOutcome::Revalidated,
+        fwd: Some((fwd, Some(StatusCode::NOT_MODIFIED))),
+        stored,
+        ttl,
+        detail: None,
+    };
+    let variant = stale.meta.variant;
+    let filled = match policy::decide(&shared.config, request, stale.status, &headers) {
+        Decision::Store(lifetime) => encode_filled(
+            stale.status,
+            &headers,
+            std::slice::from_ref(&stale.body),
+            lifetime,
+            variant,
+        ),
+        Decision::Skip(_) => None,
+    };
+    match filled {
+        Some(filled) => {
+            let ttl = filled.entry.meta.ttl_secs(entry::unix_now_ms());
+            let reply = Ok(from_entry(
+                shared,
+                Entry::clone(&filled.entry),
+                false,
+                request.headers,
+                verdict(true, Some(ttl)),
+            ));
+            Fetched {
+                reply,
+                filled: Some(filled),
+                stale_served: None,
+            }
+        }
+        None => {
+            let entry = Entry {
+                status: stale.status,
+                headers,
+                body: stale.body.clone(),
+                meta: stale.meta,
+            };
+            let reply = Ok(from_entry(
+                shared,
+                entry,
+                false,
+                request.headers,
+                verdict(false, None),
+            ));
+            Fetched {
+                reply,
+                filled: None,
+                stale_served: None,
+            }
+        }
+    }
+}
+
+fn encode_filled(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[Bytes],
+    lifetime: Lifetime,
+    variant: u64,
+) -> Option<Filled> {
+    let now = entry::unix_now_ms();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let fresh_until_ms = now.saturating_add(ms(lifetime.fresh));
+    let meta = EntryMeta {
+        stored_at_ms: now.saturating_sub(ms(lifetime.initial_age)),
+        fresh_until_ms,
+        stale_until_ms: fresh_until_ms.saturating_add(ms(lifetime.stale)),
+        error_until_ms: fresh_until_ms.saturating_add(ms(lifetime.error)),
+        variant,
+    };
+    let encoded = entry::encode(status, headers, body, meta);
+    let entry = entry::decode(encoded.clone()).ok()?;
+    Some(Filled {
+        entry: Arc::new(entry),
+        encoded,
+        keep: lifetime.keep,
+    })
+}
+
+/// Writes a filled entry, unless too many writes are already in flight. `true` when stored.
+/// An entry that varies goes under its variant's key, with the resource's vary index (reused
+/// when it lists the same headers, else a new generation) at the primary key.
+pub(crate) async fn write(
+    shared: &Shared,
+    key: &CacheKey,
+    index: Option<&VaryIndex>,
+    filled: &Filled,
+) -> bool {
+    let Ok(_permit) = shared.writes.try_acquire() else {
+        shared.stats.writes_dropped(1);
+        return false;
+    };
+    let entry = &filled.entry;
+    let Some(mut new_index) =
+        VaryIndex::for_response(&entry.headers, 0).filter(|_| entry.meta.variant != 0)
+    else {
+        // It does not vary: the entry goes to the primary key (replacing an old index).
+        return put_entry(shared, key.primary_key(), filled).await;
+    };
+    new_index.generation = match index {
+        Some(old) if old.names == new_index.names => old.generation,
+        _ => {
+            use std::hash::{BuildHasher, RandomState};
+            RandomState::new().hash_one(entry.meta.stored_at_ms)
+        }
+    };
+    if shared
+        .store
+        .put(key.primary_key(), new_index.encode(), filled.keep)
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let target = key.variant(new_index.generation, entry.meta.variant);
+    put_entry(shared, target.entry_key(), filled).await
+}
+
+async fn put_entry(shared: &Shared, key: &str, filled: &Filled) -> bool {
+    match shared
+        .store
+        .put(key, filled.encoded.clone(), filled.keep)
+        .await
+    {
+        Ok(()) => {
+            shared.stats.stored(1);
+            shared.stats.bytes_stored(filled.encoded.len() as u64);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Fetches without coalescing, and stores the response in the background when it may be.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fetch_and_store<S, ReqBody, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    key: CacheKey,
+    parts: Parts,
+    body: ReqBody,
+    outcome: CacheOutcome,
+    authorized: bool,
+    ctx: MissContext,
+) -> Reply<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let fetched = fetch(shared, inner, parts, body, outcome, authorized, &ctx).await;
+    if let Some(filled) = fetched.filled {
+        let running = shared.background.start();
+        let shared = Arc::clone(shared);
+        let write = async move {
+            write(&shared, &key, ctx.index.as_ref(), &filled).await;
+            drop(running);
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(write));
+    }
+    fetched.reply
+}
+
+enum Collected<B> {
+    /// The whole body, and the (ended) body it came from.
+    Whole(Vec<Bytes>, Pin<Box<B>>),
+    /// Not storable (too large, trailers, error): what was read, then the rest, for the client.
+    Partial(CacheBody<B>),
+}
+
+/// Reads the body into memory, up to `limit` bytes.
+async fn collect<B>(body: B, limit: u64) -> Collected<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
+    let frames = |chunks: Vec<Bytes>| chunks.into_iter().map(Frame::data).collect::<VecDeque<_>>();
+    loop {
+        match body.frame().await {
+            None => return Collected::Whole(chunks, body),
+            Some(Err(error)) => {
+                return Collected::Partial(CacheBody::failed(frames(chunks), error.into()))
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    len += data.len() as u64;
+                    chunks.push(data);
+                    if len > limit {
+                        return Collected::Partial(CacheBody::replay(frames(chunks), body, false));
+                    }
+                }
+                Err(trailers) => {
+                    // Trailers are not part of an entry: pass this response through whole.
+                    let mut frames = frames(chunks);
+                    frames.push_back(trailers);
+                    return Collected::Partial(CacheBody::replay(frames, body, true));
+                }
+            },
+        }
+    }
+}
