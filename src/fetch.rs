@@ -298,24 +298,38 @@ fn encode_filled(
 }
 
 /// Writes a filled entry, unless too many writes are already in flight. `true` when stored.
-/// An entry that varies goes under its variant's key, with the resource's vary index (reused
-/// when it lists the same headers, else a new generation) at the primary key.
 pub(crate) async fn write(
     shared: &Shared,
     key: &CacheKey,
     index: Option<&VaryIndex>,
     filled: &Filled,
 ) -> bool {
-    let Ok(_permit) = shared.writes.try_acquire() else {
+    match prepare_write(shared, key, index, filled).await {
+        Some((target, _permit)) => put_entry(shared, &target, filled).await,
+        None => false,
+    }
+}
+
+/// Readies a filled entry's write and says where the entry goes: the primary key, or for an
+/// entry that varies its variant's key, after writing the resource's vary index (reused when
+/// it lists the same headers, else a new generation) at the primary key. `None` when too many
+/// writes are in flight (the permit bounds them until dropped) or the index write failed.
+pub(crate) async fn prepare_write<'a>(
+    shared: &'a Shared,
+    key: &CacheKey,
+    index: Option<&VaryIndex>,
+    filled: &Filled,
+) -> Option<(String, tokio::sync::SemaphorePermit<'a>)> {
+    let Ok(permit) = shared.writes.try_acquire() else {
         shared.stats.writes_dropped(1);
-        return false;
+        return None;
     };
     let entry = &filled.entry;
     let Some(mut new_index) =
         VaryIndex::for_response(&entry.headers, 0).filter(|_| entry.meta.variant != 0)
     else {
         // It does not vary: the entry goes to the primary key (replacing an old index).
-        return put_entry(shared, key.primary_key(), filled).await;
+        return Some((key.primary_key().to_owned(), permit));
     };
     new_index.generation = match index {
         Some(old) if old.names == new_index.names => old.generation,
@@ -324,16 +338,19 @@ pub(crate) async fn write(
             RandomState::new().hash_one(entry.meta.stored_at_ms)
         }
     };
-    if shared
+    let index_written = shared
         .store
         .put(key.primary_key(), new_index.encode(), filled.keep)
-        .await
-        .is_err()
-    {
-        return false;
-    }
+        .await;
+    index_written.ok()?;
     let target = key.variant(new_index.generation, entry.meta.variant);
-    put_entry(shared, target.entry_key(), filled).await
+    Some((target.entry_key().to_owned(), permit))
+}
+
+/// Counts a stored entry.
+pub(crate) fn count_stored(shared: &Shared, filled: &Filled) {
+    shared.stats.stored(1);
+    shared.stats.bytes_stored(filled.encoded.len() as u64);
 }
 
 async fn put_entry(shared: &Shared, key: &str, filled: &Filled) -> bool {
@@ -343,8 +360,7 @@ async fn put_entry(shared: &Shared, key: &str, filled: &Filled) -> bool {
         .await
     {
         Ok(()) => {
-            shared.stats.stored(1);
-            shared.stats.bytes_stored(filled.encoded.len() as u64);
+            count_stored(shared, filled);
             true
         }
         Err(_) => false,

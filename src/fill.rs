@@ -14,12 +14,12 @@ use crate::coalesce::{Leader, Outcome, Role};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch;
-use crate::flow::{self, Lookup, MissContext, Reply};
+use crate::flow::{self, Lookup, MissContext, Read, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
 use crate::layer::Shared;
 use crate::respond;
-use crate::store::FillNotice;
+use crate::store::{FillEnd, FillNotice, LockAttempt};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
@@ -168,7 +168,12 @@ async fn lead<S, ReqBody, ResBody>(
     let mut held = false;
     if shared.config.distributed_lock {
         let wait = respond.is_some();
-        match acquire_or_wait(&shared, &key, &lock_key, &token, wait, &parts.headers).await {
+        let seen = ctx
+            .stale
+            .as_ref()
+            .map(|stale| stale.meta.stored_at_ms.to_be_bytes());
+        let attempt = acquire_or_wait(&shared, &key, &lock_key, &token, wait, &parts.headers, seen);
+        match attempt.await {
             Acquire::Acquired => held = true,
             // The store is failing: fill without the lock; the write is tried all the same.
             Acquire::StoreDown => {}
@@ -217,33 +222,59 @@ async fn lead<S, ReqBody, ResBody>(
     if let Some(respond) = respond {
         let _ = respond.send(fetched.reply);
     }
-    let notice = match &fetched.filled {
-        Some(filled) if fetch::write(&shared, &key, ctx.index.as_ref(), filled).await => {
-            FillNotice::Stored
+    // End the fill in one store call: the entry (or a hit-for-miss marker), the notice to
+    // waiters everywhere, and the lock's release.
+    let prepared = match &fetched.filled {
+        Some(filled) => fetch::prepare_write(&shared, &key, ctx.index.as_ref(), filled).await,
+        None => None,
+    };
+    let write = match (&fetched.filled, &prepared) {
+        (Some(filled), Some((target, _))) => {
+            Some((target.as_str(), filled.encoded.clone(), filled.keep))
         }
-        Some(_) => FillNotice::NotStorable,
-        None => {
-            // Nothing shareable came back: mark the key hit-for-miss so the next requests go
-            // straight to the origin instead of queueing behind a lock. A stale entry kept for
-            // stale-if-error is left in place.
+        _ => {
+            // Nothing shareable came back (or it cannot be written): mark the key
+            // hit-for-miss so the next requests go straight to the origin instead of queueing
+            // behind a lock. A stale entry kept for stale-if-error is left in place.
             let ttl = shared.config.hit_for_miss_ttl;
-            if fetched.stale_served.is_none()
+            let mark = fetched.stale_served.is_none()
+                && fetched.filled.is_none()
                 && !ttl.is_zero()
-                && (held || !shared.config.distributed_lock)
-            {
-                let marker = Bytes::from_static(entry::HIT_FOR_MISS);
-                let _ = shared.store.put(key.entry_key(), marker, ttl).await;
-            }
-            FillNotice::NotStorable
+                && (held || !shared.config.distributed_lock);
+            mark.then(|| {
+                (
+                    key.entry_key(),
+                    Bytes::from_static(entry::HIT_FOR_MISS),
+                    ttl,
+                )
+            })
         }
     };
-    if held || notice == FillNotice::Stored {
-        let _ = shared.store.publish_fill(key.entry_key(), notice).await;
-    }
+    let stores_entry = prepared.is_some();
+    let notice = if stores_entry {
+        FillNotice::Stored
+    } else {
+        FillNotice::NotStorable
+    };
+    let end = FillEnd {
+        write,
+        notice: (key.entry_key(), notice),
+        unlock: held.then_some((lock_key.as_str(), token.as_str())),
+    };
     drop(extender);
-    if held {
-        let _ = shared.store.unlock(&lock_key, &token).await;
+    match shared.store.finish_fill(end).await {
+        Ok(()) => {
+            if let (Some(filled), true) = (&fetched.filled, stores_entry) {
+                fetch::count_stored(&shared, filled);
+            }
+        }
+        // Still try to let the others go at once rather than after the lock's expiry.
+        Err(_) if held => {
+            let _ = shared.store.unlock(&lock_key, &token).await;
+        }
+        Err(_) => {}
     }
+    drop(prepared);
     // The flight ends here, after the write, so requests that came meanwhile were followers.
     drop(leader);
 }
@@ -258,6 +289,8 @@ enum Acquire {
 }
 
 /// Takes the fill lock, or waits for its holder's fill. Bounded by `lock_wait`.
+/// `seen` is the stamp of the stale entry this fill refreshes, if any: finding it again is not
+/// finding a fill.
 async fn acquire_or_wait(
     shared: &Shared,
     key: &CacheKey,
@@ -265,18 +298,22 @@ async fn acquire_or_wait(
     token: &str,
     wait: bool,
     request: &HeaderMap,
+    seen: Option<[u8; 8]>,
 ) -> Acquire {
     let config = &shared.config;
     // Subscribe before trying the lock, so a notice sent in between is not missed.
     let mut waiter = shared.store.subscribe_fill(key.entry_key());
-    match shared
-        .store
-        .try_lock(lock_key, token, config.lock_ttl)
-        .await
-    {
-        Ok(true) => return Acquire::Acquired,
-        Ok(false) if !wait => return Acquire::Busy,
-        Ok(false) => {}
+    // Lock unless a fill has ended since the lookup; both in one step, so a fill that ends in
+    // between is found instead of repeated.
+    let attempt =
+        shared
+            .store
+            .try_lock_or_read(key.entry_key(), lock_key, token, config.lock_ttl, seen);
+    match attempt.await {
+        Ok(LockAttempt::Acquired) => return Acquire::Acquired,
+        Ok(LockAttempt::Found(value)) => return found(shared, key, request, value).await,
+        Ok(LockAttempt::Held) if !wait => return Acquire::Busy,
+        Ok(LockAttempt::Held) => {}
         Err(_) => return Acquire::StoreDown,
     }
     shared.stats.lock_waits(1);
@@ -306,20 +343,39 @@ async fn acquire_or_wait(
             Lookup::Found(_) | Lookup::Missing | Lookup::VaryMiss => {}
         }
         if polled {
-            match shared
-                .store
-                .try_lock(lock_key, token, config.lock_ttl)
-                .await
-            {
-                Ok(true) => {
+            let attempt = shared.store.try_lock_or_read(
+                key.entry_key(),
+                lock_key,
+                token,
+                config.lock_ttl,
+                seen,
+            );
+            match attempt.await {
+                Ok(LockAttempt::Acquired) => {
                     shared.stats.lock_takeovers(1);
                     return Acquire::Acquired;
                 }
-                Ok(false) => {}
+                Ok(LockAttempt::Found(value)) => return found(shared, key, request, value).await,
+                Ok(LockAttempt::Held) => {}
                 Err(_) => return Acquire::StoreDown,
             }
             poll = (poll * 2).min(max_poll);
         }
+    }
+}
+
+/// What a value found instead of the lock means for this request: a fresh entry for it is a
+/// finished fill; anything else (a marker, another variant, an index) sends it to the origin.
+async fn found(shared: &Shared, key: &CacheKey, request: &HeaderMap, value: Bytes) -> Acquire {
+    let now = entry::unix_now_ms();
+    let usable = |entry: &Entry| entry.meta.is_fresh(now) && entry.matches(request);
+    match flow::interpret(shared, key.entry_key(), value).await {
+        Read::Entry(entry) if usable(&entry) => Acquire::Filled(entry),
+        Read::Index(_) => match flow::resolve(shared, key.clone(), request).await.2 {
+            Lookup::Found(entry) if usable(&entry) => Acquire::Filled(entry),
+            _ => Acquire::GoToOrigin,
+        },
+        _ => Acquire::GoToOrigin,
     }
 }
 

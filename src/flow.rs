@@ -253,7 +253,7 @@ pub(crate) async fn resolve(
     }
 }
 
-enum Read {
+pub(crate) enum Read {
     Entry(Entry),
     Index(VaryIndex),
     HitForMiss,
@@ -264,11 +264,16 @@ enum Read {
 /// Reads and decodes one value. A value that does not decode is deleted, counted as corrupt
 /// and reported missing, so one bad write cannot keep failing requests.
 async fn read(shared: &Shared, key: &str) -> Read {
-    let bytes = match shared.store.get(key).await {
-        Err(_) => return Read::Unavailable,
-        Ok(None) => return Read::Missing,
-        Ok(Some(bytes)) => bytes,
-    };
+    match shared.store.get(key).await {
+        Err(_) => Read::Unavailable,
+        Ok(None) => Read::Missing,
+        Ok(Some(bytes)) => interpret(shared, key, bytes).await,
+    }
+}
+
+/// What a value read from `key` is: an entry, a vary index, a hit-for-miss marker, or
+/// corrupt (then deleted, counted, and reported missing).
+pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -> Read {
     if bytes == entry::HIT_FOR_MISS {
         return Read::HitForMiss;
     }

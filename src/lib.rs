@@ -93,8 +93,8 @@ pub use layer::{CacheLayer, CacheLayerBuilder, CacheMode, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;
 pub use store::{
-    FillNotice, FillNotices, FillWaiter, MemoryStore, NoticeListener, RedisStore,
-    RedisStoreBuilder, Store, StoreFuture, DEFAULT_NOTICE_CHANNEL,
+    FillEnd, FillNotice, FillNotices, FillWaiter, LockAttempt, MemoryStore, NoticeListener,
+    RedisStore, RedisStoreBuilder, Store, StoreFuture, DEFAULT_NOTICE_CHANNEL,
 };
 
 #[cfg(doctest)]

@@ -14,7 +14,7 @@
 //! so a copy outlives a change elsewhere only if the notice is lost, and never past the TTL.
 //! Entries carry their own freshness, so a near copy is never served past it.
 
-use super::{FillNotice, FillWaiter, MemoryStore, Store, StoreFuture};
+use super::{FillEnd, FillNotice, FillWaiter, LockAttempt, MemoryStore, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::stats::Counters;
 use bytes::Bytes;
@@ -153,6 +153,21 @@ impl GuardedStore {
         result
     }
 
+    /// Ends a fill (write, notice, unlock) in one call; see [`Store::finish_fill`].
+    pub(crate) async fn finish_fill(&self, end: FillEnd<'_>) -> Result<(), StoreError> {
+        let near = self.near.as_ref();
+        let written = near
+            .and(end.write.as_ref())
+            .map(|(key, value, ttl)| (key.to_string(), value.clone(), *ttl));
+        self.call(self.write_timeout, self.store.finish_fill(end))
+            .await?;
+        if let (Some(near), Some((key, value, ttl))) = (near, written) {
+            self.announce_change(near, &key).await;
+            near.copies.put_now(&key, value, ttl.min(near.ttl));
+        }
+        Ok(())
+    }
+
     /// Tells the other layers' near caches to drop their copy of `key`.
     async fn announce_change(&self, near: &NearCache, key: &str) {
         let tagged = format!("{}{key}", near.sender);
@@ -160,14 +175,18 @@ impl GuardedStore {
         let _ = self.call(self.write_timeout, notice).await;
     }
 
-    pub(crate) async fn try_lock(
+    pub(crate) async fn try_lock_or_read(
         &self,
-        key: &str,
+        entry_key: &str,
+        lock_key: &str,
         token: &str,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.call(self.read_timeout, self.store.try_lock(key, token, ttl))
-            .await
+        seen: Option<[u8; 8]>,
+    ) -> Result<LockAttempt, StoreError> {
+        let attempt = self
+            .store
+            .try_lock_or_read(entry_key, lock_key, token, ttl, seen);
+        self.call(self.read_timeout, attempt).await
     }
 
     pub(crate) async fn extend_lock(
@@ -183,18 +202,6 @@ impl GuardedStore {
     pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
         self.call(self.write_timeout, self.store.unlock(key, token))
             .await
-    }
-
-    pub(crate) async fn publish_fill(
-        &self,
-        entry_key: &str,
-        notice: FillNotice,
-    ) -> Result<(), StoreError> {
-        self.call(
-            self.write_timeout,
-            self.store.publish_fill(entry_key, notice),
-        )
-        .await
     }
 
     pub(crate) fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {

@@ -36,6 +36,29 @@ pub enum FillNotice {
     Changed,
 }
 
+/// How a fill ends, for [`Store::finish_fill`]: at most one write, one notice, and the lock's
+/// release. All keys are in one cluster slot (they share the resource's `{hash}` tag).
+#[derive(Debug)]
+pub struct FillEnd<'a> {
+    /// The value to write (the entry, or a hit-for-miss marker), under which key, for how long.
+    pub write: Option<(&'a str, Bytes, Duration)>,
+    /// The key whose waiters are told, and what they are told.
+    pub notice: (&'a str, FillNotice),
+    /// The lock to release if this token still holds it: (lock key, token).
+    pub unlock: Option<(&'a str, &'a str)>,
+}
+
+/// What [`Store::try_lock_or_read`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockAttempt {
+    /// The lock is now held with the caller's token.
+    Acquired,
+    /// Someone else holds the lock.
+    Held,
+    /// The entry key holds this value (and no lock was taken).
+    Found(Bytes),
+}
+
 /// Told of every fill notice a store receives, from this process or another.
 pub type NoticeListener = Arc<dyn Fn(&str, FillNotice) + Send + Sync>;
 
@@ -54,6 +77,31 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the lock `key` for `ttl` if nobody holds it; `true` when taken.
     fn try_lock<'a>(&'a self, key: &'a str, token: &'a str, ttl: Duration)
         -> StoreFuture<'a, bool>;
+    /// Takes the lock `lock_key` unless `entry_key` already holds a value, in one step, so a
+    /// fill that ended between a lookup and a lock attempt is found rather than repeated. A
+    /// value whose stamp (bytes 4..12: an entry's `stored_at_ms`) equals `seen` counts as
+    /// absent: it is the stale entry the caller is about to refresh. The default reads, then
+    /// locks, in two calls.
+    fn try_lock_or_read<'a>(
+        &'a self,
+        entry_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        seen: Option<[u8; 8]>,
+    ) -> StoreFuture<'a, LockAttempt> {
+        Box::pin(async move {
+            if let Some(value) = self.get(entry_key).await? {
+                if value.get(4..12) != seen.as_ref().map(|s| &s[..]) {
+                    return Ok(LockAttempt::Found(value));
+                }
+            }
+            Ok(match self.try_lock(lock_key, token, ttl).await? {
+                true => LockAttempt::Acquired,
+                false => LockAttempt::Held,
+            })
+        })
+    }
     /// Extends the lock to `ttl` from now if `token` still holds it; `false` when it does not.
     fn extend_lock<'a>(
         &'a self,
@@ -68,6 +116,21 @@ pub trait Store: Send + Sync + 'static {
     /// Registers interest in the next fill notice for `entry_key`. Register before checking the
     /// lock, so a notice sent in between is not missed.
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter;
+    /// Ends a fill: writes, announces, releases the lock, in that order. The default makes the
+    /// three calls in turn; a store that can do it in one round trip (Redis, with a script)
+    /// should, as every miss pays for it.
+    fn finish_fill<'a>(&'a self, end: FillEnd<'a>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some((key, value, ttl)) = end.write {
+                self.put(key, value, ttl).await?;
+            }
+            self.publish_fill(end.notice.0, end.notice.1).await?;
+            if let Some((key, token)) = end.unlock {
+                self.unlock(key, token).await?;
+            }
+            Ok(())
+        })
+    }
     /// Calls `listener` with every notice this store receives, for any key. A store that
     /// cannot deliver notices across processes may ignore it (the default).
     fn listen(&self, listener: NoticeListener) {
@@ -111,6 +174,19 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         (**self).subscribe_fill(entry_key)
+    }
+    fn finish_fill<'a>(&'a self, end: FillEnd<'a>) -> StoreFuture<'a, ()> {
+        (**self).finish_fill(end)
+    }
+    fn try_lock_or_read<'a>(
+        &'a self,
+        entry_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        seen: Option<[u8; 8]>,
+    ) -> StoreFuture<'a, LockAttempt> {
+        (**self).try_lock_or_read(entry_key, lock_key, token, ttl, seen)
     }
     fn listen(&self, listener: NoticeListener) {
         (**self).listen(listener)

@@ -33,6 +33,31 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Ends a fill in one round trip: the optional write, the notice, the compare-and-delete.
+/// KEYS: the written key (or the notice key), the lock key (or the notice key).
+/// ARGV: write? value ttl_ms channel message unlock? token.
+const FINISH_LUA: &str = r"
+if ARGV[1] == '1' then
+  redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3])
+end
+redis.call('publish', ARGV[4], ARGV[5])
+if ARGV[6] == '1' and redis.call('get', KEYS[2]) == ARGV[7] then
+  redis.call('del', KEYS[2])
+end
+return 1";
+
+/// Takes the lock unless the entry holds a value (other than the stale one the caller saw).
+/// KEYS: entry, lock. ARGV: token ttl_ms seen-stamp. Returns {1, value}, {2} taken, {3} held.
+const LOCK_OR_READ_LUA: &str = r"
+local v = redis.call('get', KEYS[1])
+if v and string.sub(v, 5, 12) ~= ARGV[3] then
+  return {1, v}
+end
+if redis.call('set', KEYS[2], ARGV[1], 'nx', 'px', ARGV[2]) then
+  return {2}
+end
+return {3}";
+
 /// How often connection state is checked while waiting for it.
 const CONNECT_POLL: Duration = Duration::from_millis(10);
 
@@ -52,6 +77,8 @@ struct Inner {
     channel: String,
     unlock: Script,
     extend: Script,
+    finish: Script,
+    lock_or_read: Script,
     fail_fast: Options,
     /// Becomes `true` once fill notices are subscribed to.
     subscribed: tokio::sync::watch::Receiver<bool>,
@@ -246,6 +273,8 @@ impl RedisStore {
             channel,
             unlock: Script::from_lua(UNLOCK_LUA),
             extend: Script::from_lua(EXTEND_LUA),
+            finish: Script::from_lua(FINISH_LUA),
+            lock_or_read: Script::from_lua(LOCK_OR_READ_LUA),
             subscribed: subscribed_rx,
             fail_fast: Options {
                 fail_fast: true,
@@ -419,6 +448,76 @@ impl Store for RedisStore {
 
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         self.inner.notices.register(entry_key)
+    }
+
+    fn finish_fill<'a>(&'a self, end: super::FillEnd<'a>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let (notice_key, notice) = end.notice;
+            let flag = |on: bool| Value::from(if on { "1" } else { "0" });
+            let writes = end.write.is_some();
+            let (write_key, value, ttl) = match end.write {
+                Some((key, value, ttl)) => (key, Value::Bytes(value), millis(ttl)),
+                None => (notice_key, Value::from(""), 0),
+            };
+            let (lock_key, token) = end.unlock.unwrap_or((notice_key, ""));
+            let keys = vec![write_key.to_owned(), lock_key.to_owned()];
+            let args: Vec<Value> = vec![
+                flag(writes),
+                value,
+                ttl.into(),
+                self.inner.channel.as_str().into(),
+                encode_notice(notice_key, notice).into(),
+                flag(end.unlock.is_some()),
+                token.into(),
+            ];
+            let _: i64 = self
+                .inner
+                .finish
+                .evalsha_with_reload(self.inner.pool.next(), keys, args)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn try_lock_or_read<'a>(
+        &'a self,
+        entry_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        seen: Option<[u8; 8]>,
+    ) -> StoreFuture<'a, super::LockAttempt> {
+        Box::pin(async move {
+            use super::LockAttempt;
+            self.ensure_connected()?;
+            let keys = vec![entry_key.to_owned(), lock_key.to_owned()];
+            let seen = seen.map_or(Value::from(""), |s| {
+                Value::Bytes(Bytes::copy_from_slice(&s))
+            });
+            let args: Vec<Value> = vec![token.into(), millis(ttl).into(), seen];
+            let reply: Value = self
+                .inner
+                .lock_or_read
+                .evalsha_with_reload(self.inner.pool.next(), keys, args)
+                .await?;
+            let parts = match reply {
+                Value::Array(parts) => parts,
+                other => vec![other],
+            };
+            Ok(
+                match (parts.first().and_then(Value::as_i64), parts.get(1)) {
+                    (Some(1), Some(value)) => LockAttempt::Found(
+                        value
+                            .as_bytes()
+                            .map(Bytes::copy_from_slice)
+                            .unwrap_or_default(),
+                    ),
+                    (Some(2), _) => LockAttempt::Acquired,
+                    _ => LockAttempt::Held,
+                },
+            )
+        })
     }
 
     fn listen(&self, listener: super::NoticeListener) {
