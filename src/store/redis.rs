@@ -293,6 +293,29 @@ impl RedisStore {
         self.inner.pool.with_options(&self.inner.fail_fast)
     }
 
+    /// Runs a script by SHA; on `NOSCRIPT` runs its source with `EVAL`, which also caches it on
+    /// that node (fred's own reload loads on every cluster node through the cached slot map,
+    /// which a fresh connection may not have yet).
+    async fn run<R: FromValue>(
+        &self,
+        script: &Script,
+        source: &'static str,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<R, StoreError> {
+        let client = self.inner.pool.next();
+        match script.evalsha(client, keys.clone(), args.clone()).await {
+            Err(error) if error.details().starts_with("NOSCRIPT") => {}
+            // fred checks a script's keys against its cached Cluster slot map, which a
+            // connection may not have fetched yet: fetch it, then try again.
+            Err(error) if *error.kind() == fred::error::ErrorKind::Cluster => {
+                client.sync_cluster().await?;
+            }
+            result => return Ok(result?),
+        }
+        Ok(client.eval(source, keys, args).await?)
+    }
+
     /// Scripts cannot take per-call options in fred; fail them fast by hand.
     fn ensure_connected(&self) -> Result<(), StoreError> {
         if self.inner.pool.is_connected() {
@@ -412,9 +435,7 @@ impl Store for RedisStore {
             self.ensure_connected()?;
             let args: Vec<Value> = vec![token.into(), millis(ttl).into()];
             let extended: i64 = self
-                .inner
-                .extend
-                .evalsha_with_reload(self.inner.pool.next(), key, args)
+                .run(&self.inner.extend, EXTEND_LUA, vec![key.to_owned()], args)
                 .await?;
             Ok(extended == 1)
         })
@@ -424,9 +445,12 @@ impl Store for RedisStore {
         Box::pin(async move {
             self.ensure_connected()?;
             let _: i64 = self
-                .inner
-                .unlock
-                .evalsha_with_reload(self.inner.pool.next(), key, token)
+                .run(
+                    &self.inner.unlock,
+                    UNLOCK_LUA,
+                    vec![key.to_owned()],
+                    vec![token.into()],
+                )
                 .await?;
             Ok(())
         })
@@ -471,11 +495,7 @@ impl Store for RedisStore {
                 flag(end.unlock.is_some()),
                 token.into(),
             ];
-            let _: i64 = self
-                .inner
-                .finish
-                .evalsha_with_reload(self.inner.pool.next(), keys, args)
-                .await?;
+            let _: i64 = self.run(&self.inner.finish, FINISH_LUA, keys, args).await?;
             Ok(())
         })
     }
@@ -497,9 +517,7 @@ impl Store for RedisStore {
             });
             let args: Vec<Value> = vec![token.into(), millis(ttl).into(), seen];
             let reply: Value = self
-                .inner
-                .lock_or_read
-                .evalsha_with_reload(self.inner.pool.next(), keys, args)
+                .run(&self.inner.lock_or_read, LOCK_OR_READ_LUA, keys, args)
                 .await?;
             let parts = match reply {
                 Value::Array(parts) => parts,
