@@ -85,6 +85,21 @@ where
         .await;
     }
     let head = class == RequestClass::Head;
+    if head {
+        // A HEAD arriving during a GET's fill is answered from it. Checked before the lookup:
+        // a fill that ends in between has written its entry, which the lookup then finds.
+        if let Some(entry) = outcome_of_running_fill(&shared, &key, &parts.headers).await {
+            shared.stats.coalesced(1);
+            let ttl = entry.meta.ttl_secs(entry::unix_now_ms());
+            return Ok(from_entry(
+                &shared,
+                entry,
+                true,
+                &parts.headers,
+                Verdict::hit(ttl),
+            ));
+        }
+    }
     let (key, index, found) = resolve(&shared, key, &parts.headers).await;
     ctx.index = index;
     match found {
@@ -144,30 +159,26 @@ where
         return Ok(gateway_timeout(&shared));
     }
     if head {
-        // A HEAD arriving during a GET's fill is answered from it; otherwise it is forwarded
-        // (a HEAD response has no body to store; the next GET fills the entry).
-        if let Some(follower) = shared.flights.follow(key.flight()) {
-            if let Ok(Outcome::Stored(entry)) =
-                tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await
-            {
-                if entry.matches(&parts.headers) {
-                    shared.stats.coalesced(1);
-                    let ttl = entry.meta.ttl_secs(entry::unix_now_ms());
-                    return Ok(from_entry(
-                        &shared,
-                        Entry::clone(&entry),
-                        true,
-                        &parts.headers,
-                        Verdict::hit(ttl),
-                    ));
-                }
-            }
-        }
+        // A HEAD response has no body to store; the next GET fills the entry.
         return forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await;
     }
     // The miss path's state is large: boxing it keeps the hit path's future small, so the one
     // allocation every request makes for its future copies less.
     Box::pin(crate::fill::miss(shared, inner, key, parts, body, ctx)).await
+}
+
+/// The entry a fill running in this process for `key` stores, if one is running and stores
+/// an entry for this request's variant (waiting at most `lock_wait`).
+async fn outcome_of_running_fill(
+    shared: &Shared,
+    key: &CacheKey,
+    request: &HeaderMap,
+) -> Option<Entry> {
+    let follower = shared.flights.follow(key.flight())?;
+    match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
+        Ok(Outcome::Stored(entry)) if entry.matches(request) => Some(Entry::clone(&entry)),
+        _ => None,
+    }
 }
 
 /// How a found entry may be used for this request.
