@@ -20,10 +20,11 @@ as_root() {
     fi
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "redis-server not found: installing it with apt-get" >&2
+# redis-server for every integration test, redis-cli (redis-tools) to build the test Cluster.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "redis-server or redis-cli not found: installing them with apt-get" >&2
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
 fi
 redis-server --version
 

@@ -81,30 +81,30 @@ pub(crate) fn from_entry<B>(
     response
 }
 
+/// `only-if-cached` found nothing usable: `504`, without asking the origin.
 pub(crate) fn gateway_timeout<B>(shared: &Shared) -> Response<CacheBody<B>> {
-    let mut response = Response::new(CacheBody::cached(None));
-    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-    let verdict = Verdict {
-        outcome: CacheOutcome::Miss,
-        fwd: None,
-        stored: false,
-        ttl: None,
-        detail: Some("only-if-cached"),
-    };
-    finish(shared, response.headers_mut(), verdict, None);
-    response
+    bodiless(shared, StatusCode::GATEWAY_TIMEOUT, "only-if-cached")
 }
 
 /// The leading request's answer when its fill task died (the inner service panicked).
 pub(crate) fn fill_failed<B>(shared: &Shared) -> Response<CacheBody<B>> {
+    bodiless(shared, StatusCode::INTERNAL_SERVER_ERROR, "fill-failed")
+}
+
+/// A response the cache makes up itself: no body, `MISS`, and why in `Cache-Status`.
+fn bodiless<B>(
+    shared: &Shared,
+    status: StatusCode,
+    detail: &'static str,
+) -> Response<CacheBody<B>> {
     let mut response = Response::new(CacheBody::cached(None));
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    *response.status_mut() = status;
     let verdict = Verdict {
         outcome: CacheOutcome::Miss,
         fwd: None,
         stored: false,
         ttl: None,
-        detail: Some("fill-failed"),
+        detail: Some(detail),
     };
     finish(shared, response.headers_mut(), verdict, None);
     response

@@ -62,24 +62,6 @@ async fn miss_then_hit_is_byte_identical_for_a_binary_mebibyte() -> TestResult {
     Ok(())
 }
 
-fn counting_origin(
-    calls: &Calls,
-) -> impl tower::Service<
-    Request<ReqBody>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    let calls = calls.clone();
-    service_fn(move |req: Request<ReqBody>| {
-        let n = calls.add();
-        let body = format!("{} {} call {n}", req.method(), req.uri());
-        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-    })
-}
-
 #[tokio::test]
 async fn a_second_instance_with_its_own_client_hits_what_the_first_stored() -> TestResult {
     let server = RedisServer::start().await;

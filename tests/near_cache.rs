@@ -2,31 +2,9 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 use support::*;
-use tower::{service_fn, Layer};
-
-fn origin(
-    calls: &Calls,
-) -> impl tower::Service<
-    Request<ReqBody>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    let calls = calls.clone();
-    service_fn(move |req: Request<ReqBody>| {
-        let n = calls.add();
-        let body = format!("{} {} #{n}", req.method(), req.uri().path());
-        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-    })
-}
+use tower::Layer;
 
 #[tokio::test]
 async fn hits_are_answered_in_process_even_while_redis_is_down() -> TestResult {
@@ -38,7 +16,7 @@ async fn hits_are_answered_in_process_even_while_redis_is_down() -> TestResult {
         .near_cache(1 << 20, Duration::from_secs(60))
         .build()?;
     let calls = Calls::default();
-    let svc = layer.layer(origin(&calls));
+    let svc = layer.layer(counting_origin(&calls));
     let uri = "http://example.test/near";
     let filled = send(&svc, get(uri)).await;
     layer.wait_for_writes().await;
@@ -62,7 +40,10 @@ async fn a_change_in_one_instance_drops_the_near_copies_of_the_others() -> TestR
     let one = near(builder(redis_store(&server).await, "near-fleet")).build()?;
     let two = near(builder(redis_store(&server).await, "near-fleet")).build()?;
     let calls = Calls::default();
-    let (svc_one, svc_two) = (one.layer(origin(&calls)), two.layer(origin(&calls)));
+    let (svc_one, svc_two) = (
+        one.layer(counting_origin(&calls)),
+        two.layer(counting_origin(&calls)),
+    );
     let uri = "http://example.test/shared";
     send(&svc_one, get(uri)).await;
     one.wait_for_writes().await;

@@ -404,3 +404,23 @@ impl Body for CountedChunks {
         SizeHint::new()
     }
 }
+
+/// An origin that counts its calls and answers `"<METHOD> <uri> call <n>"`, so responses
+/// from different calls never look alike.
+pub fn counting_origin(
+    calls: &Calls,
+) -> impl tower::Service<
+    Request<ReqBody>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    let calls = calls.clone();
+    tower::service_fn(move |req: Request<ReqBody>| {
+        let n = calls.add();
+        let body = format!("{} {} call {n}", req.method(), req.uri());
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+    })
+}
