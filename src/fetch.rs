@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 /// A response the origin gave that may be stored: the encoded value and its decoded form.
@@ -28,6 +29,9 @@ pub(crate) struct Filled {
     pub(crate) entry: Arc<Entry>,
     pub(crate) encoded: Bytes,
     pub(crate) keep: std::time::Duration,
+    /// The share of `max_fill_bytes` the buffered body holds, given back when the fill is
+    /// done with it (written, shared, dropped).
+    pub(crate) _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// What came of asking the origin.
@@ -139,15 +143,22 @@ where
             };
         }
     };
-    let (chunks, rest) = match collect(body, shared.config.max_body_bytes).await {
-        Collected::Whole(chunks, rest) => (chunks, rest),
-        Collected::Partial(body) => {
+    let collected = collect(body, shared.config.max_body_bytes, &shared.fill_bytes).await;
+    let (chunks, rest, budget) = match collected {
+        Collected::Whole(chunks, rest, budget) => (chunks, rest, budget),
+        Collected::Partial(body, over_budget) => {
             shared.stats.not_stored(1);
+            let detail = if over_budget {
+                shared.stats.fills_over_budget(1);
+                "fill-budget"
+            } else {
+                "too-large"
+            };
             finish(
                 shared,
                 &mut parts.headers,
                 Verdict {
-                    detail: Some("too-large"),
+                    detail: Some(detail),
                     ..verdict(false)
                 },
                 None,
@@ -164,7 +175,7 @@ where
     let filled = entry::fits_entry(&parts.headers, body_len as u64)
         .then(|| encode_filled(parts.status, &parts.headers, &chunks, lifetime, variant))
         .flatten();
-    let Some(filled) = filled else {
+    let Some(mut filled) = filled else {
         // Not representable as an entry (too many headers): hand back what was read.
         shared.stats.not_stored(1);
         finish(shared, &mut parts.headers, verdict(false), None);
@@ -179,6 +190,7 @@ where
             stale_served: None,
         };
     };
+    filled._budget = budget;
     let ttl = lifetime.fresh.as_secs() as i64;
     let verdict = Verdict {
         ttl: Some(ttl),
@@ -292,6 +304,7 @@ fn encode_filled(
         entry: Arc::new(entry),
         encoded,
         keep: lifetime.keep,
+        _budget: None,
     })
 }
 
@@ -457,14 +470,17 @@ where
 }
 
 enum Collected<B> {
-    /// The whole body, and the (ended) body it came from.
-    Whole(Vec<Bytes>, Pin<Box<B>>),
-    /// Not storable (too large, trailers, error): what was read, then the rest, for the client.
-    Partial(CacheBody<B>),
+    /// The whole body, the (ended) body it came from, and its share of the fill budget.
+    Whole(Vec<Bytes>, Pin<Box<B>>, Option<OwnedSemaphorePermit>),
+    /// Not storable (too large, over the fill budget when `true`, trailers, error): what was
+    /// read, then the rest, for the client.
+    Partial(CacheBody<B>, bool),
 }
 
-/// Reads the body into memory, up to `limit` bytes.
-async fn collect<B>(body: B, limit: u64) -> Collected<B>
+/// Reads the body into memory, up to `limit` bytes, taking one permit of `budget` per byte
+/// buffered. When the budget runs out the body is handed back for streaming instead (and the
+/// permits taken so far are returned at once: what was read is the client's to drain).
+async fn collect<B>(body: B, limit: u64, budget: &Arc<Semaphore>) -> Collected<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -472,26 +488,40 @@ where
     let mut body = Box::pin(body);
     let mut chunks = Vec::new();
     let mut len = 0u64;
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let frames = |chunks: Vec<Bytes>| chunks.into_iter().map(Frame::data).collect::<VecDeque<_>>();
     loop {
         match body.frame().await {
-            None => return Collected::Whole(chunks, body),
+            None => return Collected::Whole(chunks, body, held),
             Some(Err(error)) => {
-                return Collected::Partial(CacheBody::failed(frames(chunks), error.into()))
+                let body = CacheBody::failed(frames(chunks), error.into());
+                return Collected::Partial(body, false);
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     len += data.len() as u64;
+                    let reserved = u32::try_from(data.len())
+                        .ok()
+                        .and_then(|n| Arc::clone(budget).try_acquire_many_owned(n).ok());
                     chunks.push(data);
                     if len > limit {
-                        return Collected::Partial(CacheBody::replay(frames(chunks), body, false));
+                        let body = CacheBody::replay(frames(chunks), body, false);
+                        return Collected::Partial(body, false);
+                    }
+                    match (reserved, &mut held) {
+                        (None, _) => {
+                            let body = CacheBody::replay(frames(chunks), body, false);
+                            return Collected::Partial(body, true);
+                        }
+                        (Some(permit), Some(held)) => held.merge(permit),
+                        (Some(permit), None) => held = Some(permit),
                     }
                 }
                 Err(trailers) => {
                     // Trailers are not part of an entry: pass this response through whole.
                     let mut frames = frames(chunks);
                     frames.push_back(trailers);
-                    return Collected::Partial(CacheBody::replay(frames, body, true));
+                    return Collected::Partial(CacheBody::replay(frames, body, true), false);
                 }
             },
         }
