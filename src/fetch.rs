@@ -4,12 +4,12 @@
 
 use crate::body::CacheBody;
 use crate::conditional;
+use crate::context::{Reply, Shared};
 use crate::entry::{self, Entry, EntryMeta, VaryIndex};
 use crate::error::BoxError;
-use crate::flow::{self, MissContext, Read, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::{self, CacheKey};
-use crate::layer::Shared;
+use crate::lookup::{self, MissContext, Read};
 use crate::policy::{self, Decision, Lifetime, RequestClass, RequestHead};
 use crate::respond::stale_verdict;
 use crate::respond::{finish, from_entry};
@@ -385,7 +385,7 @@ async fn authorized_target(
     let current = match shared.store.get(primary).await {
         Err(_) => return None,
         Ok(None) => Read::Missing,
-        Ok(Some(bytes)) => flow::interpret(shared, primary, bytes).await,
+        Ok(Some(bytes)) => lookup::interpret(shared, primary, bytes).await,
     };
     match (current, varies) {
         (Read::Index(index), Some(new)) if index.names == new.names => Some(

@@ -11,13 +11,13 @@
 //! it: it runs only if it gets the lock at once, so a fleet refreshes an entry once.
 
 use crate::coalesce::{Leader, Outcome, Role};
+use crate::context::{Reply, Shared};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch;
-use crate::flow::{self, Lookup, MissContext, Read, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
-use crate::layer::Shared;
+use crate::lookup::{self, Lookup, MissContext, Read};
 use crate::respond;
 use crate::store::{FillEnd, FillNotice, LockAttempt};
 use bytes::Bytes;
@@ -337,7 +337,7 @@ async fn acquire_or_wait(
                 return Acquire::GoToOrigin;
             }
         };
-        match flow::resolve(shared, key.clone(), request).await.2 {
+        match lookup::resolve(shared, key.clone(), request).await.2 {
             Lookup::Found(entry) if entry.meta.is_fresh(entry::unix_now_ms()) => {
                 return Acquire::Filled(entry)
             }
@@ -372,9 +372,9 @@ async fn acquire_or_wait(
 async fn found(shared: &Shared, key: &CacheKey, request: &HeaderMap, value: Bytes) -> Acquire {
     let now = entry::unix_now_ms();
     let usable = |entry: &Entry| entry.meta.is_fresh(now) && entry.matches(request);
-    match flow::interpret(shared, key.entry_key(), value).await {
+    match lookup::interpret(shared, key.entry_key(), value).await {
         Read::Entry(entry) if usable(&entry) => Acquire::Filled(entry),
-        Read::Index(_) => match flow::resolve(shared, key.clone(), request).await.2 {
+        Read::Index(_) => match lookup::resolve(shared, key.clone(), request).await.2 {
             Lookup::Found(entry) if usable(&entry) => Acquire::Filled(entry),
             _ => Acquire::GoToOrigin,
         },

@@ -1,7 +1,7 @@
-//! [`CacheLayer`], its builder and the validated configuration it carries.
+//! [`CacheLayer`] and its builder, which validates every setting before anything runs.
 
-use crate::background::Background;
-use crate::coalesce::Flights;
+use crate::config::{CacheMode, Config};
+use crate::context::Shared;
 use crate::error::{ConfigError, StoreError};
 use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
 use crate::service::CacheService;
@@ -18,57 +18,6 @@ pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
 
 /// The longest a request may wait for another request's fill before asking the origin itself.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);
-
-/// Whose rules decide what is stored and for how long (design §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum CacheMode {
-    /// The service owner decides: the layer's TTL, which the response's own
-    /// `Cache-Control: s-maxage / max-age` may override. The default for the layer.
-    #[default]
-    Application,
-    /// RFC 9111 rules for a shared cache: freshness from the response (`s-maxage`, `max-age`,
-    /// `Expires`, heuristics), request directives honoured, the layer's TTL used only when the
-    /// origin gives no freshness information. The default of the caching proxy.
-    Shared,
-}
-
-/// Validated settings, shared by every service the layer makes.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) mode: CacheMode,
-    pub(crate) ttl: Duration,
-    pub(crate) negative_ttl: Option<Duration>,
-    pub(crate) cache_head: bool,
-    pub(crate) statuses: Vec<StatusCode>,
-    pub(crate) max_body_bytes: u64,
-    pub(crate) respect_cache_control: bool,
-    pub(crate) share_authorized: bool,
-    pub(crate) stale_while_revalidate: Duration,
-    pub(crate) stale_if_error: Duration,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) lock_wait: Duration,
-    pub(crate) distributed_lock: bool,
-    pub(crate) hit_for_miss_ttl: Duration,
-    pub(crate) cache_name: String,
-}
-
-/// Everything a [`CacheService`] shares with its clones and siblings.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) keys: KeyMaker,
-    pub(crate) store: GuardedStore,
-    pub(crate) stats: Arc<Counters>,
-    pub(crate) flights: Arc<Flights>,
-    /// Bounds the writes in flight, so a slow store cannot pile up buffered entries.
-    pub(crate) writes: Arc<Semaphore>,
-    /// Bounds the response bytes buffered by fills in flight (one permit per byte), so many
-    /// large fills at once (clients that ask for many big URLs and hang up) cannot make the
-    /// process hold more than `max_fill_bytes`.
-    pub(crate) fill_bytes: Arc<Semaphore>,
-    /// Fills and writes running off the response path.
-    pub(crate) background: Arc<Background>,
-}
 
 /// A [`Layer`] that caches the responses of the service it wraps in a shared [`Store`].
 ///

@@ -71,6 +71,8 @@ mod background;
 mod body;
 mod coalesce;
 mod conditional;
+mod config;
+mod context;
 pub mod entry;
 mod error;
 mod fetch;
@@ -79,6 +81,7 @@ mod flow;
 pub mod headers;
 mod key;
 mod layer;
+mod lookup;
 mod policy;
 mod range;
 mod respond;
@@ -87,9 +90,10 @@ mod stats;
 mod store;
 
 pub use body::CacheBody;
+pub use config::CacheMode;
 pub use error::{BoxError, ConfigError, StoreError, StoreErrorKind};
 pub use key::{BypassFn, CacheKey, KeyFn};
-pub use layer::{CacheLayer, CacheLayerBuilder, CacheMode, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
+pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;
 pub use store::{

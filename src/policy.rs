@@ -15,7 +15,7 @@
 //!   is deliberate: it treats `proxy-revalidate` as "never fresh", while RFC 9111 §5.2.2.8
 //!   only forbids serving such a response *stale*; we evaluate it as `must-revalidate`.
 
-use crate::layer::{CacheMode, Config};
+use crate::config::{CacheMode, Config};
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
 use std::time::{Duration, SystemTime};

@@ -5,10 +5,9 @@
 
 use crate::body::CacheBody;
 use crate::conditional;
+use crate::context::{Reply, Shared};
 use crate::entry::{self, Entry};
-use crate::flow::Reply;
 use crate::headers::{self, CacheOutcome, Fwd, Verdict};
-use crate::layer::Shared;
 use crate::range;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};

@@ -1,8 +1,8 @@
 //! [`CacheService`]: the `Service` impl. The request flow itself lives in `flow`.
 
 use crate::body::CacheBody;
+use crate::context::Shared;
 use crate::error::BoxError;
-use crate::layer::Shared;
 use crate::stats::Stats;
 use bytes::Bytes;
 use http::{Request, Response};
