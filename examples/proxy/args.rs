@@ -1,5 +1,6 @@
 //! Command-line flags: what the operator can set, with defaults and validation.
 
+use crate::sanitize::TrustedProxies;
 use clap::{Parser, ValueEnum};
 use http::uri::{Authority, Scheme};
 use http::Uri;
@@ -86,6 +87,13 @@ pub(crate) struct Args {
     /// Size of the near cache, in bytes.
     #[arg(long, value_name = "N", default_value_t = 64 * 1024 * 1024)]
     pub(crate) near_cache_bytes: u64,
+
+    /// Peers (comma-separated IPv4/IPv6 addresses or ADDR/LEN ranges) whose
+    /// `X-Forwarded-*` and `Forwarded` headers are kept: a load balancer in front. From any
+    /// other peer they are dropped, as an origin that builds URLs from them would otherwise
+    /// have its page for the attacker's host cached for everyone.
+    #[arg(long, value_name = "CIDR,...", default_value = "")]
+    pub(crate) trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

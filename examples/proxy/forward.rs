@@ -2,15 +2,15 @@
 //! its answer back.
 
 use crate::args::Upstream;
+use crate::sanitize::strip_hop_by_hop;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,8 +32,6 @@ pub(crate) struct Forward {
     pub(crate) client: Client<HttpConnector, Incoming>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) timeout: Duration,
-    /// The client at the other end of the connection this service was made for.
-    pub(crate) peer: IpAddr,
 }
 
 impl Service<Request<Incoming>> for Forward {
@@ -64,7 +62,9 @@ impl Forward {
         };
         let method = parts.method.clone();
         let client_version = parts.version;
-        prepare_request_headers(&mut parts.headers, &parts.uri, parts.version, self.peer);
+        // Hop-by-hop and forwarding headers were dealt with before the cache layer
+        // (`sanitize`), so what the layer keyed on is what goes up.
+        append_via(&mut parts.headers, parts.version);
         parts.uri = target;
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
@@ -93,36 +93,6 @@ impl Forward {
     }
 }
 
-/// Removes the hop-by-hop headers and adds the forwarding ones to a request on its way up.
-fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, version: Version, peer: IpAddr) {
-    strip_hop_by_hop(headers);
-    // HTTP/2 clients send the host as `:authority`; HTTP/1.1 upstreams need `Host`.
-    if !headers.contains_key(header::HOST) {
-        if let Some(host) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, host);
-        }
-    }
-    let forwarded_for = HeaderName::from_static("x-forwarded-for");
-    let mut chain: Vec<&str> = headers
-        .get_all(&forwarded_for)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let peer = peer.to_canonical().to_string();
-    chain.push(&peer);
-    if let Ok(value) = HeaderValue::from_str(&chain.join(", ")) {
-        headers.insert(forwarded_for, value);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    append_via(headers, version);
-}
-
 fn append_via(headers: &mut HeaderMap, version: Version) {
     let protocol = match version {
         Version::HTTP_09 => "0.9",
@@ -133,36 +103,6 @@ fn append_via(headers: &mut HeaderMap, version: Version) {
     };
     if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {VIA_NAME}")) {
         headers.append(header::VIA, value);
-    }
-}
-
-/// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1):
-/// the fixed list, and every header `Connection` names (except the message's own framing and
-/// host, which a client could otherwise strip through us).
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
     }
 }
 

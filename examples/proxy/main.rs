@@ -28,6 +28,9 @@
 //! `redis connected` once Redis answers.
 //!
 //! Behaviour worth knowing:
+//! - Requests are sanitised before the cache sees them (`sanitize`): the key's host is the
+//!   `Host` forwarded, hop-by-hop and client-supplied forwarding headers are gone
+//!   (`--trusted-proxies` keeps the latter for a load balancer in front).
 //! - The default mode is `shared` (RFC 9111 rules for a shared cache); `--mode app` lets the
 //!   proxy decide with `--ttl` unless the origin says otherwise.
 //! - A Redis that is down at start (or later) is not fatal: requests go to the origin with
@@ -41,6 +44,7 @@
 mod admin;
 mod args;
 mod forward;
+mod sanitize;
 
 use admin::{serve_admin, StoreKind};
 use args::Args;
@@ -52,6 +56,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sanitize::{carries_content, Policy, Sanitize};
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -138,6 +143,8 @@ async fn run(args: Args) -> Result<(), String> {
         .key_prefix(args.prefix.clone())
         .read_timeout(Duration::from_millis(args.store_read_timeout_ms))
         .write_timeout(Duration::from_millis(args.store_write_timeout_ms))
+        // A GET or HEAD with content is answered for its sender only (see `sanitize`).
+        .bypass_when(carries_content)
         .build()
         .map_err(|e| format!("invalid cache settings: {e}"))?;
     if let StoreKind::Memory = store {
@@ -181,6 +188,13 @@ async fn run(args: Args) -> Result<(), String> {
         .pool_timer(TokioTimer::new())
         .build(connector);
     let upstream = Arc::new(args.upstream.clone());
+    let policy = Arc::new(Policy {
+        trusted: args.trusted_proxies.clone(),
+        default_host: http::HeaderValue::from_str(
+            &upstream.authority.as_str().to_ascii_lowercase(),
+        )
+        .map_err(|e| format!("the upstream authority is not a Host value: {e}"))?,
+    });
 
     tokio::spawn(upkeep(metrics.clone()));
     if let Some((admin, admin_addr)) = admin {
@@ -225,12 +239,13 @@ async fn run(args: Args) -> Result<(), String> {
             _ = interrupt.recv() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = layer.layer(Forward {
+        let forward = Forward {
             client: client.clone(),
             upstream: Arc::clone(&upstream),
             timeout,
-            peer: peer.ip(),
-        });
+        };
+        // Sanitising comes first: the layer must key on exactly what is forwarded.
+        let service = Sanitize::new(layer.layer(forward), peer.ip(), Arc::clone(&policy));
         let connection = server
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
