@@ -50,6 +50,8 @@ pub enum ConfigError {
     InvalidCacheName(String),
     /// The near cache was given no room.
     ZeroNearCache,
+    /// `max_fill_bytes` is zero: no fill could buffer a response.
+    ZeroFillBytes,
 }
 
 impl fmt::Display for ConfigError {
@@ -78,6 +80,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "lock_wait of {wait:?} is longer than the maximum of {max:?}")
             }
             Self::ZeroPendingWrites => f.write_str("max_pending_writes is 0: no miss could be stored"),
+            Self::ZeroFillBytes => f.write_str("max_fill_bytes is 0: no fill could buffer a response"),
             Self::ZeroNearCache => f.write_str("near_cache has 0 bytes: give it room or leave it off"),
             Self::InvalidCacheName(name) => write!(
                 f,

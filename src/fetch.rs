@@ -6,11 +6,11 @@ use crate::body::CacheBody;
 use crate::conditional;
 use crate::entry::{self, Entry, EntryMeta, VaryIndex};
 use crate::error::BoxError;
-use crate::flow::{MissContext, Reply};
+use crate::flow::{self, MissContext, Read, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::{self, CacheKey};
 use crate::layer::Shared;
-use crate::policy::{self, Decision, Lifetime, RequestHead};
+use crate::policy::{self, Decision, Lifetime, RequestClass, RequestHead};
 use crate::respond::stale_verdict;
 use crate::respond::{finish, from_entry};
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 /// A response the origin gave that may be stored: the encoded value and its decoded form.
@@ -28,6 +29,9 @@ pub(crate) struct Filled {
     pub(crate) entry: Arc<Entry>,
     pub(crate) encoded: Bytes,
     pub(crate) keep: std::time::Duration,
+    /// The share of `max_fill_bytes` the buffered body holds, given back when the fill is
+    /// done with it (written, shared, dropped).
+    pub(crate) _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// What came of asking the origin.
@@ -48,7 +52,6 @@ pub(crate) async fn fetch<S, ReqBody, ResBody>(
     mut parts: Parts,
     body: ReqBody,
     outcome: CacheOutcome,
-    authorized: bool,
     ctx: &MissContext,
 ) -> Fetched<ResBody, S::Error>
 where
@@ -114,8 +117,7 @@ where
     let request = RequestHead {
         uri: &uri,
         headers: &request_headers,
-        authorized,
-        no_store: ctx.no_store,
+        authorized: ctx.class.is_authorized(),
     };
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stale) = &ctx.stale {
@@ -141,15 +143,22 @@ where
             };
         }
     };
-    let (chunks, rest) = match collect(body, shared.config.max_body_bytes).await {
-        Collected::Whole(chunks, rest) => (chunks, rest),
-        Collected::Partial(body) => {
+    let collected = collect(body, shared.config.max_body_bytes, &shared.fill_bytes).await;
+    let (chunks, rest, budget) = match collected {
+        Collected::Whole(chunks, rest, budget) => (chunks, rest, budget),
+        Collected::Partial(body, over_budget) => {
             shared.stats.not_stored(1);
+            let detail = if over_budget {
+                shared.stats.fills_over_budget(1);
+                "fill-budget"
+            } else {
+                "too-large"
+            };
             finish(
                 shared,
                 &mut parts.headers,
                 Verdict {
-                    detail: Some("too-large"),
+                    detail: Some(detail),
                     ..verdict(false)
                 },
                 None,
@@ -166,7 +175,7 @@ where
     let filled = entry::fits_entry(&parts.headers, body_len as u64)
         .then(|| encode_filled(parts.status, &parts.headers, &chunks, lifetime, variant))
         .flatten();
-    let Some(filled) = filled else {
+    let Some(mut filled) = filled else {
         // Not representable as an entry (too many headers): hand back what was read.
         shared.stats.not_stored(1);
         finish(shared, &mut parts.headers, verdict(false), None);
@@ -181,6 +190,7 @@ where
             stale_served: None,
         };
     };
+    filled._budget = budget;
     let ttl = lifetime.fresh.as_secs() as i64;
     let verdict = Verdict {
         ttl: Some(ttl),
@@ -294,6 +304,7 @@ fn encode_filled(
         entry: Arc::new(entry),
         encoded,
         keep: lifetime.keep,
+        _budget: None,
     })
 }
 
@@ -303,41 +314,50 @@ pub(crate) async fn write(
     key: &CacheKey,
     index: Option<&VaryIndex>,
     filled: &Filled,
+    class: RequestClass,
 ) -> bool {
-    match prepare_write(shared, key, index, filled).await {
+    match prepare_write(shared, key, index, filled, class).await {
         Some((target, _permit)) => put_entry(shared, &target, filled).await,
         None => false,
     }
 }
 
 /// Readies a filled entry's write and says where the entry goes: the primary key, or for an
-/// entry that varies its variant's key, after writing the resource's vary index (reused when
-/// it lists the same headers, else a new generation) at the primary key. `None` when too many
-/// writes are in flight (the permit bounds them until dropped) or the index write failed.
+/// entry that varies its variant's key. `index` is the vary index the request's lookup read.
+///
+/// When the lookup found an index listing the same headers, its generation is reused and the
+/// index is *not* written again: had it been deleted since (an invalidation racing this fill),
+/// rewriting it would make every variant stored under it reachable again; this way the new
+/// variant is simply unreachable. Otherwise a new generation is written, orphaning every
+/// older variant. An authorized request's answer never writes an index (see
+/// [`authorized_target`]). `None` when too many writes are in flight (the permit bounds them
+/// until dropped), the index write failed, or the entry may not go anywhere.
 pub(crate) async fn prepare_write<'a>(
     shared: &'a Shared,
     key: &CacheKey,
     index: Option<&VaryIndex>,
     filled: &Filled,
+    class: RequestClass,
 ) -> Option<(String, tokio::sync::SemaphorePermit<'a>)> {
     let Ok(permit) = shared.writes.try_acquire() else {
         shared.stats.writes_dropped(1);
         return None;
     };
     let entry = &filled.entry;
-    let Some(mut new_index) =
-        VaryIndex::for_response(&entry.headers, 0).filter(|_| entry.meta.variant != 0)
-    else {
+    let varies = VaryIndex::for_response(&entry.headers, 0).filter(|_| entry.meta.variant != 0);
+    if class.is_authorized() {
+        let target = authorized_target(shared, key, varies.as_ref(), filled).await?;
+        return Some((target, permit));
+    }
+    let Some(mut new_index) = varies else {
         // It does not vary: the entry goes to the primary key (replacing an old index).
         return Some((key.primary_key().to_owned(), permit));
     };
-    new_index.generation = match index {
-        Some(old) if old.names == new_index.names => old.generation,
-        _ => {
-            use std::hash::{BuildHasher, RandomState};
-            RandomState::new().hash_one(entry.meta.stored_at_ms)
-        }
-    };
+    if let Some(old) = index.filter(|old| old.names == new_index.names) {
+        let target = key.variant(old.generation, entry.meta.variant);
+        return Some((target.entry_key().to_owned(), permit));
+    }
+    new_index.generation = new_generation(filled);
     let index_written = shared
         .store
         .put(key.primary_key(), new_index.encode(), filled.keep)
@@ -345,6 +365,59 @@ pub(crate) async fn prepare_write<'a>(
     index_written.ok()?;
     let target = key.variant(new_index.generation, entry.meta.variant);
     Some((target.entry_key().to_owned(), permit))
+}
+
+/// Where a shareable answer to an authorized request may go without changing what anonymous
+/// requests read: an entry that does not vary replaces a non-varying entry (or nothing); one
+/// that varies joins an existing index listing the same headers, or starts the first index
+/// of a resource with nothing stored. It never replaces or re-generates an index, so such a
+/// request cannot orphan the variants others are served. The lookup was skipped for the
+/// request (it is never answered from the cache), so the primary key is read here, only for
+/// answers that may be stored at all.
+async fn authorized_target(
+    shared: &Shared,
+    key: &CacheKey,
+    varies: Option<&VaryIndex>,
+    filled: &Filled,
+) -> Option<String> {
+    let variant = filled.entry.meta.variant;
+    let primary = key.primary_key();
+    let current = match shared.store.get(primary).await {
+        Err(_) => return None,
+        Ok(None) => Read::Missing,
+        Ok(Some(bytes)) => flow::interpret(shared, primary, bytes).await,
+    };
+    match (current, varies) {
+        (Read::Index(index), Some(new)) if index.names == new.names => Some(
+            key.variant(index.generation, variant)
+                .entry_key()
+                .to_owned(),
+        ),
+        (Read::Entry(_) | Read::Missing | Read::HitForMiss, None) => Some(primary.to_owned()),
+        (Read::Missing | Read::HitForMiss, Some(new)) => {
+            let index = VaryIndex {
+                generation: new_generation(filled),
+                names: new.names.clone(),
+            };
+            shared
+                .store
+                .put(primary, index.encode(), filled.keep)
+                .await
+                .ok()?;
+            Some(
+                key.variant(index.generation, variant)
+                    .entry_key()
+                    .to_owned(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// A generation no earlier index had: random, so no old variant can be named by it.
+fn new_generation(filled: &Filled) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(filled.entry.meta.stored_at_ms)
 }
 
 /// Counts a stored entry.
@@ -376,7 +449,6 @@ pub(crate) async fn fetch_and_store<S, ReqBody, ResBody>(
     parts: Parts,
     body: ReqBody,
     outcome: CacheOutcome,
-    authorized: bool,
     ctx: MissContext,
 ) -> Reply<ResBody, S::Error>
 where
@@ -384,12 +456,12 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let fetched = fetch(shared, inner, parts, body, outcome, authorized, &ctx).await;
+    let fetched = fetch(shared, inner, parts, body, outcome, &ctx).await;
     if let Some(filled) = fetched.filled {
         let running = shared.background.start();
         let shared = Arc::clone(shared);
         let write = async move {
-            write(&shared, &key, ctx.index.as_ref(), &filled).await;
+            write(&shared, &key, ctx.index.as_ref(), &filled, ctx.class).await;
             drop(running);
         };
         tokio::spawn(tracing::Instrument::in_current_span(write));
@@ -398,14 +470,17 @@ where
 }
 
 enum Collected<B> {
-    /// The whole body, and the (ended) body it came from.
-    Whole(Vec<Bytes>, Pin<Box<B>>),
-    /// Not storable (too large, trailers, error): what was read, then the rest, for the client.
-    Partial(CacheBody<B>),
+    /// The whole body, the (ended) body it came from, and its share of the fill budget.
+    Whole(Vec<Bytes>, Pin<Box<B>>, Option<OwnedSemaphorePermit>),
+    /// Not storable (too large, over the fill budget when `true`, trailers, error): what was
+    /// read, then the rest, for the client.
+    Partial(CacheBody<B>, bool),
 }
 
-/// Reads the body into memory, up to `limit` bytes.
-async fn collect<B>(body: B, limit: u64) -> Collected<B>
+/// Reads the body into memory, up to `limit` bytes, taking one permit of `budget` per byte
+/// buffered. When the budget runs out the body is handed back for streaming instead (and the
+/// permits taken so far are returned at once: what was read is the client's to drain).
+async fn collect<B>(body: B, limit: u64, budget: &Arc<Semaphore>) -> Collected<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -413,26 +488,40 @@ where
     let mut body = Box::pin(body);
     let mut chunks = Vec::new();
     let mut len = 0u64;
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let frames = |chunks: Vec<Bytes>| chunks.into_iter().map(Frame::data).collect::<VecDeque<_>>();
     loop {
         match body.frame().await {
-            None => return Collected::Whole(chunks, body),
+            None => return Collected::Whole(chunks, body, held),
             Some(Err(error)) => {
-                return Collected::Partial(CacheBody::failed(frames(chunks), error.into()))
+                let body = CacheBody::failed(frames(chunks), error.into());
+                return Collected::Partial(body, false);
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     len += data.len() as u64;
+                    let reserved = u32::try_from(data.len())
+                        .ok()
+                        .and_then(|n| Arc::clone(budget).try_acquire_many_owned(n).ok());
                     chunks.push(data);
                     if len > limit {
-                        return Collected::Partial(CacheBody::replay(frames(chunks), body, false));
+                        let body = CacheBody::replay(frames(chunks), body, false);
+                        return Collected::Partial(body, false);
+                    }
+                    match (reserved, &mut held) {
+                        (None, _) => {
+                            let body = CacheBody::replay(frames(chunks), body, false);
+                            return Collected::Partial(body, true);
+                        }
+                        (Some(permit), Some(held)) => held.merge(permit),
+                        (Some(permit), None) => held = Some(permit),
                     }
                 }
                 Err(trailers) => {
                     // Trailers are not part of an entry: pass this response through whole.
                     let mut frames = frames(chunks);
                     frames.push_back(trailers);
-                    return Collected::Partial(CacheBody::replay(frames, body, true));
+                    return Collected::Partial(CacheBody::replay(frames, body, true), false);
                 }
             },
         }

@@ -196,10 +196,8 @@ async fn lead<S, ReqBody, ResBody>(
                         }
                         None => {
                             let miss = CacheOutcome::Miss;
-                            fetch::fetch_and_store(
-                                &shared, inner, key, parts, body, miss, false, ctx,
-                            )
-                            .await
+                            fetch::fetch_and_store(&shared, inner, key, parts, body, miss, ctx)
+                                .await
                         }
                     };
                     let _ = respond.send(reply);
@@ -213,7 +211,7 @@ async fn lead<S, ReqBody, ResBody>(
     }
     let extender =
         held.then(|| extend_while_filling(Arc::clone(&shared), lock_key.clone(), token.clone()));
-    let fetched = fetch::fetch(&shared, inner, parts, body, CacheOutcome::Miss, false, &ctx).await;
+    let fetched = fetch::fetch(&shared, inner, parts, body, CacheOutcome::Miss, &ctx).await;
     leader.resolve(match (&fetched.filled, &fetched.stale_served) {
         (Some(filled), _) => Outcome::Stored(Arc::clone(&filled.entry)),
         (None, Some(stale)) => Outcome::Stale(Arc::clone(stale)),
@@ -225,7 +223,9 @@ async fn lead<S, ReqBody, ResBody>(
     // End the fill in one store call: the entry (or a hit-for-miss marker), the notice to
     // waiters everywhere, and the lock's release.
     let prepared = match &fetched.filled {
-        Some(filled) => fetch::prepare_write(&shared, &key, ctx.index.as_ref(), filled).await,
+        Some(filled) => {
+            fetch::prepare_write(&shared, &key, ctx.index.as_ref(), filled, ctx.class).await
+        }
         None => None,
     };
     let write = match (&fetched.filled, &prepared) {
@@ -235,7 +235,9 @@ async fn lead<S, ReqBody, ResBody>(
         _ => {
             // Nothing shareable came back (or it cannot be written): mark the key
             // hit-for-miss so the next requests go straight to the origin instead of queueing
-            // behind a lock. A stale entry kept for stale-if-error is left in place.
+            // behind a lock. The marker is written only where nothing is stored (see
+            // `FillEnd::only_if_absent`): a marker never replaces an entry, so no request can
+            // turn others' hits into misses by drawing an unshareable answer.
             let ttl = shared.config.hit_for_miss_ttl;
             let mark = fetched.stale_served.is_none()
                 && fetched.filled.is_none()
@@ -257,6 +259,7 @@ async fn lead<S, ReqBody, ResBody>(
         FillNotice::NotStorable
     };
     let end = FillEnd {
+        only_if_absent: !stores_entry,
         write,
         notice: (key.entry_key(), notice),
         unlock: held.then_some((lock_key.as_str(), token.as_str())),

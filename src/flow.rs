@@ -26,13 +26,13 @@ pub(crate) type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
 
 /// What a miss carries from the lookup to the fill.
 pub(crate) struct MissContext {
+    /// What the request is, as classified once on arrival.
+    pub(crate) class: RequestClass,
     /// A stored entry that may not be served as is: revalidated with the origin, and served
     /// if the origin fails within its stale-if-error window.
     pub(crate) stale: Option<Arc<Entry>>,
     /// Why the request goes forward, for `Cache-Status`.
     pub(crate) fwd: Fwd,
-    /// The request said `no-store` (shared mode).
-    pub(crate) no_store: bool,
     /// The resource's vary index, when it has one.
     pub(crate) index: Option<VaryIndex>,
 }
@@ -50,7 +50,12 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let class = policy::classify_request(request.method(), request.headers(), &shared.config);
+    let class = policy::classify_request(
+        request.method(),
+        request.uri(),
+        request.headers(),
+        &shared.config,
+    );
     let (parts, body) = request.into_parts();
     let key = match class {
         RequestClass::Unsafe => {
@@ -65,12 +70,14 @@ where
     tracing::Span::current().record("key", tracing::field::display(key.entry_key()));
     let wants = RequestDirectives::for_request(&parts.headers, &shared.config);
     let mut ctx = MissContext {
+        class,
         stale: None,
         fwd: Fwd::UriMiss,
-        no_store: wants.no_store,
         index: None,
     };
-    if class == RequestClass::Authorized {
+    if class.is_authorized() {
+        // Not answered from the cache; its answer is stored only if the origin says it may
+        // be shared, and then without touching what anonymous requests read (see `fetch`).
         ctx.fwd = Fwd::Bypass;
         return Box::pin(fetch_and_store(
             &shared,
@@ -79,12 +86,24 @@ where
             parts,
             body,
             CacheOutcome::Bypass,
-            true,
             ctx,
         ))
         .await;
     }
-    let head = class == RequestClass::Head;
+    if wants.no_store {
+        // `no-store` asks that nothing be kept of this exchange: the origin answers it, and
+        // nothing stored is read, replaced or marked on its account.
+        return forward(
+            &shared,
+            inner,
+            parts,
+            body,
+            CacheOutcome::Miss,
+            Fwd::Request,
+        )
+        .await;
+    }
+    let head = class.is_head();
     if head {
         // A HEAD arriving during a GET's fill is answered from it. Checked before the lookup:
         // a fill that ends in between has written its entry, which the lookup then finds.
@@ -147,7 +166,6 @@ where
                 parts,
                 body,
                 CacheOutcome::Miss,
-                false,
                 ctx,
             ))
             .await;
@@ -195,9 +213,7 @@ enum Usable {
 fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode) -> Usable {
     let meta = &entry.meta;
     let fresh_left_ms = meta.fresh_left_ms(now);
-    // `no-store` asks that nothing be kept of this exchange: answer it from the origin.
     if wants.no_cache
-        || wants.no_store
         // Compared in milliseconds; `max-age=0` always revalidates, as clients mean by it,
         // even for a response stored in this very millisecond.
         || wants.max_age.is_some_and(|max| {

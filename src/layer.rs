@@ -13,6 +13,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
+/// The default of [`CacheLayerBuilder::max_fill_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
+
 /// The longest a request may wait for another request's fill before asking the origin itself.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);
 
@@ -59,6 +62,10 @@ pub(crate) struct Shared {
     pub(crate) flights: Arc<Flights>,
     /// Bounds the writes in flight, so a slow store cannot pile up buffered entries.
     pub(crate) writes: Arc<Semaphore>,
+    /// Bounds the response bytes buffered by fills in flight (one permit per byte), so many
+    /// large fills at once (clients that ask for many big URLs and hang up) cannot make the
+    /// process hold more than `max_fill_bytes`.
+    pub(crate) fill_bytes: Arc<Semaphore>,
     /// Fills and writes running off the response path.
     pub(crate) background: Arc<Background>,
 }
@@ -174,6 +181,7 @@ pub struct CacheLayerBuilder {
     breaker_threshold: u32,
     breaker_cooldown: Duration,
     max_pending_writes: usize,
+    max_fill_bytes: u64,
     near_cache: Option<(u64, Duration)>,
 }
 
@@ -213,6 +221,7 @@ impl CacheLayerBuilder {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
             max_pending_writes: 1024,
+            max_fill_bytes: DEFAULT_MAX_FILL_BYTES,
             near_cache: None,
         }
     }
@@ -387,6 +396,15 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The most response bytes all fills in flight may buffer together (default 256 MiB).
+    /// A fill that would go past it stops buffering: its response streams through to its
+    /// client uncached (`Cache-Status: …; detail=fill-budget`, counted in
+    /// `fills_over_budget`). Bounds memory when many large misses run at once.
+    pub fn max_fill_bytes(mut self, bytes: u64) -> Self {
+        self.max_fill_bytes = bytes;
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<CacheLayer, ConfigError> {
         if self.methods.is_empty() {
@@ -463,6 +481,9 @@ impl CacheLayerBuilder {
         if self.max_pending_writes == 0 {
             return Err(ConfigError::ZeroPendingWrites);
         }
+        if self.max_fill_bytes == 0 {
+            return Err(ConfigError::ZeroFillBytes);
+        }
         let stats = Arc::new(Counters::default());
         let config = Config {
             mode: self.mode,
@@ -506,6 +527,11 @@ impl CacheLayerBuilder {
             stats,
             flights: Arc::default(),
             writes: Arc::new(Semaphore::new(self.max_pending_writes)),
+            fill_bytes: Arc::new(Semaphore::new(
+                usize::try_from(self.max_fill_bytes)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             background: Arc::default(),
         };
         Ok(CacheLayer {
@@ -571,6 +597,10 @@ mod tests {
         assert_eq!(
             builder().max_pending_writes(0).build().unwrap_err(),
             ConfigError::ZeroPendingWrites
+        );
+        assert_eq!(
+            builder().max_fill_bytes(0).build().unwrap_err(),
+            ConfigError::ZeroFillBytes
         );
     }
 

@@ -89,7 +89,7 @@ mod store;
 pub use body::CacheBody;
 pub use error::{BoxError, ConfigError, StoreError, StoreErrorKind};
 pub use key::{BypassFn, CacheKey, KeyFn};
-pub use layer::{CacheLayer, CacheLayerBuilder, CacheMode, MAX_LOCK_WAIT};
+pub use layer::{CacheLayer, CacheLayerBuilder, CacheMode, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::Stats;
 pub use store::{

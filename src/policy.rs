@@ -20,35 +20,64 @@ use http::{header, HeaderMap, Method, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
 use std::time::{Duration, SystemTime};
 
-/// How the cache treats a request before anything is looked up.
+/// How the cache treats a request before anything is looked up: decided once, in
+/// [`classify_request`], and honoured by every path after it (design §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestClass {
     /// A cacheable `GET`: look it up, fill on a miss.
     Get,
-    /// A `HEAD`: answered from the `GET` entry, forwarded uncached on a miss.
+    /// A `HEAD`: answered from the `GET` entry, forwarded uncached on a miss. A HEAD never
+    /// writes anything: its response has no body to store.
     Head,
-    /// A request carrying credentials: never answered from the cache, forwarded; its response
-    /// is stored only when it says it may be shared (RFC 9111 §3.5).
+    /// A `GET` carrying credentials: never answered from the cache, forwarded; its response
+    /// is stored only when it says it may be shared (RFC 9111 §3.5), and never rewrites a vary
+    /// index that anonymous requests read. (A `HEAD` with credentials is [`Bypass`].)
+    ///
+    /// [`Bypass`]: RequestClass::Bypass
     Authorized,
     /// An unsafe method (`POST`, `PUT`, `DELETE`, `PATCH`, ...): forwarded, and on success the
     /// stored responses for its target are invalidated (RFC 9111 §4.4).
     Unsafe,
-    /// Not for the cache at all (`OPTIONS`, upgrades, ranges): forwarded untouched.
+    /// Not for the cache at all: forwarded untouched, nothing read or written. Other safe
+    /// methods, upgrades, and requests whose answer could depend on something the key does
+    /// not hold (a body, a method-override header, two `Host`s, a `Host` that contradicts the
+    /// target's authority).
     Bypass,
 }
 
+impl RequestClass {
+    /// Whether the request is a `HEAD`, answered without a body.
+    pub(crate) fn is_head(self) -> bool {
+        self == Self::Head
+    }
+
+    /// Whether the request carries credentials its response must be judged against.
+    pub(crate) fn is_authorized(self) -> bool {
+        self == Self::Authorized
+    }
+}
+
+/// Headers with which frameworks let a `GET` act as another method: an origin honouring
+/// them would answer something the key (which says `GET`) does not describe.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 pub(crate) fn classify_request(
     method: &Method,
+    uri: &Uri,
     headers: &HeaderMap,
     config: &Config,
 ) -> RequestClass {
-    let class = if method == Method::GET {
-        RequestClass::Get
+    let head = if method == Method::GET {
+        false
     } else if method == Method::HEAD {
         if !config.cache_head {
             return RequestClass::Bypass;
         }
-        RequestClass::Head
+        true
     } else if method.is_safe() {
         return RequestClass::Bypass;
     } else {
@@ -56,13 +85,53 @@ pub(crate) fn classify_request(
     };
     // A protocol upgrade (WebSocket) is not a representation. (A byte range is: it is served
     // from a stored whole response, and forwarded otherwise.)
-    if headers.contains_key(header::UPGRADE) {
+    if headers.contains_key(header::UPGRADE) || !keyable(uri, headers) {
         return RequestClass::Bypass;
     }
     if headers.contains_key(header::AUTHORIZATION) && !config.share_authorized {
-        return RequestClass::Authorized;
+        // A HEAD has nothing to store and may not be answered from the cache: pass it by.
+        return if head {
+            RequestClass::Bypass
+        } else {
+            RequestClass::Authorized
+        };
     }
-    class
+    if head {
+        RequestClass::Head
+    } else {
+        RequestClass::Get
+    }
+}
+
+/// Whether everything that can change the origin's answer to this `GET`/`HEAD` is in the
+/// key. The key holds the method class, the authority and the target; a request that
+/// carries more (a body, a method override) or is ambiguous about its authority (two `Host`
+/// fields, or one that contradicts an absolute-form target) is not looked up and not stored,
+/// so it cannot place an answer where innocent requests would find it.
+fn keyable(uri: &Uri, headers: &HeaderMap) -> bool {
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|len| len.as_bytes() != b"0");
+    if has_body
+        || METHOD_OVERRIDES
+            .iter()
+            .any(|name| headers.contains_key(*name))
+    {
+        return false;
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => false,
+        (Some(host), None) => uri.authority().is_none_or(|authority| {
+            authority
+                .as_str()
+                .as_bytes()
+                .eq_ignore_ascii_case(host.as_bytes())
+        }),
+        (None, None) => true,
+    }
 }
 
 /// The request directives a shared cache honours (RFC 9111 §5.2.1). Empty in application mode.
@@ -196,7 +265,6 @@ pub(crate) struct RequestHead<'a> {
     pub(crate) uri: &'a Uri,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) authorized: bool,
-    pub(crate) no_store: bool,
 }
 
 /// Decides whether a response from the origin is stored, and for how long.
@@ -206,9 +274,6 @@ pub(crate) fn decide(
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Decision {
-    if request.no_store {
-        return Decision::Skip("request-no-store");
-    }
     let cc = CacheControl::parse(headers);
     // Rules for every mode: never share what is personal or cannot be keyed.
     if cc.no_store {
@@ -467,7 +532,6 @@ mod tests {
             uri: &uri,
             headers: &HeaderMap::new(),
             authorized,
-            no_store: false,
         };
         decide(
             config,
@@ -644,32 +708,71 @@ mod tests {
     #[test]
     fn requests_are_classified() {
         let c = config(CacheMode::Application);
-        let none = HeaderMap::new();
-        assert_eq!(classify_request(&Method::GET, &none, &c), RequestClass::Get);
+        let class = |method: Method, pairs: &[(&'static str, &'static str)]| {
+            let uri = Uri::from_static("/x");
+            classify_request(&method, &uri, &headers(pairs), &c)
+        };
+        assert_eq!(class(Method::GET, &[]), RequestClass::Get);
+        assert_eq!(class(Method::HEAD, &[]), RequestClass::Head);
+        assert_eq!(class(Method::POST, &[]), RequestClass::Unsafe);
+        assert_eq!(class(Method::OPTIONS, &[]), RequestClass::Bypass);
         assert_eq!(
-            classify_request(&Method::HEAD, &none, &c),
-            RequestClass::Head
-        );
-        assert_eq!(
-            classify_request(&Method::POST, &none, &c),
-            RequestClass::Unsafe
-        );
-        assert_eq!(
-            classify_request(&Method::OPTIONS, &none, &c),
-            RequestClass::Bypass
-        );
-        assert_eq!(
-            classify_request(&Method::GET, &headers(&[("range", "bytes=0-1")]), &c),
+            class(Method::GET, &[("range", "bytes=0-1")]),
             RequestClass::Get
         );
         assert_eq!(
-            classify_request(&Method::GET, &headers(&[("authorization", "x")]), &c),
+            class(Method::GET, &[("authorization", "x")]),
             RequestClass::Authorized
         );
         assert_eq!(
-            classify_request(&Method::GET, &headers(&[("upgrade", "websocket")]), &c),
+            class(Method::HEAD, &[("authorization", "x")]),
+            RequestClass::Bypass,
+            "a HEAD with credentials is neither answered nor stored"
+        );
+        assert_eq!(
+            class(Method::GET, &[("upgrade", "websocket")]),
             RequestClass::Bypass
         );
+    }
+
+    #[test]
+    fn requests_whose_answer_the_key_cannot_describe_bypass() {
+        let c = config(CacheMode::Application);
+        let class = |uri: &'static str, pairs: &[(&'static str, &'static str)]| {
+            classify_request(&Method::GET, &Uri::from_static(uri), &headers(pairs), &c)
+        };
+        assert_eq!(class("/x", &[("content-length", "0")]), RequestClass::Get);
+        assert_eq!(
+            class("/x", &[("content-length", "5")]),
+            RequestClass::Bypass
+        );
+        assert_eq!(
+            class("/x", &[("transfer-encoding", "chunked")]),
+            RequestClass::Bypass
+        );
+        assert_eq!(
+            class("/x", &[("x-http-method-override", "DELETE")]),
+            RequestClass::Bypass
+        );
+        assert_eq!(
+            class("/x", &[("x-method-override", "PUT")]),
+            RequestClass::Bypass
+        );
+        let mut two_hosts = headers(&[("host", "victim.example")]);
+        two_hosts.append(header::HOST, "evil.example".parse().unwrap());
+        assert_eq!(
+            classify_request(&Method::GET, &Uri::from_static("/x"), &two_hosts, &c),
+            RequestClass::Bypass
+        );
+        assert_eq!(
+            class("http://victim.example/x", &[("host", "evil.example")]),
+            RequestClass::Bypass
+        );
+        assert_eq!(
+            class("http://victim.example/x", &[("host", "Victim.Example")]),
+            RequestClass::Get
+        );
+        assert_eq!(class("http://victim.example/x", &[]), RequestClass::Get);
     }
 
     #[test]

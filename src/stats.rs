@@ -85,6 +85,9 @@ counters! {
     not_stored,
     /// Writes dropped because too many were already in flight.
     writes_dropped,
+    /// Fills that stopped buffering (and streamed through uncached) because the fills in
+    /// flight already held `max_fill_bytes`.
+    fills_over_budget,
 }
 
 /// Records how long a response took in the histogram for its outcome (`metrics` feature):

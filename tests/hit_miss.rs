@@ -453,3 +453,50 @@ async fn with_redis_down_requests_bypass_quickly_and_hits_resume_after_restart()
     assert!(hit, "hits resume without rebuilding the layer");
     Ok(())
 }
+
+#[tokio::test]
+async fn fills_past_the_byte_budget_stream_through_uncached() -> TestResult {
+    let server = RedisServer::start().await;
+    let layer = support::builder(redis_store(&server).await, "fill-budget")
+        .max_fill_bytes(64 * 1024)
+        .build()?;
+    let calls = Calls::default();
+    let svc = layer.layer(service_fn({
+        let calls = calls.clone();
+        move |req: Request<ReqBody>| {
+            calls.add();
+            let len = if req.uri().path() == "/big" {
+                100 * 1024
+            } else {
+                1024
+            };
+            let body = binary_body(len, len as u64);
+            async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+        }
+    }));
+
+    // Larger than the budget (but not than max_body_bytes): the client gets all of it.
+    let big = send(&svc, get("http://example.test/big")).await;
+    assert_eq!(big.body, binary_body(100 * 1024, 100 * 1024));
+    assert!(big.headers["cache-status"]
+        .to_str()?
+        .contains("detail=fill-budget"));
+    layer.wait_for_writes().await;
+    assert_eq!(
+        send(&svc, get("http://example.test/big")).await.x_cache(),
+        "MISS"
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.fills_over_budget, stats.stored), (2, 0));
+
+    // The budget given back by those fills lets a small one buffer and be stored.
+    send(&svc, get("http://example.test/small")).await;
+    layer.wait_for_writes().await;
+    let small = send(&svc, get("http://example.test/small")).await;
+    assert_eq!(
+        (small.x_cache(), &small.body),
+        ("HIT", &binary_body(1024, 1024))
+    );
+    assert_eq!(calls.get(), 3);
+    Ok(())
+}

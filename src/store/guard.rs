@@ -156,7 +156,9 @@ impl GuardedStore {
     /// Ends a fill (write, notice, unlock) in one call; see [`Store::finish_fill`].
     pub(crate) async fn finish_fill(&self, end: FillEnd<'_>) -> Result<(), StoreError> {
         let near = self.near.as_ref();
+        // A conditional write may not have happened: keep no near copy of it.
         let written = near
+            .filter(|_| !end.only_if_absent)
             .and(end.write.as_ref())
             .map(|(key, value, ttl)| (key.to_string(), value.clone(), *ttl));
         self.call(self.write_timeout, self.store.finish_fill(end))

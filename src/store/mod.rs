@@ -42,6 +42,9 @@ pub enum FillNotice {
 pub struct FillEnd<'a> {
     /// The value to write (the entry, or a hit-for-miss marker), under which key, for how long.
     pub write: Option<(&'a str, Bytes, Duration)>,
+    /// Write only if the key holds nothing (`SET NX`): set for hit-for-miss markers, which
+    /// must never replace an entry others are served.
+    pub only_if_absent: bool,
     /// The key whose waiters are told, and what they are told.
     pub notice: (&'a str, FillNotice),
     /// The lock to release if this token still holds it: (lock key, token).
@@ -122,7 +125,10 @@ pub trait Store: Send + Sync + 'static {
     fn finish_fill<'a>(&'a self, end: FillEnd<'a>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             if let Some((key, value, ttl)) = end.write {
-                self.put(key, value, ttl).await?;
+                // Not atomic; a store that can check and write in one step should.
+                if !end.only_if_absent || self.get(key).await?.is_none() {
+                    self.put(key, value, ttl).await?;
+                }
             }
             self.publish_fill(end.notice.0, end.notice.1).await?;
             if let Some((key, token)) = end.unlock {

@@ -35,10 +35,13 @@ return 0";
 
 /// Ends a fill in one round trip: the optional write, the notice, the compare-and-delete.
 /// KEYS: the written key (or the notice key), the lock key (or the notice key).
-/// ARGV: write? value ttl_ms channel message unlock? token.
+/// ARGV: write? ('1': always, '2': only if the key is empty) value ttl_ms channel message
+/// unlock? token.
 const FINISH_LUA: &str = r"
 if ARGV[1] == '1' then
   redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3])
+elseif ARGV[1] == '2' then
+  redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3], 'nx')
 end
 redis.call('publish', ARGV[4], ARGV[5])
 if ARGV[6] == '1' and redis.call('get', KEYS[2]) == ARGV[7] then
@@ -72,6 +75,8 @@ pub struct RedisStore {
 
 struct Inner {
     pool: Pool,
+    /// Whether the store built the pool (and so closes it when dropped).
+    owns_pool: bool,
     subscriber: SubscriberClient,
     notices: Arc<FillNotices>,
     channel: String,
@@ -90,10 +95,14 @@ impl Drop for Inner {
         for task in &self.tasks {
             task.abort();
         }
-        let (pool, subscriber) = (self.pool.clone(), self.subscriber.clone());
+        // A borrowed pool is the application's: only the subscriber is the store's own.
+        let pool = self.owns_pool.then(|| self.pool.clone());
+        let subscriber = self.subscriber.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = pool.quit().await;
+                if let Some(pool) = pool {
+                    let _ = pool.quit().await;
+                }
                 let _ = subscriber.quit().await;
             });
         }
@@ -166,7 +175,7 @@ impl RedisStoreBuilder {
     pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
         let mut builder = Builder::from_config(self.config);
         builder
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .set_policy(default_reconnect_policy())
             .with_connection_config(|c| {
                 c.connection_timeout = self.connect_timeout;
                 c.internal_command_timeout = self.connect_timeout;
@@ -178,7 +187,7 @@ impl RedisStoreBuilder {
             });
         let pool = builder.build_pool(self.pool_size)?;
         let subscriber = builder.build_subscriber_client()?;
-        Ok(RedisStore::start(pool, subscriber, self.channel))
+        Ok(RedisStore::start(pool, true, subscriber, self.channel))
     }
 }
 
@@ -204,26 +213,47 @@ impl RedisStore {
         Self::builder(url)?.connect().await
     }
 
-    /// Uses a pool the application already built and connected. A subscriber connection for
-    /// fill notices is opened with the pool's configuration. Needs a Tokio runtime.
+    /// Uses a pool the application already built (and usually connected).
+    ///
+    /// What is shared: every command (reads, writes, locks, scripts, `PUBLISH`) goes through
+    /// `pool`'s own connections. What is not: fill notices need a subscribed connection, which
+    /// cannot carry other commands, so the store opens one subscriber client of its own, with
+    /// the pool's server, connection, performance settings and reconnect policy (or, if the
+    /// pool has none, the store's default: retry forever with back-off, so notices resume
+    /// after Redis restarts). The pool stays the application's: dropping the store closes
+    /// only its subscriber and never quits the pool. An unconnected pool is connected.
+    /// Needs a Tokio runtime.
     pub fn from_pool(pool: Pool) -> Result<Self, StoreError> {
-        let config = pool.next().client_config();
-        let subscriber = Builder::from_config(config).build_subscriber_client()?;
+        let client = pool.next();
+        let mut config = client.client_config();
+        // The subscriber retries its first connection too, as the store's own clients do.
+        config.fail_fast = false;
+        let mut builder = Builder::from_config(config);
+        builder
+            .set_policy(
+                client
+                    .client_reconnect_policy()
+                    .unwrap_or_else(default_reconnect_policy),
+            )
+            .set_connection_config(client.connection_config().clone())
+            .set_performance_config(client.perf_config());
+        let subscriber = builder.build_subscriber_client()?;
         Ok(Self::start(
             pool,
+            false,
             subscriber,
             DEFAULT_NOTICE_CHANNEL.to_owned(),
         ))
     }
 
-    /// Uses a client the application already built and connected; see [`from_pool`](Self::from_pool).
+    /// Uses a client the application already built: commands go through that very client
+    /// (no new connection is opened for them); see [`from_pool`](Self::from_pool) for the
+    /// notice subscriber and what dropping the store does (it never quits `client`).
     pub fn from_client(client: Client) -> Result<Self, StoreError> {
-        let config = client.client_config();
-        let pool = Builder::from_config(config).build_pool(1)?;
-        Self::from_pool(pool)
+        Self::from_pool(Pool::from_clients(vec![client])?)
     }
 
-    fn start(pool: Pool, subscriber: SubscriberClient, channel: String) -> Self {
+    fn start(pool: Pool, owns_pool: bool, subscriber: SubscriberClient, channel: String) -> Self {
         let notices = Arc::new(FillNotices::default());
         let mut tasks = Vec::new();
         if !pool.is_connected() {
@@ -268,6 +298,7 @@ impl RedisStore {
         }));
         let inner = Inner {
             pool,
+            owns_pool,
             subscriber,
             notices,
             channel,
@@ -360,6 +391,12 @@ impl RedisStore {
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
     }
+}
+
+/// Retry forever, from 50 ms doubling to 2 s: a cache's connection should come back by
+/// itself whenever Redis does.
+fn default_reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 50, 2_000, 2)
 }
 
 fn encode_notice(entry_key: &str, notice: FillNotice) -> String {
@@ -479,7 +516,11 @@ impl Store for RedisStore {
             self.ensure_connected()?;
             let (notice_key, notice) = end.notice;
             let flag = |on: bool| Value::from(if on { "1" } else { "0" });
-            let writes = end.write.is_some();
+            let write_mode = match (&end.write, end.only_if_absent) {
+                (None, _) => "0",
+                (Some(_), false) => "1",
+                (Some(_), true) => "2",
+            };
             let (write_key, value, ttl) = match end.write {
                 Some((key, value, ttl)) => (key, Value::Bytes(value), millis(ttl)),
                 None => (notice_key, Value::from(""), 0),
@@ -487,7 +528,7 @@ impl Store for RedisStore {
             let (lock_key, token) = end.unlock.unwrap_or((notice_key, ""));
             let keys = vec![write_key.to_owned(), lock_key.to_owned()];
             let args: Vec<Value> = vec![
-                flag(writes),
+                Value::from(write_mode),
                 value,
                 ttl.into(),
                 self.inner.channel.as_str().into(),

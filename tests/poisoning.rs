@@ -1,0 +1,421 @@
+//! Cache poisoning and request-triggered damage, in process: two instances of a service (two
+//! layers, each with its own Redis connections) share one real Redis, as a fleet does.
+//!
+//! Every test is written as an attacker's request(s) to instance A followed by an innocent
+//! client's request for the same URL, usually to instance B, and asserts what the innocent
+//! client receives. The origin behaves like a naive framework: it reflects the `Host`, the
+//! method-override header, the request body and the path into its answer, and marks
+//! everything `public`, so anything the cache keys wrongly or stores wrongly shows.
+//! (The proxy's own defences are tested through the built proxy in `poisoning_proxy.rs`.)
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::sync::Notify;
+use tower::{Layer, Service};
+use tower_redis_cache::{CacheLayer, CacheMode};
+
+/// The length of `/app.js`, the big static asset of these tests.
+const ASSET_LEN: usize = 9000;
+
+/// The origin every instance forwards to. `version` is bumped by every successful `POST`, so
+/// content from before an invalidation can be told from content after it.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Calls,
+    version: Arc<AtomicU64>,
+    /// When set, the next `GET` asking for JSON waits here before answering.
+    gate: Arc<std::sync::Mutex<Option<Arc<Notify>>>>,
+    /// Notified when a gated request has reached the origin.
+    gated: Arc<Notify>,
+}
+
+impl Origin {
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<ReqBody>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        let origin = self.clone();
+        tower::service_fn(move |req: Request<ReqBody>| {
+            let origin = origin.clone();
+            async move { Ok::<_, Infallible>(origin.answer(req).await) }
+        })
+    }
+
+    async fn answer(&self, req: Request<ReqBody>) -> Response<Full<Bytes>> {
+        self.calls.add();
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if parts.method == http::Method::POST {
+            self.version.fetch_add(1, SeqCst);
+            return Response::new(Full::new(Bytes::from_static(b"updated")));
+        }
+        let version = self.version.load(SeqCst);
+        let header = |name: &str| {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        // A naive framework: the last Host wins, then the target's authority.
+        let host = header("host")
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let mut response = Response::builder().header("cache-control", "public, max-age=3600");
+        let text = match parts.uri.path() {
+            "/app.js" => {
+                let asset = binary_body(ASSET_LEN, 9);
+                let response = response.header("content-length", ASSET_LEN);
+                let body = if parts.method == http::Method::HEAD {
+                    Bytes::new()
+                } else {
+                    asset
+                };
+                return response.body(Full::new(body)).expect("response");
+            }
+            "/varied" => {
+                let json = header("accept").is_some_and(|a| a.contains("json"));
+                if json {
+                    let gate = self.gate.lock().expect("gate").take();
+                    if let Some(gate) = gate {
+                        self.gated.notify_one();
+                        gate.notified().await;
+                    }
+                }
+                response = response.header("vary", "Accept");
+                if json {
+                    format!("{{\"version\":{version}}}")
+                } else {
+                    format!("<p>version {version}</p>")
+                }
+            }
+            "/themed" => {
+                response = response.header("vary", "X-Theme");
+                format!("theme {}", header("x-theme").unwrap_or_default())
+            }
+            "/login" if header("x-login").is_some() => {
+                // An answer that may not be shared, drawn by a header of the client's choice.
+                response = response.header("set-cookie", "session=attacker");
+                "welcome".to_owned()
+            }
+            path => {
+                let action = header("x-http-method-override").unwrap_or_else(|| "GET".into());
+                format!(
+                    "{action} {path} on {host} v{version} body={:?}",
+                    String::from_utf8_lossy(&body)
+                )
+            }
+        };
+        response
+            .body(Full::new(Bytes::from(text)))
+            .expect("response")
+    }
+}
+
+/// Two instances sharing `server`, in shared (RFC 9111) mode, the proxy's default.
+async fn fleet(server: &RedisServer, test: &str) -> (CacheLayer, CacheLayer) {
+    let prefix = unique_prefix(test);
+    let layer = |store| {
+        builder(store, test)
+            .key_prefix(&prefix)
+            .mode(CacheMode::Shared)
+            .ttl(Duration::from_secs(60))
+            .build()
+            .expect("valid layer")
+    };
+    (
+        layer(redis_store(server).await),
+        layer(redis_store(server).await),
+    )
+}
+
+fn with(method: &str, uri: &str, headers: &[(&'static str, &str)]) -> Request<ReqBody> {
+    let mut request = request(method, uri);
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .append(*name, value.parse().expect("header value"));
+    }
+    request
+}
+
+async fn settle(a: &CacheLayer, b: &CacheLayer) {
+    a.wait_for_writes().await;
+    b.wait_for_writes().await;
+}
+
+#[tokio::test]
+async fn a_head_with_authorization_does_not_empty_the_get_entry() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-head-auth").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    let uri = "http://example.test/app.js";
+
+    let attack = with("HEAD", uri, &[("authorization", "Basic YWxpY2U6c2VjcmV0")]);
+    let attacked = send(&svc_a, attack).await;
+    assert!(attacked.body.is_empty());
+    settle(&a, &b).await;
+
+    for svc in [&svc_b, &svc_a, &svc_b] {
+        let innocent = send(svc, get(uri)).await;
+        assert_eq!(innocent.status, 200);
+        assert_eq!(innocent.body, binary_body(ASSET_LEN, 9), "the whole asset");
+        assert_eq!(innocent.headers["content-length"], ASSET_LEN.to_string());
+        settle(&a, &b).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn heads_and_gets_never_confuse_each_other() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-head-get").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    let uri = "http://example.test/app.js";
+
+    // HEADs first, plain and asking for revalidation: none may leave a bodiless entry.
+    send(&svc_a, with("HEAD", uri, &[])).await;
+    send(&svc_a, with("HEAD", uri, &[("cache-control", "no-cache")])).await;
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, get(uri)).await;
+    assert_eq!(innocent.body, binary_body(ASSET_LEN, 9));
+    settle(&a, &b).await;
+
+    // Then the other way round: a HEAD answered from the GET entry has no body, and says
+    // the GET's length; a HEAD revalidating does not touch the entry.
+    let head = send(&svc_a, with("HEAD", uri, &[])).await;
+    assert_eq!((head.x_cache(), head.body.len()), ("HIT", 0));
+    assert_eq!(head.headers["content-length"], ASSET_LEN.to_string());
+    send(&svc_a, with("HEAD", uri, &[("cache-control", "max-age=0")])).await;
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, get(uri)).await;
+    assert_eq!(
+        (innocent.x_cache(), &innocent.body),
+        ("HIT", &binary_body(ASSET_LEN, 9))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_cannot_turn_others_hits_into_misses() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-hfm").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    let page = "http://example.test/page";
+    let login = "http://example.test/login";
+    let first = send(&svc_a, get(page)).await;
+    send(&svc_a, get(login)).await;
+    settle(&a, &b).await;
+    let login_body = send(&svc_b, get(login)).await.body;
+
+    // `no-store` is answered from the origin and leaves what is stored alone.
+    let attacked = send(&svc_a, with("GET", page, &[("cache-control", "no-store")])).await;
+    assert_eq!(attacked.status, 200);
+    // `no-cache` with a header that draws an unshareable answer (Set-Cookie) from the origin:
+    // the answer goes to the attacker only, and no hit-for-miss marker replaces the entry.
+    let attacked = send(
+        &svc_a,
+        with(
+            "GET",
+            login,
+            &[("cache-control", "no-cache"), ("x-login", "1")],
+        ),
+    )
+    .await;
+    assert!(attacked.headers.contains_key("set-cookie"));
+    settle(&a, &b).await;
+
+    for svc in [&svc_a, &svc_b] {
+        let innocent = send(svc, get(page)).await;
+        assert_eq!((innocent.x_cache(), &innocent.body), ("HIT", &first.body));
+        let innocent = send(svc, get(login)).await;
+        assert_eq!((innocent.x_cache(), &innocent.body), ("HIT", &login_body));
+        assert!(!innocent.headers.contains_key("set-cookie"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_authorized_get_does_not_orphan_the_variants_others_are_served() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-auth-vary").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    let uri = "http://example.test/varied";
+    let json = send(&svc_a, with("GET", uri, &[("accept", "application/json")])).await;
+    let html = send(&svc_a, with("GET", uri, &[("accept", "text/html")])).await;
+    settle(&a, &b).await;
+
+    // Its answer is public, so it may be stored, but not by rewriting the vary index.
+    for accept in ["text/html", "application/json", "image/png"] {
+        let attack = with(
+            "GET",
+            uri,
+            &[("accept", accept), ("authorization", "Bearer x")],
+        );
+        assert_eq!(send(&svc_a, attack).await.status, 200);
+        settle(&a, &b).await;
+    }
+
+    let innocent = send(&svc_b, with("GET", uri, &[("accept", "application/json")])).await;
+    assert_eq!((innocent.x_cache(), &innocent.body), ("HIT", &json.body));
+    let innocent = send(&svc_b, with("GET", uri, &[("accept", "text/html")])).await;
+    assert_eq!((innocent.x_cache(), &innocent.body), ("HIT", &html.body));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_racing_a_varied_fill_does_not_bring_old_variants_back() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-vary-race").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    let uri = "http://example.test/varied";
+    let old_html = send(&svc_a, with("GET", uri, &[("accept", "text/html")])).await;
+    assert_eq!(old_html.body, "<p>version 0</p>");
+    settle(&a, &b).await;
+
+    // A JSON fill reads the vary index, then waits at the origin...
+    let gate = Arc::new(Notify::new());
+    *origin.gate.lock().expect("gate") = Some(Arc::clone(&gate));
+    let reached = origin.gated.notified();
+    let fill = tokio::spawn({
+        let svc = svc_a.clone();
+        async move { send(&svc, with("GET", uri, &[("accept", "application/json")])).await }
+    });
+    reached.await;
+    // ...while an update invalidates the resource on the other instance...
+    let update = send(&svc_b, request("POST", uri)).await;
+    assert_eq!(update.status, 200);
+    // ...and then finishes, with content from before the update.
+    gate.notify_one();
+    fill.await?;
+    settle(&a, &b).await;
+
+    let innocent = send(&svc_b, with("GET", uri, &[("accept", "text/html")])).await;
+    assert_eq!(
+        innocent.body,
+        "<p>version 1</p>",
+        "the HTML variant from before the update came back ({})",
+        innocent.x_cache()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_the_key_cannot_describe_store_nothing() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-unkeyed").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+
+    // A method override the origin honours, a body the origin reads, two Hosts (the origin
+    // takes the last), and a Host contradicting the absolute-form target.
+    let mut with_body = get("http://victim.example/search");
+    *with_body.body_mut() = Full::new(Bytes::from_static(b"q=evil"));
+    with_body.headers_mut().insert("content-length", 6.into());
+    let attacks = [
+        (
+            "http://victim.example/item",
+            with(
+                "GET",
+                "/item",
+                &[
+                    ("host", "victim.example"),
+                    ("x-http-method-override", "DELETE"),
+                ],
+            ),
+        ),
+        ("http://victim.example/search", with_body),
+        (
+            "http://victim.example/home",
+            with(
+                "GET",
+                "/home",
+                &[("host", "victim.example"), ("host", "evil.example")],
+            ),
+        ),
+        (
+            "http://victim.example/start",
+            with(
+                "GET",
+                "http://victim.example/start",
+                &[("host", "evil.example")],
+            ),
+        ),
+    ];
+    for (target, attack) in attacks {
+        let attacked = send(&svc_a, attack).await;
+        assert_eq!(attacked.x_cache(), "BYPASS", "{target}");
+        settle(&a, &b).await;
+        let innocent = send(&svc_b, get(target)).await;
+        let path = target.trim_start_matches("http://victim.example");
+        assert_eq!(
+            innocent.body,
+            format!("GET {path} on victim.example v0 body=\"\""),
+            "{target}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn paths_are_keyed_exactly_as_they_are_forwarded() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-paths").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    for attack in ["/a/../b", "//b", "/%2e%2e/b", "/a%2Fb", "/b/", "/B", "/b?"] {
+        send(&svc_a, get(&format!("http://victim.example{attack}"))).await;
+    }
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, get("http://victim.example/b")).await;
+    assert_eq!(innocent.body, "GET /b on victim.example v0 body=\"\"");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_header_the_origin_varies_on_is_keyed() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-themed").await;
+    let origin = Origin::default();
+    let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
+    let uri = "http://example.test/themed";
+    for _ in 0..2 {
+        let attack = with("GET", uri, &[("x-theme", "<script>evil()</script>")]);
+        send(&svc_a, attack).await;
+        let attack = with(
+            "GET",
+            uri,
+            &[("x-theme", "x"), ("cache-control", "no-cache")],
+        );
+        send(&svc_a, attack).await;
+        settle(&a, &b).await;
+    }
+    let innocent = send(&svc_b, get(uri)).await;
+    assert_eq!(innocent.body, "theme ");
+    Ok(())
+}
