@@ -48,6 +48,12 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 8 * 1024 * 1024)]
     pub(crate) max_body_bytes: u64,
 
+    /// The most response bytes all fills in flight may buffer together; a fill that would go
+    /// past it streams through to its client uncached. Bounds memory when clients ask for many
+    /// large cold URLs at once.
+    #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
+    pub(crate) max_fill_bytes: u64,
+
     /// Prefix of every cache key in the store.
     #[arg(long, value_name = "NAME", default_value = "trc")]
     pub(crate) prefix: String,

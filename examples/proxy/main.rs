@@ -140,6 +140,7 @@ async fn run(args: Args) -> Result<(), String> {
         .lock_ttl(Duration::from_millis(args.lock_ttl_ms))
         .lock_wait(Duration::from_millis(args.lock_wait_ms))
         .max_body_bytes(args.max_body_bytes)
+        .max_fill_bytes(args.max_fill_bytes)
         .key_prefix(args.prefix.clone())
         .read_timeout(Duration::from_millis(args.store_read_timeout_ms))
         .write_timeout(Duration::from_millis(args.store_write_timeout_ms))
