@@ -1,4 +1,4 @@
-//! The caching reverse proxy (`examples/proxy.rs`) end to end: the built binary runs as a child
+//! The caching reverse proxy (`examples/proxy/`) end to end: the built binary runs as a child
 //! process in front of an in-process origin that counts its calls, and the tests talk to it
 //! over TCP, as its users would.
 //!
@@ -17,235 +17,18 @@ use axum::{
 };
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+use support::proxy::{
+    client, get, get_with_host, proxy_binary, raw_exchange, send, HttpClient, Proxy, PATIENCE,
+};
 use support::{binary_body, unique_prefix, Calls, RedisServer, TestResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
-
-/// The bound on anything a test waits for; only reached when something is broken.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------------
-// The proxy binary
-// ---------------------------------------------------------------------------------------------
-
-/// Builds the example once per test run and returns its path.
-fn proxy_binary() -> &'static PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => manifest.join(dir),
-            None => manifest.join("target"),
-        };
-        let output = Command::new(env!("CARGO"))
-            .current_dir(&manifest)
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "proxy",
-                "--features",
-                "metrics",
-            ])
-            .arg("--target-dir")
-            .arg(&target)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            output.status.success(),
-            "building the proxy example failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let binary = target
-            .join("debug")
-            .join("examples")
-            .join(format!("proxy{}", std::env::consts::EXE_SUFFIX));
-        assert!(binary.is_file(), "no proxy binary at {}", binary.display());
-        binary
-    })
-}
-
-/// A running proxy process, killed on drop.
-struct Proxy {
-    child: Option<Child>,
-    addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    /// Lines the proxy printed on stdout and no test looked at yet.
-    backlog: Vec<String>,
-    lines: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Proxy {
-    /// Starts the proxy on a free port in front of `upstream` and waits until it serves.
-    async fn start(upstream: &str, extra: &[&str]) -> Proxy {
-        let binary = tokio::task::spawn_blocking(proxy_binary)
-            .await
-            .expect("build the proxy");
-        let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
-            .args(extra)
-            .env_remove("UPSTREAM_URL")
-            .env_remove("REDIS_URL")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the proxy");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut admin = None;
-        let mut backlog = Vec::new();
-        let addr = loop {
-            let line = match tokio::time::timeout(PATIENCE, lines.recv()).await {
-                Ok(Some(line)) => line,
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "the proxy never said `listening on`; stderr:\n{}",
-                        stderr.lock().unwrap()
-                    );
-                }
-            };
-            if let Some(addr) = line.strip_prefix("admin on ") {
-                admin = Some(addr.trim().parse().expect("admin address"));
-            } else if let Some(addr) = line.strip_prefix("listening on ") {
-                break addr.trim().parse().expect("listening address");
-            } else {
-                backlog.push(line);
-            }
-        };
-        Proxy {
-            child: Some(child),
-            addr,
-            admin,
-            backlog,
-            lines,
-            stderr,
-        }
-    }
-
-    /// Starts a proxy sharing the cache in the Redis at `redis`, and waits until it is connected.
-    /// Store timeouts are generous: these tests count origin calls, and a loaded machine must
-    /// not turn slow lookups into (correct, but uncounted) fail-open bypasses.
-    async fn start_redis(upstream: &str, redis: &str, prefix: &str) -> Proxy {
-        let mut proxy = Proxy::start(
-            upstream,
-            &[
-                "--redis",
-                redis,
-                "--prefix",
-                prefix,
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--store-read-timeout-ms",
-                "2000",
-                "--store-write-timeout-ms",
-                "2000",
-            ],
-        )
-        .await;
-        proxy.wait_for_line("redis connected").await;
-        proxy
-    }
-
-    /// Waits until the proxy prints a line containing `needle`.
-    async fn wait_for_line(&mut self, needle: &str) {
-        if let Some(at) = self.backlog.iter().position(|line| line.contains(needle)) {
-            self.backlog.drain(..=at);
-            return;
-        }
-        self.backlog.clear();
-        loop {
-            match tokio::time::timeout(PATIENCE, self.lines.recv()).await {
-                Ok(Some(line)) if line.contains(needle) => return,
-                Ok(Some(_)) => continue,
-                _ => panic!(
-                    "the proxy never printed {needle:?}; stderr:\n{}",
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{path_and_query}", self.addr)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!(
-            "http://{}{path}",
-            self.admin.expect("started with --admin-listen")
-        )
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Whether the process is still running.
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-
-    /// Waits for the process to exit by itself.
-    async fn wait_exit(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let waiting = tokio::task::spawn_blocking(move || child.wait());
-        tokio::time::timeout(PATIENCE, waiting)
-            .await
-            .expect("the proxy did not exit in time")
-            .expect("join")
-            .expect("wait for the proxy")
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- proxy stderr ---\n{}", self.stderr());
-        }
-    }
-}
+use tokio::sync::Notify;
 
 // ---------------------------------------------------------------------------------------------
 // The origin
@@ -374,64 +157,6 @@ async fn echo(
 // The client
 // ---------------------------------------------------------------------------------------------
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn x_cache(&self) -> &str {
-        self.header("x-cache")
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Reply {
-    let uri = request.uri().clone();
-    let exchange = async {
-        let response = client.request(request).await.expect("send the request");
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.expect("read the body").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    };
-    tokio::time::timeout(PATIENCE, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("no answer for {uri}"))
-}
-
-async fn get(client: &HttpClient, url: &str) -> Reply {
-    send(client, Request::get(url).body(Full::default()).unwrap()).await
-}
-
-async fn get_with_host(client: &HttpClient, url: &str, host: &str) -> Reply {
-    let request = Request::get(url)
-        .header("host", host)
-        .body(Full::default())
-        .unwrap();
-    send(client, request).await
-}
-
 /// The headers that must survive the cache unchanged: all but the cache's own verdict.
 fn stored_headers(headers: &HeaderMap) -> BTreeMap<String, Vec<Vec<u8>>> {
     let mut map = BTreeMap::<String, Vec<Vec<u8>>>::new();
@@ -444,30 +169,6 @@ fn stored_headers(headers: &HeaderMap) -> BTreeMap<String, Vec<Vec<u8>>> {
             .push(value.as_bytes().to_vec());
     }
     map
-}
-
-/// Writes `request` on a fresh connection and reads until the proxy closes it; returns the
-/// status of the first response, if any came.
-async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Option<u16> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to the proxy");
-        stream.write_all(request).await.ok()?;
-        let mut reply = Vec::new();
-        // A reset after the response (the proxy closing on a half-read request) is fine.
-        let _ = stream.read_to_end(&mut reply).await;
-        let line = reply.split(|&b| b == b'\n').next()?;
-        let line = std::str::from_utf8(line).ok()?;
-        line.strip_prefix("HTTP/1.1 ")
-            .or_else(|| line.strip_prefix("HTTP/1.0 "))?
-            .get(..3)?
-            .parse()
-            .ok()
-    };
-    tokio::time::timeout(PATIENCE, exchange)
-        .await
-        .expect("the proxy neither answered nor closed the connection")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -625,10 +326,9 @@ async fn forwards_headers_and_streams_bodies_both_ways() -> TestResult {
     assert!(lines.contains(&"method GET"), "{text}");
     assert!(lines.contains(&"uri /echo/some/path?q=1&r=two"), "{text}");
     assert!(lines.contains(&"host: site.example"), "{text}");
-    assert!(
-        lines.contains(&"x-forwarded-for: 203.0.113.9, 127.0.0.1"),
-        "{text}"
-    );
+    // The client is not a trusted proxy: its X-Forwarded-For is replaced, not extended.
+    assert!(lines.contains(&"x-forwarded-for: 127.0.0.1"), "{text}");
+    assert!(lines.contains(&"x-forwarded-host: site.example"), "{text}");
     assert!(lines.contains(&"x-forwarded-proto: http"), "{text}");
     assert!(lines.contains(&"via: 1.1 tower-redis-cache"), "{text}");
     assert!(lines.contains(&"x-custom: kept"), "{text}");
@@ -654,6 +354,61 @@ async fn forwards_headers_and_streams_bodies_both_ways() -> TestResult {
     assert_eq!(reply.x_cache(), "BYPASS");
     assert_eq!(reply.body, payload);
     assert_eq!(origin.echo.get(), 1);
+    Ok(())
+}
+
+/// `--trusted-proxies`: a peer in range keeps its forwarding chain (extended with itself) and
+/// its `X-Forwarded-Proto`; `X-Forwarded-Host` is still the host the proxy keyed on, and the
+/// always-dropped headers stay dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_keep_their_forwarding_headers() -> TestResult {
+    let (upstream, _origin) = start_origin().await;
+    let client = client();
+    let request = |proxy: &Proxy| {
+        Request::get(proxy.url("/echo/trusted"))
+            .header("host", "site.example")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "other.example")
+            .header("forwarded", "for=203.0.113.9;proto=https")
+            .header("x-real-ip", "203.0.113.9")
+            .header("x-http-method-override", "DELETE")
+            .body(Full::default())
+            .expect("request")
+    };
+    let trusting = Proxy::start(
+        &upstream,
+        &["--trusted-proxies", "10.0.0.0/8, 127.0.0.0/8,::1"],
+    )
+    .await;
+    let text = send(&client, request(&trusting)).await.text();
+    let lines: Vec<&str> = text.lines().collect();
+    for expected in [
+        "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+        "x-forwarded-proto: https",
+        "x-forwarded-host: site.example",
+        "forwarded: for=203.0.113.9;proto=https",
+    ] {
+        assert!(lines.contains(&expected), "{expected}:\n{text}");
+    }
+    for dropped in ["x-real-ip:", "x-http-method-override:"] {
+        assert!(
+            !lines.iter().any(|l| l.starts_with(dropped)),
+            "{dropped}\n{text}"
+        );
+    }
+
+    let elsewhere = Proxy::start(&upstream, &["--trusted-proxies", "10.0.0.0/8"]).await;
+    let text = send(&client, request(&elsewhere)).await.text();
+    let lines: Vec<&str> = text.lines().collect();
+    for expected in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: site.example",
+    ] {
+        assert!(lines.contains(&expected), "{expected}:\n{text}");
+    }
+    assert!(!lines.iter().any(|l| l.starts_with("forwarded:")), "{text}");
     Ok(())
 }
 
@@ -1002,6 +757,24 @@ fn bad_flags_and_impossible_settings_exit_non_zero_with_one_line() {
             "http://127.0.0.1:9",
             "--upstream-timeout-ms",
             "0",
+        ],
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--trusted-proxies",
+            "10.0.0.1/8",
+        ],
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--trusted-proxies",
+            "10.0.0.0/33",
+        ],
+        &[
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--trusted-proxies",
+            "localhost",
         ],
     ] {
         let output = run(args);

@@ -6,6 +6,8 @@
 //! Redis is started in Docker instead of as a local process.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};

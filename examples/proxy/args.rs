@@ -1,0 +1,169 @@
+//! Command-line flags: what the operator can set, with defaults and validation.
+
+use crate::sanitize::TrustedProxies;
+use clap::{Parser, ValueEnum};
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use std::net::SocketAddr;
+use tower_redis_cache::CacheMode;
+
+/// A caching reverse proxy in front of one HTTP upstream, backed by Redis or process memory.
+#[derive(Parser, Debug)]
+#[command(name = "proxy", version)]
+pub(crate) struct Args {
+    /// Address to serve clients on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+
+    /// The origin every request is forwarded to: http://host:port, optionally with a base path.
+    #[arg(long, value_name = "URL", env = "UPSTREAM_URL", value_parser = parse_upstream)]
+    pub(crate) upstream: Upstream,
+
+    /// Redis URL of the shared cache (redis://, redis-cluster://, redis-sentinel://).
+    /// Without it the cache is in this process and not shared between instances.
+    #[arg(long, value_name = "URL", env = "REDIS_URL")]
+    pub(crate) redis: Option<String>,
+
+    /// Freshness, in seconds, of responses whose origin gives none.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub(crate) ttl: u64,
+
+    /// Seconds past freshness during which a stale entry is served while it is refreshed.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub(crate) stale_while_revalidate: u64,
+
+    /// Seconds past freshness during which a stale entry is served when the origin fails.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub(crate) stale_if_error: u64,
+
+    /// Lifetime of a fill lock, in milliseconds (its holder extends it while filling).
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub(crate) lock_ttl_ms: u64,
+
+    /// Longest wait for another request's fill before calling the origin, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub(crate) lock_wait_ms: u64,
+
+    /// Largest response body stored; larger ones stream through uncached.
+    #[arg(long, value_name = "N", default_value_t = 8 * 1024 * 1024)]
+    pub(crate) max_body_bytes: u64,
+
+    /// The most response bytes all fills in flight may buffer together; a fill that would go
+    /// past it streams through to its client uncached. Bounds memory when clients ask for many
+    /// large cold URLs at once.
+    #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
+    pub(crate) max_fill_bytes: u64,
+
+    /// Prefix of every cache key in the store.
+    #[arg(long, value_name = "NAME", default_value = "trc")]
+    pub(crate) prefix: String,
+
+    /// `shared`: RFC 9111 shared-cache rules; `app`: the proxy's --ttl unless the origin says.
+    #[arg(long, value_enum, default_value_t = Mode::Shared)]
+    pub(crate) mode: Mode,
+
+    /// Address of the admin port (/healthz, /stats, /metrics); none when absent.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+
+    /// Longest wait for the upstream's response head, in milliseconds (then 504).
+    #[arg(long, value_name = "MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) upstream_timeout_ms: u64,
+
+    /// Longest a cache lookup or lock call may take before the request goes on without the
+    /// cache, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub(crate) store_read_timeout_ms: u64,
+
+    /// Longest a cache write may take (writes are off the response path), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub(crate) store_write_timeout_ms: u64,
+
+    /// Size of the in-process cache when there is no --redis, in bytes.
+    #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
+    pub(crate) memory_bytes: u64,
+
+    /// With --redis: keep entries read or written lately in process for up to this long, in
+    /// milliseconds, so hot entries cost no Redis round trip (0: off). Changes made by other
+    /// instances drop the local copies through Redis pub/sub.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub(crate) near_cache_ms: u64,
+
+    /// Size of the near cache, in bytes.
+    #[arg(long, value_name = "N", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) near_cache_bytes: u64,
+
+    /// Peers (comma-separated IPv4/IPv6 addresses or ADDR/LEN ranges) whose
+    /// `X-Forwarded-*` and `Forwarded` headers are kept: a load balancer in front. From any
+    /// other peer they are dropped, as an origin that builds URLs from them would otherwise
+    /// have its page for the attacker's host cached for everyone.
+    #[arg(long, value_name = "CIDR,...", default_value = "")]
+    pub(crate) trusted_proxies: TrustedProxies,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// RFC 9111 rules for a shared cache.
+    Shared,
+    /// The application's rules: --ttl unless the origin's Cache-Control says otherwise.
+    App,
+}
+
+impl From<Mode> for CacheMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Shared => CacheMode::Shared,
+            Mode::App => CacheMode::Application,
+        }
+    }
+}
+
+/// Where requests go: scheme and authority of the upstream, and a base path to prepend.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+    /// The upstream URL's path without its trailing `/` ("" for none).
+    pub(crate) base: String,
+}
+
+fn parse_upstream(value: &str) -> Result<Upstream, String> {
+    let uri: Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https upstreams are not supported (this example has no TLS client)".into())
+        }
+        _ => return Err("expected http://host:port".into()),
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| "expected http://host:port".to_owned())?;
+    if uri.query().is_some() {
+        return Err("the upstream URL cannot have a query".into());
+    }
+    Ok(Upstream {
+        scheme: Scheme::HTTP,
+        authority,
+        base: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+impl Upstream {
+    /// The upstream URI for a request's path and query.
+    pub(crate) fn target(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let path_and_query = if self.base.is_empty() {
+            path_and_query.to_owned()
+        } else {
+            format!("{}{path_and_query}", self.base)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+}

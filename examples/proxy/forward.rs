@@ -1,0 +1,138 @@
+//! Forwarding: the innermost service, which sends one request to the upstream and streams
+//! its answer back.
+
+use crate::args::Upstream;
+use crate::sanitize::strip_hop_by_hop;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::Service;
+use tower_redis_cache::BoxError;
+
+/// The `Via` token this proxy adds to forwarded messages.
+const VIA_NAME: &str = "tower-redis-cache";
+
+/// The response body of the forwarding service: the upstream's body streamed through, or a
+/// small error page.
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// The innermost service: forwards one request to the upstream and streams the answer back.
+/// Failures become `502`/`504` responses, so it never errs.
+#[derive(Clone)]
+pub(crate) struct Forward {
+    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) timeout: Duration,
+}
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The pooled client queues internally; there is nothing to wait for here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(request).await) })
+    }
+}
+
+impl Forward {
+    async fn forward(self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let (mut parts, body) = request.into_parts();
+        let target = match self.upstream.target(&parts.uri) {
+            Ok(target) => target,
+            Err(error) => {
+                tracing::debug!(%error, uri = %parts.uri, "cannot forward this request target");
+                return error_response(StatusCode::BAD_REQUEST, "bad request target\n");
+            }
+        };
+        let method = parts.method.clone();
+        let client_version = parts.version;
+        // Hop-by-hop and forwarding headers were dealt with before the cache layer
+        // (`sanitize`), so what the layer keyed on is what goes up.
+        append_via(&mut parts.headers, parts.version);
+        parts.uri = target;
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, body);
+
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                tracing::warn!(%method, error = %chain(&error), "upstream request failed");
+                return error_response(StatusCode::BAD_GATEWAY, "bad gateway: upstream failed\n");
+            }
+            Err(_) => {
+                tracing::warn!(%method, timeout = ?self.timeout, "upstream did not answer in time");
+                return error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: upstream did not answer in time\n",
+                );
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers, parts.version);
+        // Answer in the client's protocol version, whatever the upstream spoke.
+        parts.version = client_version;
+        Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    }
+}
+
+fn append_via(headers: &mut HeaderMap, version: Version) {
+    let protocol = match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {VIA_NAME}")) {
+        headers.append(header::VIA, value);
+    }
+}
+
+pub(crate) fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(message));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// An error and its sources on one line: hyper-util's own message is terse ("client error
+/// (Connect)"), the cause is in the chain.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}

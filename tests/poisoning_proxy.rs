@@ -1,0 +1,540 @@
+//! Cache poisoning through the built proxy (issue 8): nothing one client sends may change
+//! what another client receives.
+//!
+//! Two proxies share one real Redis and one origin. The origin reflects what a naive framework
+//! behind a proxy would: it builds its page, and a canonical `Link` URL, from `Host`,
+//! `X-Forwarded-Host`/`-Port`/`-Proto`/`-Scheme`/`-Prefix`, `Forwarded`, `X-Original-URL` and
+//! `X-Rewrite-URL`; names the client from `X-Real-IP` or `X-Forwarded-For`; runs the method
+//! that `X-HTTP-Method-Override` and kin name; reads a `GET`'s body; and renders JSON or HTML
+//! by `Accept` (`Vary: Accept`), all with `Cache-Control: public, max-age=3600`.
+//!
+//! Every test is attacker request(s) on proxy A (raw TCP where hyper's client cannot send
+//! them), then an innocent client's request for the same URL on proxy B, and asserts what the
+//! innocent receives: status, the exact bytes the origin renders for an ordinary request, a
+//! matching `content-length`, and the right representation. No test asserts timing.
+
+mod support;
+
+use axum::{body::Body, extract::State, http::Request as AxumRequest, Router};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use support::proxy::{client, raw_response, send, HttpClient, Proxy, Reply};
+use support::{unique_prefix, Calls, RedisServer, TestResult};
+
+/// The host every innocent client asks for.
+const VICTIM: &str = "victim.example";
+
+// ---------------------------------------------------------------------------------------------
+// The reflecting origin
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Origin {
+    calls: Calls,
+}
+
+/// The first comma-separated element of a header, trimmed.
+fn first<'a>(request: &'a AxumRequest<Body>, name: &str) -> Option<&'a str> {
+    let value = request.headers().get(name)?.to_str().ok()?;
+    value.split(',').next().map(str::trim)
+}
+
+/// A parameter (`host`, `proto`) of the first `Forwarded` element.
+fn forwarded_param<'a>(request: &'a AxumRequest<Body>, param: &str) -> Option<&'a str> {
+    first(request, "forwarded")?.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.eq_ignore_ascii_case(param)
+            .then(|| value.trim_matches('"'))
+    })
+}
+
+/// What a naive framework makes of a request: method, URL and client as it believes them.
+async fn reflect(
+    State(origin): State<Arc<Origin>>,
+    request: AxumRequest<Body>,
+) -> http::Response<Body> {
+    origin.calls.add();
+    let method = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    .iter()
+    .find_map(|name| first(&request, name))
+    .map_or_else(|| request.method().to_string(), str::to_owned);
+    // Frameworks that trust proxies take the last Host when there are several.
+    let host_header = request
+        .headers()
+        .get_all("host")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut host = first(&request, "x-forwarded-host")
+        .or_else(|| forwarded_param(&request, "host"))
+        .unwrap_or(host_header)
+        .to_owned();
+    if let Some(port) = first(&request, "x-forwarded-port") {
+        let name = host.split(':').next().unwrap_or("").to_owned();
+        host = format!("{name}:{port}");
+    }
+    let proto = first(&request, "x-forwarded-proto")
+        .or_else(|| first(&request, "x-forwarded-scheme"))
+        .or_else(|| forwarded_param(&request, "proto"))
+        .unwrap_or("http")
+        .to_owned();
+    let prefix = first(&request, "x-forwarded-prefix")
+        .unwrap_or("")
+        .to_owned();
+    let path = first(&request, "x-original-url")
+        .or_else(|| first(&request, "x-rewrite-url"))
+        .map_or_else(
+            || {
+                request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/".to_owned(), |pq| pq.to_string())
+            },
+            str::to_owned,
+        );
+    let client = first(&request, "x-real-ip")
+        .or_else(|| first(&request, "x-forwarded-for"))
+        .unwrap_or("nobody")
+        .to_owned();
+    let json = first(&request, "accept").is_some_and(|a| a.contains("application/json"));
+    let content = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let query = String::from_utf8_lossy(&content).into_owned();
+    let url = format!("{proto}://{host}{prefix}{path}");
+    let page = Page {
+        method: &method,
+        url: &url,
+        client: &client,
+        query: &query,
+    };
+    http::Response::builder()
+        .header("cache-control", "public, max-age=3600")
+        .header("vary", "Accept")
+        .header("link", format!("<{url}>; rel=\"canonical\""))
+        .header("content-type", content_type(json))
+        .body(Body::from(page.render(json)))
+        .unwrap()
+}
+
+/// The parts of the origin's page that depend on the request.
+struct Page<'a> {
+    method: &'a str,
+    url: &'a str,
+    client: &'a str,
+    query: &'a str,
+}
+
+impl Page<'_> {
+    fn render(&self, json: bool) -> String {
+        let Page {
+            method,
+            url,
+            client,
+            query,
+        } = self;
+        if json {
+            format!(
+                "{{\"method\":\"{method}\",\"url\":\"{url}\",\"client\":\"{client}\",\"query\":\"{query}\"}}"
+            )
+        } else {
+            format!(
+                "<!doctype html><link rel=canonical href=\"{url}\"><p>{method} for {client}</p><p>{query}</p>\n"
+            )
+        }
+    }
+}
+
+fn content_type(json: bool) -> &'static str {
+    if json {
+        "application/json"
+    } else {
+        "text/html; charset=utf-8"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet
+// ---------------------------------------------------------------------------------------------
+
+/// Redis, the origin, and two proxies sharing that Redis.
+struct Fleet {
+    _redis: RedisServer,
+    origin: Arc<Origin>,
+    a: Proxy,
+    b: Proxy,
+    client: HttpClient,
+}
+
+async fn fleet(test: &str) -> Fleet {
+    fleet_with(test, &[]).await
+}
+
+async fn fleet_with(test: &str, extra: &[&str]) -> Fleet {
+    let redis = RedisServer::start().await;
+    let origin = Arc::new(Origin::default());
+    let app = Router::new()
+        .fallback(reflect)
+        .with_state(Arc::clone(&origin));
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind the origin");
+    let upstream = format!("http://{}", listener.local_addr().expect("origin address"));
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("origin server");
+    });
+    let prefix = unique_prefix(test);
+    let a = Proxy::start_redis_with(&upstream, redis.url(), &prefix, extra).await;
+    let b = Proxy::start_redis_with(&upstream, redis.url(), &prefix, extra).await;
+    Fleet {
+        _redis: redis,
+        origin,
+        a,
+        b,
+        client: client(),
+    }
+}
+
+/// The page the origin renders for an ordinary request of `path` on the victim host from a
+/// client at 127.0.0.1 (the proxies add `X-Forwarded-For: 127.0.0.1`).
+fn normal_page(path: &str, json: bool) -> String {
+    Page {
+        method: "GET",
+        url: &format!("http://{VICTIM}{path}"),
+        client: "127.0.0.1",
+        query: "",
+    }
+    .render(json)
+}
+
+/// Accept header values of the two representations.
+fn accept(json: bool) -> &'static str {
+    if json {
+        "application/json"
+    } else {
+        "text/html"
+    }
+}
+
+impl Fleet {
+    /// The innocent client: a plain GET on proxy B for `path` on the victim host.
+    async fn innocent(&self, path: &str, json: bool) -> Reply {
+        let request = Request::get(self.b.url(path))
+            .header("host", VICTIM)
+            .header("accept", accept(json))
+            .body(Full::default())
+            .expect("request");
+        send(&self.client, request).await
+    }
+
+    /// Sends a raw request to proxy A and returns its status (0 when none came).
+    async fn attack(&self, raw: &str) -> u16 {
+        raw_response(self.a.addr, raw.as_bytes())
+            .await
+            .map_or(0, |reply| reply.status)
+    }
+}
+
+/// What is wrong with the innocent's answer for `path`, or `None` when it is the origin's
+/// ordinary answer (status, bytes, length, type, link).
+fn wrong(reply: &Reply, path: &str, json: bool) -> Option<String> {
+    let expected = normal_page(path, json);
+    let mut problems = Vec::new();
+    if reply.status != StatusCode::OK {
+        problems.push(format!("status {}", reply.status));
+    }
+    if reply.body != expected.as_bytes() {
+        problems.push(format!("body {:?}, expected {expected:?}", reply.text()));
+    }
+    if reply.header("content-length") != reply.body.len().to_string() {
+        problems.push(format!(
+            "content-length {:?} for {} bytes",
+            reply.header("content-length"),
+            reply.body.len()
+        ));
+    }
+    if reply.header("content-type") != content_type(json) {
+        problems.push(format!("content-type {:?}", reply.header("content-type")));
+    }
+    let link = format!("<http://{VICTIM}{path}>; rel=\"canonical\"");
+    if reply.header("link") != link {
+        problems.push(format!("link {:?}", reply.header("link")));
+    }
+    (!problems.is_empty()).then(|| format!("{path} (json: {json}): {}", problems.join("; ")))
+}
+
+/// Asserts the innocent gets the ordinary answer for `path` in both representations.
+async fn assert_innocent_served_normally(fleet: &Fleet, path: &str) {
+    for json in [false, true] {
+        let reply = fleet.innocent(path, json).await;
+        if let Some(problem) = wrong(&reply, path, json) {
+            panic!("poisoned: {problem}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_wins_over_host() -> TestResult {
+    let fleet = fleet("poison-absolute").await;
+    let status = fleet
+        .attack(&format!(
+            "GET http://{VICTIM}/page HTTP/1.1\r\nHost: evil.example\r\nAccept: text/html\r\n\
+             Connection: close\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200, "the attacker's request was not served");
+    assert_innocent_served_normally(&fleet, "/page").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_spelling_does_not_leak_into_the_shared_entry() -> TestResult {
+    let fleet = fleet("poison-host-case").await;
+    let status = fleet
+        .attack(
+            "GET /page HTTP/1.1\r\nHost: VICTIM.Example\r\nAccept: text/html\r\n\
+             Connection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_innocent_served_normally(&fleet, "/page").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_host_is_refused_before_the_cache() -> TestResult {
+    let fleet = fleet("poison-dup-host").await;
+    let status = fleet
+        .attack(&format!(
+            "GET /page HTTP/1.1\r\nHost: {VICTIM}\r\nHost: evil.example\r\nAccept: text/html\r\n\
+             Connection: close\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 400, "duplicate Host must be a 400");
+    assert_eq!(fleet.origin.calls.get(), 0, "the origin saw the request");
+    assert_innocent_served_normally(&fleet, "/page").await;
+    Ok(())
+}
+
+/// Each forwarding header an origin may build URLs or names from, sent by an attacker with
+/// an otherwise ordinary request for the victim's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_supplied_forwarding_headers_do_not_reach_the_origin() -> TestResult {
+    let fleet = fleet("poison-forwarding").await;
+    let attacks = [
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-port", "6666"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-scheme", "https"),
+        ("x-forwarded-prefix", "/evil"),
+        ("forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+        ("x-original-url", "/evil"),
+        ("x-rewrite-url", "/evil"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-for", "6.6.6.6"),
+    ];
+    let mut problems = Vec::new();
+    for (i, (name, value)) in attacks.iter().enumerate() {
+        let path = format!("/forwarding/{i}");
+        for json in [false, true] {
+            let status = fleet
+                .attack(&format!(
+                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{name}: {value}\r\n\
+                     Connection: close\r\n\r\n",
+                    accept(json)
+                ))
+                .await;
+            if status != 200 {
+                problems.push(format!("{name}: the attacker got {status}"));
+            }
+        }
+        for json in [false, true] {
+            let reply = fleet.innocent(&path, json).await;
+            if let Some(problem) = wrong(&reply, &path, json) {
+                problems.push(format!("{name}: {problem}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_named_in_connection_is_gone_before_the_variant_is_chosen() -> TestResult {
+    let fleet = fleet("poison-connection").await;
+    let status = fleet
+        .attack(&format!(
+            "GET /page HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: application/json\r\n\
+             Connection: accept, close\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_innocent_served_normally(&fleet, "/page").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_override_headers_cannot_turn_a_get_into_another_method() -> TestResult {
+    let fleet = fleet("poison-override").await;
+    let attacks = [
+        ("x-http-method-override", "DELETE"),
+        ("x-http-method-override", "POST"),
+        ("x-http-method", "DELETE"),
+        ("x-method-override", "PUT"),
+    ];
+    let mut problems = Vec::new();
+    for (i, (name, method)) in attacks.iter().enumerate() {
+        let path = format!("/override/{i}");
+        let status = fleet
+            .attack(&format!(
+                "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: text/html\r\n{name}: {method}\r\n\
+                 Connection: close\r\n\r\n"
+            ))
+            .await;
+        if status != 200 {
+            problems.push(format!("{name}: {method}: the attacker got {status}"));
+        }
+        let reply = fleet.innocent(&path, false).await;
+        if let Some(problem) = wrong(&reply, &path, false) {
+            problems.push(format!("{name}: {method}: {problem}"));
+        }
+    }
+    assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
+    Ok(())
+}
+
+/// Path spellings that normalise to one another somewhere: whatever the proxy keys on is what
+/// it forwards, so each spelling's entry holds the origin's answer for that spelling, and the
+/// plain path's entry is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_spellings_are_keyed_and_forwarded_alike() -> TestResult {
+    let fleet = fleet("poison-paths").await;
+    let spellings = [
+        "/a/../b",
+        "//b",
+        "/%2e%2e/b",
+        "/a/%2e%2e/b",
+        "/a%2Fb",
+        "/a/./b",
+        "/b/",
+        "/%62",
+    ];
+    for spelling in spellings {
+        let status = fleet
+            .attack(&format!(
+                "GET {spelling} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: text/html\r\n\
+                 Connection: close\r\n\r\n"
+            ))
+            .await;
+        assert_eq!(status, 200, "{spelling}");
+    }
+    assert_innocent_served_normally(&fleet, "/b").await;
+    assert_innocent_served_normally(&fleet, "/a/b").await;
+    for spelling in spellings {
+        let reply = fleet.innocent(spelling, false).await;
+        if let Some(problem) = wrong(&reply, spelling, false) {
+            panic!("the entry for {spelling} is not the origin's answer for it: {problem}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_is_answered_for_its_sender_only() -> TestResult {
+    let fleet = fleet("poison-get-body").await;
+    for json in [false, true] {
+        let status = fleet
+            .attack(&format!(
+                "GET /search HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\nContent-Length: 9\r\n\
+                 Connection: close\r\n\r\nevil=true",
+                accept(json)
+            ))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let status = fleet
+        .attack(&format!(
+            "GET /search HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: text/html\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n9\r\nevil=true\r\n0\r\n\r\n"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_innocent_served_normally(&fleet, "/search").await;
+    Ok(())
+}
+
+/// `no-cache` and `max-age=0` make the cache go back to the origin; an attacker sending them
+/// with forwarding headers must not get the refilled entry rendered for the attacker's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refills_forced_by_an_attacker_store_the_ordinary_answer() -> TestResult {
+    let fleet = fleet("poison-refill").await;
+    let directives = [
+        "Cache-Control: no-cache",
+        "Cache-Control: max-age=0",
+        "Pragma: no-cache",
+    ];
+    let mut problems = Vec::new();
+    for (i, directive) in directives.iter().enumerate() {
+        let path = format!("/refill/{i}");
+        // The innocent's entry is there first.
+        assert_innocent_served_normally(&fleet, &path).await;
+        for json in [false, true] {
+            let status = fleet
+                .attack(&format!(
+                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{directive}\r\n\
+                     X-Forwarded-Host: evil.example\r\nForwarded: host=evil.example\r\n\
+                     X-Forwarded-Proto: https\r\nX-Original-URL: /evil\r\n\
+                     Connection: close\r\n\r\n",
+                    accept(json)
+                ))
+                .await;
+            if status != 200 {
+                problems.push(format!("{directive}: the attacker got {status}"));
+            }
+        }
+        for json in [false, true] {
+            let reply = fleet.innocent(&path, json).await;
+            if let Some(problem) = wrong(&reply, &path, json) {
+                problems.push(format!("{directive}: {problem}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
+    Ok(())
+}
+
+/// Issue 8 defect 1, end to end: an authorized HEAD must not store an empty GET entry. The
+/// fix is in the layer (a HEAD with credentials passes by); the proxy does nothing about it,
+/// so this checks the layer's fix through the built binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorized_head_does_not_empty_the_get_entry() -> TestResult {
+    let fleet = fleet("poison-head-auth").await;
+    let reply = raw_response(
+        fleet.a.addr,
+        format!(
+            "HEAD /app.js HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: text/html\r\n\
+             Authorization: Basic dXNlcjpwYXNz\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("an answer to the HEAD");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.is_empty(), "a HEAD answer with a body");
+    assert_innocent_served_normally(&fleet, "/app.js").await;
+    Ok(())
+}
