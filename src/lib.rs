@@ -52,6 +52,12 @@
 //! `headers` (`X-Cache`, `Cache-Status`, `Age`), `stats`, `background` (work off the response
 //! path, for `wait_for_writes`).
 //!
+//! - `engine`: keyed byte values with lifetimes, shared by both faces; `engine::fill`, one
+//!   fill per key across the fleet (lock, waiting, takeover, extension, the fill's end).
+//! - `typed`: the typed face, [`Cache`] (cache-aside for serde values); `typed::codec`, the
+//!   value envelope; `typed::key_builder`, [`KeyBuilder`]; `typed::lock`, [`LockGuard`] and
+//!   named locks; `typed::options`, [`GetOrSetOptions`].
+//!
 //! # Features
 //!
 //! - `metrics`: every [`Stats`] counter is also emitted through the `metrics` facade.
@@ -73,6 +79,7 @@ mod coalesce;
 mod conditional;
 mod config;
 mod context;
+mod engine;
 pub mod entry;
 mod error;
 mod fetch;
@@ -88,10 +95,14 @@ mod respond;
 mod service;
 mod stats;
 mod store;
+mod typed;
 
 pub use body::CacheBody;
 pub use config::CacheMode;
-pub use error::{BoxError, ConfigError, StoreError, StoreErrorKind};
+pub use error::{
+    BoxError, CacheError, ConfigError, GetOrSetError, LockError, OptionsError, StoreError,
+    StoreErrorKind,
+};
 pub use key::{BypassFn, CacheKey, KeyFn};
 pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
@@ -99,6 +110,10 @@ pub use stats::Stats;
 pub use store::{
     FillEnd, FillNotice, FillNotices, FillWaiter, LockAttempt, MemoryStore, NoticeListener,
     RedisStore, RedisStoreBuilder, Store, StoreFuture, DEFAULT_NOTICE_CHANNEL,
+};
+pub use typed::{
+    BreakerState, Cache, CacheBuilder, Codec, GetOrSetOptions, Health, KeyBuilder, LockGuard,
+    LockOptions,
 };
 
 #[cfg(doctest)]

@@ -88,6 +88,26 @@ counters! {
     /// Fills that stopped buffering (and streamed through uncached) because the fills in
     /// flight already held `max_fill_bytes`.
     fills_over_budget,
+    /// Typed-cache reads that found a usable value (`get`, `get_many`, `get_or_set`), including
+    /// callers served by another caller's load.
+    typed_hits,
+    /// Typed-cache reads that found nothing usable.
+    typed_misses,
+    /// Typed-cache loader runs (each `get_or_set` that had to load, background refreshes too).
+    typed_loads,
+    /// Typed-cache loader runs that failed or hit their hard timeout.
+    typed_load_errors,
+    /// Typed-cache values that did not decode as the asked type or failed the validator, and
+    /// were deleted.
+    typed_decode_failures,
+    /// Typed-cache answers given from a stale value (stale-while-revalidate, soft timeout) or
+    /// a fail-safe one (the loader failed).
+    typed_stale,
+    /// Typed-cache background refreshes started (stale, eager, or a loader outliving its soft
+    /// timeout).
+    typed_refreshes,
+    /// Distributed locks (`Cache::lock`) that ran out of wait.
+    lock_wait_timeouts,
 }
 
 /// Records how long a response took in the histogram for its outcome (`metrics` feature):

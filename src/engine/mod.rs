@@ -1,0 +1,71 @@
+//! The engine: keyed byte values with lifetimes, shared by both faces.
+//!
+//! Both faces (the HTTP layer and the typed [`Cache`](crate::Cache)) turn their own values into
+//! bytes under keys they derive; the engine owns what is common to them and knows nothing of
+//! HTTP or of serde: the store behind its fail-open guard (timeouts, circuit breaker, counting,
+//! the optional near tier), the counters, the work running off the caller's path, and the fill
+//! protocol ([`fill`]: one load per key across the fleet).
+//!
+//! An [`Engine`] is shared through an `Arc`, so a layer and a typed cache built from it share
+//! one connection pool, one lock protocol and one set of counters.
+
+pub(crate) mod fill;
+
+use crate::background::{Background, Running};
+use crate::stats::Counters;
+use crate::store::GuardedStore;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How fills coordinate across the fleet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillSettings {
+    /// How long a fill lock lives unless extended (it is extended every third of this while
+    /// its holder loads, so it only runs out when the holder died).
+    pub(crate) lock_ttl: Duration,
+    /// The longest a caller waits for another process's fill before loading itself.
+    pub(crate) lock_wait: Duration,
+}
+
+/// The core both faces call: a guarded store, counters, background work, fill settings.
+pub(crate) struct Engine {
+    /// Every store call goes through the guard, so the fail-open rules hold for both faces.
+    pub(crate) store: GuardedStore,
+    pub(crate) stats: Arc<Counters>,
+    /// Fills and refreshes running off the caller's path, so callers can wait for them.
+    pub(crate) background: Arc<Background>,
+    pub(crate) fills: FillSettings,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        store: GuardedStore,
+        stats: Arc<Counters>,
+        background: Arc<Background>,
+        fills: FillSettings,
+    ) -> Self {
+        Self {
+            store,
+            stats,
+            background,
+            fills,
+        }
+    }
+
+    /// Runs `work` in its own task, counted as background work until it ends, inside the
+    /// caller's tracing span (else its events would not be counted towards that span).
+    pub(crate) fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let running: Running = self.background.start();
+        let work = async move {
+            let output = work.await;
+            drop(running);
+            output
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(work))
+    }
+}
