@@ -94,7 +94,7 @@ where
         // A HEAD arriving during a GET's fill is answered from it. Checked before the lookup:
         // a fill that ends in between has written its entry, which the lookup then finds.
         if let Some(entry) = outcome_of_running_fill(&shared, &key, &parts.headers).await {
-            shared.stats.coalesced(1);
+            shared.engine.stats.coalesced(1);
             let ttl = entry.meta.ttl_secs(entry::unix_now_ms());
             return Ok(from_entry(
                 &shared,

@@ -2,6 +2,7 @@
 
 use crate::config::{CacheMode, Config};
 use crate::context::Shared;
+use crate::engine::{Engine, FillSettings};
 use crate::error::{ConfigError, StoreError};
 use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
 use crate::service::CacheService;
@@ -10,7 +11,6 @@ use crate::store::{GuardedStore, Store};
 use http::{Method, Request, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
 /// The default of [`CacheLayerBuilder::max_fill_bytes`]: 256 MiB.
@@ -56,7 +56,7 @@ impl CacheLayer {
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.shared.engine.stats.snapshot()
     }
 
     /// The store keys a request would use, or `None` when it is not cached by key
@@ -69,15 +69,24 @@ impl CacheLayer {
     /// Removes the entry a `GET` of `request`'s URL (and host) would be answered from.
     pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<(), StoreError> {
         match self.key_for(request) {
-            Some(key) => self.shared.store.delete(key.entry_key()).await,
+            Some(key) => self.shared.engine.store.delete(key.entry_key()).await,
             None => Ok(()),
         }
+    }
+
+    /// A typed cache-aside [`Cache`](crate::Cache) on this layer's engine: the same store
+    /// connections, fail-open guard and near tier, the same lock protocol (with this layer's
+    /// `lock_ttl` and `lock_wait`) and the same counters (its counts show in
+    /// [`stats`](Self::stats)). Its values live under `{prefix}:v:…`, apart from the layer's
+    /// entries; [`wait_for_writes`](Self::wait_for_writes) covers its background work too.
+    pub fn cache(&self) -> crate::Cache {
+        crate::Cache::from_engine(Arc::clone(&self.shared.engine), &self.shared.keys.prefix)
     }
 
     /// Waits until every fill and store write started so far has finished: before reading
     /// the store directly (tests), or before exiting (graceful shutdown).
     pub async fn wait_for_writes(&self) {
-        self.shared.background.idle().await;
+        self.shared.engine.background.idle().await;
     }
 
     #[cfg(test)]
@@ -469,19 +478,17 @@ impl CacheLayerBuilder {
             custom: self.key_fn,
             bypass: self.bypass,
         };
+        let fills = FillSettings {
+            lock_ttl: config.lock_ttl,
+            lock_wait: config.lock_wait,
+        };
+        let engine = Engine::new(store, stats, Arc::default(), fills)
+            .with_budgets(self.max_pending_writes, self.max_fill_bytes);
         let shared = Shared {
             config,
             keys,
-            store,
-            stats,
+            engine: Arc::new(engine),
             flights: Arc::default(),
-            writes: Arc::new(Semaphore::new(self.max_pending_writes)),
-            fill_bytes: Arc::new(Semaphore::new(
-                usize::try_from(self.max_fill_bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
-            background: Arc::default(),
         };
         Ok(CacheLayer {
             shared: Arc::new(shared),

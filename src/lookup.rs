@@ -74,7 +74,7 @@ pub(crate) enum Read {
 /// Reads and decodes one value. A value that does not decode is deleted, counted as corrupt
 /// and reported missing, so one bad write cannot keep failing requests.
 pub(crate) async fn read(shared: &Shared, key: &str) -> Read {
-    match shared.store.get(key).await {
+    match shared.engine.store.get(key).await {
         Err(_) => Read::Unavailable,
         Ok(None) => Read::Missing,
         Ok(Some(bytes)) => interpret(shared, key, bytes).await,
@@ -97,10 +97,10 @@ pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -
     match decoded {
         Ok(read) => read,
         Err(error) => {
-            shared.stats.corrupt(1);
+            shared.engine.stats.corrupt(1);
             tracing::warn!(key, %error, "deleting corrupt cache entry");
             // Best effort: a failure is counted by the guard; the value is missing either way.
-            let _ = shared.store.delete(key).await;
+            let _ = shared.engine.store.delete(key).await;
             Read::Missing
         }
     }

@@ -17,11 +17,11 @@ use tower_service::Service;
 /// always agree with the headers clients saw.
 pub(crate) fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict, age: Option<u64>) {
     match verdict.outcome {
-        CacheOutcome::Hit => shared.stats.hits(1),
-        CacheOutcome::Stale => shared.stats.stale(1),
-        CacheOutcome::Revalidated => shared.stats.revalidated(1),
-        CacheOutcome::Miss => shared.stats.misses(1),
-        CacheOutcome::Bypass => shared.stats.bypass(1),
+        CacheOutcome::Hit => shared.engine.stats.hits(1),
+        CacheOutcome::Stale => shared.engine.stats.stale(1),
+        CacheOutcome::Revalidated => shared.engine.stats.revalidated(1),
+        CacheOutcome::Miss => shared.engine.stats.misses(1),
+        CacheOutcome::Bypass => shared.engine.stats.bypass(1),
     }
     tracing::Span::current().record("outcome", verdict.outcome.as_str());
     headers::mark(headers, &shared.config.cache_name, verdict, age);
@@ -184,8 +184,8 @@ where
         }
         let (parts, ()) = head.into_parts();
         if let Some(key) = shared.keys.derive(&parts) {
-            if shared.store.delete(key.primary_key()).await.is_ok() {
-                shared.stats.invalidations(1);
+            if shared.engine.store.delete(key.primary_key()).await.is_ok() {
+                shared.engine.stats.invalidations(1);
             }
         }
     }

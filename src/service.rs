@@ -29,7 +29,7 @@ impl<S> CacheService<S> {
 
     /// The counters so far (shared with the layer and every clone).
     pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.shared.engine.stats.snapshot()
     }
 }
 

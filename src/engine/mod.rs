@@ -17,6 +17,14 @@ use crate::store::GuardedStore;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// A byte count as semaphore permits (saturating at the most a semaphore holds).
+fn permits(bytes: u64) -> usize {
+    usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
 
 /// How fills coordinate across the fleet.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +44,16 @@ pub(crate) struct Engine {
     /// Fills and refreshes running off the caller's path, so callers can wait for them.
     pub(crate) background: Arc<Background>,
     pub(crate) fills: FillSettings,
+    /// Bounds the store writes in flight, so a slow store cannot pile up buffered values.
+    pub(crate) writes: Arc<Semaphore>,
+    /// Bounds the bytes buffered by fills in flight (one permit per byte), so many large
+    /// fills at once (clients asking for many big URLs and hanging up) cannot make the
+    /// process hold more than the budget.
+    pub(crate) fill_bytes: Arc<Semaphore>,
 }
+
+/// The default bound on store writes in flight.
+pub(crate) const DEFAULT_PENDING_WRITES: usize = 1024;
 
 impl Engine {
     pub(crate) fn new(
@@ -50,7 +67,16 @@ impl Engine {
             stats,
             background,
             fills,
+            writes: Arc::new(Semaphore::new(DEFAULT_PENDING_WRITES)),
+            fill_bytes: Arc::new(Semaphore::new(permits(crate::DEFAULT_MAX_FILL_BYTES))),
         }
+    }
+
+    /// Sets the write and fill-byte budgets (validated by the caller: both positive).
+    pub(crate) fn with_budgets(mut self, writes: usize, fill_bytes: u64) -> Self {
+        self.writes = Arc::new(Semaphore::new(writes.min(Semaphore::MAX_PERMITS)));
+        self.fill_bytes = Arc::new(Semaphore::new(permits(fill_bytes)));
+        self
     }
 
     /// Runs `work` in its own task, counted as background work until it ends, inside the
