@@ -3,8 +3,8 @@
 //! The request path's modules all read this one struct; only the layer builds it.
 
 use crate::body::CacheBody;
-use crate::coalesce::Flights;
 use crate::config::Config;
+use crate::engine::flight::Flights;
 use crate::engine::Engine;
 use crate::key::KeyMaker;
 use http::Response;

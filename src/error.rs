@@ -1,4 +1,5 @@
-//! Typed errors.
+//! Typed errors: settings rejected at build time, store failures the request path swallows,
+//! and the typed face's errors.
 //!
 //! Two families with different audiences: [`ConfigError`] is for the person wiring the layer
 //! and is returned at build time, so an impossible setting never reaches production;

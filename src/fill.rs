@@ -1,6 +1,7 @@
-//! The miss path: one fill per key across the fleet (design §6), and background refreshes.
+//! The HTTP miss path: followers of a fill in this process, the leader's fill (on the
+//! engine's fleet-wide protocol), and background refreshes (design §6).
 //!
-//! In this process, the first request for a key leads and the rest follow it (`coalesce`).
+//! In this process, the first request for a key leads and the rest follow it (`engine::flight`).
 //! The leader's fill runs in its own task, so a client that hangs up does not cancel it for
 //! the others. Across processes, the fill takes a lock in the store; a process that finds the
 //! lock held waits for the holder's fill notice (polling as a fallback, and taking the lock
@@ -10,9 +11,9 @@
 //! A background refresh (stale-while-revalidate) is the same fill with nobody waiting for
 //! it: it runs only if it gets the lock at once, so a fleet refreshes an entry once.
 
-use crate::coalesce::{Leader, Outcome, Role};
 use crate::context::{Reply, Shared};
 use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, FillWrite, Judged};
+use crate::engine::flight::{Leader, Outcome, Role};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch;

@@ -4,9 +4,9 @@
 //! Every branch that cannot use the store forwards the request to the inner service, so a
 //! store that is down, slow or returning garbage costs at most one bounded lookup.
 
-use crate::coalesce::Outcome;
 use crate::config::CacheMode;
 use crate::context::{Reply, Shared};
+use crate::engine::flight::Outcome;
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch::fetch_and_store;

@@ -2,7 +2,7 @@
 //! extension while loading, and the fill's end in one store call (design §6).
 //!
 //! The protocol, for callers that already lead the fill in their own process (in-process
-//! single flight, `crate::coalesce`, comes first and is the caller's):
+//! single flight, `crate::engine::flight`, comes first and is the caller's):
 //!
 //! 1. [`acquire_or_wait`] subscribes to the entry's fill notices, then takes the lock unless
 //!    the entry holds a value (the store's lock-or-read, one round trip), so a fill that ended
@@ -37,7 +37,7 @@ pub(crate) struct FillKeys {
     pub(crate) entry: String,
     /// The fill lock.
     pub(crate) lock: String,
-    /// The in-process single-flight id (`crate::coalesce::Flights`), derived by the caller.
+    /// The in-process single-flight id (`crate::engine::flight::Flights`), derived by the caller.
     pub(crate) flight: u128,
 }
 

@@ -9,9 +9,11 @@
 //! An [`Engine`] is shared through an `Arc`, so a layer and a typed cache built from it share
 //! one connection pool, one lock protocol and one set of counters.
 
+pub(crate) mod background;
 pub(crate) mod fill;
+pub(crate) mod flight;
 
-use crate::background::{Background, Running};
+use crate::engine::background::{Background, Running};
 use crate::stats::Counters;
 use crate::store::GuardedStore;
 use std::future::Future;

@@ -1,8 +1,13 @@
-//! Where entries live: the [`Store`] trait and its two implementations.
+//! Where values live: the [`Store`] trait, its two implementations, and what a custom store
+//! needs to implement it.
 //!
 //! The trait is small on purpose: plain get/put/delete, a token lock with expiry, and fill
-//! notices (plus, with defaults, the typed face's batch read, prefix delete and ping). Everything smarter (timeouts, the circuit breaker, counting) is done once, for every
-//! store, by the crate's guard around it, so a store implementation only talks to its backend.
+//! notices (plus, with defaults, the typed face's batch read, prefix delete and ping).
+//! Everything smarter (timeouts, the circuit breaker, counting, the near tier) is done once,
+//! for every store, by the crate's guard around it, so a store implementation only talks to
+//! its backend. The notice and lock plumbing ([`FillNotice`], [`FillNotices`], [`FillEnd`],
+//! [`LockAttempt`], [`NoticeListener`]) lives here rather than at the crate root: only a
+//! custom store needs it.
 
 mod guard;
 mod memory;

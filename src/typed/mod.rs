@@ -11,8 +11,8 @@ pub use key_builder::KeyBuilder;
 pub use lock::{LockGuard, LockOptions};
 pub use options::GetOrSetOptions;
 
-use crate::coalesce::{Flights, Leader, Outcome, Role};
 use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, Judge, Judged};
+use crate::engine::flight::{Flights, Leader, Outcome, Role};
 use crate::engine::{Engine, FillSettings};
 use crate::error::{CacheError, ConfigError, GetOrSetError, LockError};
 use crate::stats::{Counters, Stats};
