@@ -69,7 +69,7 @@ where
     let started = std::time::Instant::now();
     let result = inner.call(Request::from_parts(parts, body)).await;
     #[cfg(feature = "metrics")]
-    crate::stats::record_fill(started.elapsed());
+    shared.engine.stats.record_fill(started.elapsed());
     let failed_status = match &result {
         Ok(response) if response.status().is_server_error() => Some(response.status()),
         Ok(_) => None,

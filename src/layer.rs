@@ -442,7 +442,9 @@ impl CacheLayerBuilder {
         if self.max_fill_bytes == 0 {
             return Err(ConfigError::ZeroFillBytes);
         }
-        let stats = Arc::new(Counters::default());
+        #[cfg(feature = "metrics")]
+        crate::stats::describe_metrics();
+        let stats = Arc::new(Counters::named(&self.cache_name));
         let config = Config {
             mode: self.mode,
             ttl: self.ttl,

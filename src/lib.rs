@@ -126,6 +126,8 @@ pub use error::{
 pub use key::{BypassFn, CacheKey, KeyFn};
 pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
+#[cfg(feature = "metrics")]
+pub use stats::describe_metrics;
 pub use stats::Stats;
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreFuture};
 pub use typed::{

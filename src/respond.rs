@@ -16,6 +16,8 @@ use tower_service::Service;
 /// Marks a response and counts its outcome: the one place both happen, so the counters
 /// always agree with the headers clients saw.
 pub(crate) fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict, age: Option<u64>) {
+    let stats = &shared.engine.stats;
+    stats.request(verdict.outcome.label());
     match verdict.outcome {
         CacheOutcome::Hit => shared.engine.stats.hits(1),
         CacheOutcome::Stale => shared.engine.stats.stale(1),

@@ -76,10 +76,15 @@ where
         #[cfg(feature = "metrics")]
         let flow = {
             let started = std::time::Instant::now();
+            let shared = Arc::clone(&self.shared);
             async move {
                 let result = flow.await;
                 if let Ok(response) = &result {
-                    crate::stats::record_latency(response.headers(), started.elapsed());
+                    let elapsed = started.elapsed();
+                    shared
+                        .engine
+                        .stats
+                        .record_latency(response.headers(), elapsed);
                 }
                 result
             }

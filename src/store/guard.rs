@@ -99,11 +99,16 @@ impl GuardedStore {
             Err(_) => Err(StoreError::from_kind(StoreErrorKind::Timeout)),
         };
         match &result {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => {
+                if self.breaker.success() {
+                    self.stats.breaker_open(false);
+                }
+            }
             Err(error) => {
                 self.stats.store_errors(1);
                 tracing::debug!(%error, "cache store call failed");
                 if self.breaker.failure() {
+                    self.stats.breaker_open(true);
                     tracing::warn!(%error, "cache store failing: skipping it for {} ms", self.breaker.cooldown_ms);
                 }
             }
@@ -122,6 +127,7 @@ impl GuardedStore {
         let value = self.call(self.read_timeout, self.store.get(key)).await?;
         if let Some(value) = &value {
             near.copies.put_now(key, value.clone(), near.ttl);
+            self.stats.near_bytes(near.copies.weighted_size());
         }
         Ok(value)
     }
@@ -141,6 +147,7 @@ impl GuardedStore {
             .await?;
         self.announce_change(near, key).await;
         near.copies.put_now(key, value, ttl.min(near.ttl));
+        self.stats.near_bytes(near.copies.weighted_size());
         Ok(())
     }
 
@@ -148,6 +155,7 @@ impl GuardedStore {
         let result = self.call(self.write_timeout, self.store.delete(key)).await;
         if let Some(near) = &self.near {
             near.copies.delete_now(key);
+            self.stats.near_bytes(near.copies.weighted_size());
             self.announce_change(near, key).await;
         }
         result
@@ -158,6 +166,7 @@ impl GuardedStore {
         let result = self.call(self.write_timeout, self.store.remove(key)).await;
         if let Some(near) = &self.near {
             near.copies.delete_now(key);
+            self.stats.near_bytes(near.copies.weighted_size());
             self.announce_change(near, key).await;
         }
         result
@@ -176,6 +185,7 @@ impl GuardedStore {
         if let (Some(near), Some((key, value, ttl))) = (near, written) {
             self.announce_change(near, &key).await;
             near.copies.put_now(&key, value, ttl.min(near.ttl));
+            self.stats.near_bytes(near.copies.weighted_size());
         }
         Ok(())
     }
@@ -257,6 +267,7 @@ impl GuardedStore {
         for (index, value) in wanted.into_iter().zip(fetched) {
             if let (Some(value), Some(key)) = (&value, keys.get(index)) {
                 near.copies.put_now(key, value.clone(), near.ttl);
+                self.stats.near_bytes(near.copies.weighted_size());
             }
             if let Some(slot) = values.get_mut(index) {
                 *slot = value;
@@ -324,10 +335,13 @@ impl Breaker {
         self.open_until_ms.load(Relaxed) <= now_ms()
     }
 
-    fn success(&self) {
-        if self.consecutive_failures.load(Relaxed) != 0 {
+    /// Records a success; `true` when it closed a breaker that had opened.
+    fn success(&self) -> bool {
+        let failures = self.consecutive_failures.load(Relaxed);
+        if failures != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
+        failures >= self.threshold
     }
 
     /// Records a failure; `true` when it opened the breaker.

@@ -88,6 +88,11 @@ impl MemoryStore {
         self.entries.insert(key.to_owned(), Stored { value, ttl });
     }
 
+    /// About how many bytes of keys and values it holds (for the near tier's gauge).
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
     /// Removes a value without going through a future (for the near cache).
     pub(crate) fn delete_now(&self, key: &str) {
         self.entries.invalidate(key);
