@@ -338,6 +338,60 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() -> TestResu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_replaces_a_fresh_value_in_the_background() -> TestResult {
+    let server = RedisServer::start().await;
+    let cache = cache(server.url(), &unique_prefix("typed-eager")).await;
+    // A fraction this small is passed at once: every hit refreshes.
+    let options = GetOrSetOptions::new(Duration::from_secs(60)).eager_refresh(1e-9);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |name: &'static str| {
+        let loads = Arc::clone(&loads);
+        move || async move {
+            loads.fetch_add(1, SeqCst);
+            Ok::<_, Boom>(product(1, name))
+        }
+    };
+    let first = cache
+        .get_or_set_with("p", options.clone(), load("v1"))
+        .await;
+    assert_eq!(first, Ok(product(1, "v1")));
+    let hit = cache.get_or_set_with("p", options, load("v2")).await;
+    assert_eq!(hit, Ok(product(1, "v1")), "the hit answers at once");
+    cache.wait_for_background().await;
+    assert_eq!(loads.load(SeqCst), 2);
+    assert_eq!(cache.get::<Product>("p").await?, Some(product(1, "v2")));
+    assert_eq!(cache.stats().typed_refreshes, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_lock_left_by_a_dead_holder_is_taken_over_once_it_expires() -> TestResult {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(server.url()).await?;
+    let cache = Cache::builder(store)
+        .key_prefix(unique_prefix("typed-takeover"))
+        .read_timeout(Duration::from_secs(2))
+        .write_timeout(Duration::from_secs(2))
+        .lock_ttl(Duration::from_millis(200))
+        .build()?;
+    let raw = raw(server.url()).await;
+    // A holder that took the key's fill lock and died: no notice will ever come.
+    let lock = cache.store_key("p").replacen(":v:{", ":f:{", 1);
+    let _: () = raw
+        .set(&lock, "dead", Some(Expiration::PX(300)), None, false)
+        .await?;
+    let value = cache
+        .get_or_set("p", Duration::from_secs(60), || async {
+            Ok::<_, Boom>(product(1, "mine"))
+        })
+        .await;
+    assert_eq!(value, Ok(product(1, "mine")));
+    let stats = cache.stats();
+    assert_eq!((stats.lock_waits, stats.lock_takeovers), (1, 1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResult {
     let server = RedisServer::start().await;
     let prefix = unique_prefix("typed-lock");
