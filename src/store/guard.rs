@@ -100,6 +100,8 @@ impl GuardedStore {
         };
         match &result {
             Ok(_) => self.breaker.success(),
+            // A store without the operation is not failing: nothing to count or trip.
+            Err(error) if error.kind() == StoreErrorKind::Unsupported => {}
             Err(error) => {
                 self.stats.store_errors(1);
                 tracing::debug!(%error, "cache store call failed");

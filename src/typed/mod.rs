@@ -545,3 +545,144 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StoreErrorKind;
+    use crate::store::{FillWaiter, StoreFuture};
+    use crate::MemoryStore;
+    use bytes::Bytes;
+
+    fn memory() -> Cache {
+        Cache::new(MemoryStore::new(1 << 20))
+    }
+
+    #[test]
+    fn keys_are_one_hash_tag_apart_from_the_layers_and_the_empty_key_is_its_own() {
+        let cache = memory();
+        assert_eq!(cache.store_key("user:1"), "trc:v:{user:1}");
+        assert_eq!(cache.store_key("a{b}c%"), "trc:v:{a%7Bb%7Dc%25}");
+        assert_eq!(cache.store_key(""), "trc:v:{%}");
+        assert_ne!(cache.store_key(""), cache.store_key("%"));
+        let keys = cache.inner.keys("user:1");
+        assert_eq!(keys.lock, "trc:f:{user:1}");
+    }
+
+    #[test]
+    fn prefixes_that_would_break_the_layout_are_refused() {
+        let build = |prefix: &str| {
+            Cache::builder(MemoryStore::new(1024))
+                .key_prefix(prefix)
+                .build()
+        };
+        assert!(matches!(build(""), Err(ConfigError::EmptyPrefix)));
+        for bad in ["a{b", "a*", "a b", "a%"] {
+            assert!(
+                matches!(build(bad), Err(ConfigError::InvalidPrefix(_))),
+                "{bad}"
+            );
+        }
+        assert!(build("app-1").is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_answers_every_call() {
+        let cache = memory();
+        cache
+            .set("user:1*a", &1u32, Duration::from_secs(60))
+            .await
+            .unwrap();
+        cache
+            .set("user:10", &2u32, Duration::from_secs(60))
+            .await
+            .unwrap();
+        cache
+            .set("other", &"x", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let many = cache
+            .get_many::<u32, _>(&["user:1*a", "missing", "user:10", "other"])
+            .await
+            .unwrap();
+        assert_eq!(many, vec![Some(1), None, Some(2), None]);
+        assert_eq!(
+            cache.stats().typed_decode_failures,
+            1,
+            "the &str read as u32"
+        );
+        assert_eq!(cache.delete_prefix("user:1*").await.unwrap(), 1);
+        assert_eq!(cache.get::<u32>("user:10").await.unwrap(), Some(2));
+        assert!(cache.delete("user:10").await.unwrap());
+        assert!(!cache.delete("user:10").await.unwrap());
+        cache.set("gone", &1u8, Duration::ZERO).await.unwrap();
+        assert_eq!(cache.get::<u8>("gone").await.unwrap(), None);
+        let health = cache.health().await;
+        assert!(health.is_healthy());
+        assert_eq!(health.breaker, BreakerState::Closed);
+    }
+
+    /// A store that keeps the trait's defaults for the typed face's extras.
+    struct Minimal(MemoryStore);
+
+    impl Store for Minimal {
+        fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+            self.0.get(key)
+        }
+        fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+            self.0.put(key, value, ttl)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+            self.0.delete(key)
+        }
+        fn try_lock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.0.try_lock(key, token, ttl)
+        }
+        fn extend_lock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.0.extend_lock(key, token, ttl)
+        }
+        fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+            self.0.unlock(key, token)
+        }
+        fn publish_fill<'a>(
+            &'a self,
+            entry_key: &'a str,
+            notice: crate::FillNotice,
+        ) -> StoreFuture<'a, ()> {
+            self.0.publish_fill(entry_key, notice)
+        }
+        fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+            self.0.subscribe_fill(entry_key)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_with_the_defaults_works_and_reports_what_it_lacks() {
+        let cache = Cache::new(Minimal(MemoryStore::new(1 << 20)));
+        cache.set("a", &1u8, Duration::from_secs(60)).await.unwrap();
+        let many = cache.get_many::<u8, _>(&["a", "b"]).await.unwrap();
+        assert_eq!(many, vec![Some(1), None]);
+        assert!(cache.delete("a").await.unwrap());
+        for _ in 0..10 {
+            match cache.delete_prefix("a").await {
+                Err(CacheError::Store(error)) => {
+                    assert_eq!(error.kind(), StoreErrorKind::Unsupported)
+                }
+                other => panic!("expected Unsupported, got {other:?}"),
+            }
+        }
+        // Not a failure of the store: the breaker stays closed.
+        assert_eq!(cache.health().await.breaker, BreakerState::Closed);
+        assert_eq!(cache.stats().store_errors, 0);
+    }
+}
