@@ -183,6 +183,7 @@ async fn a_loader_error_reaches_every_waiter_nothing_is_stored_and_the_next_call
         };
         *per_run.entry(run).or_default() += 1;
     }
+    eprintln!("loader error: callers per run {per_run:?}");
     assert_eq!(per_run.values().sum::<usize>(), 100);
     let loads = runs.load(SeqCst);
     assert_eq!(per_run.len(), loads, "every run's error reached a caller");
@@ -401,6 +402,7 @@ async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResu
     ];
     let raws = [raw(server.url()).await, raw(server.url()).await];
     let counter = format!("{prefix}:counter");
+    let started = Instant::now();
     let mut tasks = JoinSet::new();
     for task in 0..8 {
         let (cache, raw, counter) = (
@@ -430,6 +432,10 @@ async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResu
         done?;
     }
     let total: i64 = raws[0].get(&counter).await?;
+    eprintln!(
+        "with_lock: 400 locked increments in {:?}",
+        started.elapsed()
+    );
     assert_eq!(total, 400);
     Ok(())
 }
@@ -568,6 +574,11 @@ async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_ev
         .iter()
         .map(|k| fred::util::redis_keyslot(cache.store_key(k).as_bytes()))
         .collect();
+    eprintln!(
+        "get_many of 1000 keys on 3 primaries: {} MGET calls, {} slot groups",
+        after - before,
+        slots.len()
+    );
     assert_eq!(
         after - before,
         slots.len() as u64,
