@@ -41,11 +41,9 @@ impl<T: DeserializeOwned + Send + 'static> Judge for FreshValue<T> {
 
     fn judge(&self, value: Bytes) -> impl Future<Output = Judged<(Bytes, T)>> + Send {
         let judged = match codec::open::<T>(&value, self.fingerprint) {
-            Ok((meta, decoded))
-                if meta.is_fresh(unix_now_ms()) && self.options.accepts(&decoded) =>
-            {
-                Judged::Usable((value, decoded))
-            }
+            // Rejected by this caller's validator: another fill would not change that.
+            Ok((_, decoded)) if !self.options.accepts(&decoded) => Judged::Load,
+            Ok((meta, decoded)) if meta.is_fresh(unix_now_ms()) => Judged::Usable((value, decoded)),
             // An older value: the fill has not landed yet.
             Ok(_) => Judged::Wait,
             // Another type's or a foreign writer's: not worth waiting for.

@@ -622,6 +622,25 @@ mod tests {
         assert_eq!(health.breaker, BreakerState::Closed);
     }
 
+    #[cfg(feature = "json")]
+    #[tokio::test]
+    async fn json_values_are_plain_json_after_the_envelope_and_read_back() {
+        let store = MemoryStore::new(1 << 20);
+        let cache = Cache::builder(store.clone())
+            .codec(Codec::Json)
+            .build()
+            .unwrap();
+        cache
+            .set("k", &vec![1u8, 2], Duration::from_secs(60))
+            .await
+            .unwrap();
+        let raw = store.get(&cache.store_key("k")).await.unwrap().unwrap();
+        assert_eq!(&raw[45..], b"[1,2]");
+        // Read in the format written, whatever the reader's own.
+        let msgpack = Cache::new(store);
+        assert_eq!(msgpack.get::<Vec<u8>>("k").await.unwrap(), Some(vec![1, 2]));
+    }
+
     /// A store that keeps the trait's defaults for the typed face's extras.
     struct Minimal(MemoryStore);
 
