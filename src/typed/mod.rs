@@ -421,7 +421,8 @@ impl Cache {
     /// call loads again. Other processes waiting on the failed run are told it ended without
     /// a value and run their own loader. A store that is down or slow is never an error: the
     /// loader runs (fail-open). The loader runs in its own task, so a caller that gives up
-    /// does not cancel it for the others; if it panics, the panic resumes in its caller.
+    /// does not cancel it for the others, which is why it must be `'static` (move clones of
+    /// what it needs into it); if it panics, the panic resumes in its caller.
     ///
     /// A zero `ttl` runs the loader and stores nothing.
     pub async fn get_or_set<T, E, F, Fut>(
