@@ -552,7 +552,8 @@ async fn get_many_is_one_mget_on_a_server_and_none_for_missing_and_undecodable()
 async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_every_primary(
 ) -> TestResult {
     let cluster = RedisCluster::start(3).await;
-    let cache = cache(cluster.url(), &unique_prefix("typed-cluster")).await;
+    let prefix = unique_prefix("typed-cluster");
+    let cache = self::cache(cluster.url(), &prefix).await;
     let nodes = {
         let mut nodes = Vec::new();
         for port in cluster.ports() {
@@ -585,6 +586,34 @@ async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_ev
         "one MGET per slot group"
     );
     check_get_many(&cache, &values);
+
+    // Loads coalesce across instances on a cluster too: a value and its fill lock share a
+    // slot, so the lock-or-read and finish scripts run there.
+    let others = [
+        self::cache(cluster.url(), &prefix).await,
+        self::cache(cluster.url(), &prefix).await,
+    ];
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut callers = JoinSet::new();
+    for i in 0..60 {
+        let cache = [&cache, &others[0], &others[1]][i % 3].clone();
+        let runs = Arc::clone(&runs);
+        callers.spawn(async move {
+            let key = format!("shared:{}", i % 5);
+            cache
+                .get_or_set(&key, Duration::from_secs(60), move || async move {
+                    runs.fetch_add(1, SeqCst);
+                    Ok::<_, Boom>(product(5, "shared"))
+                })
+                .await
+        });
+    }
+    while let Some(answer) = callers.join_next().await {
+        assert_eq!(answer?, Ok(product(5, "shared")));
+    }
+    assert_eq!(runs.load(SeqCst), 5, "one load per key");
+    let lock = LockOptions::new(Duration::from_secs(5)).wait(Duration::from_secs(10));
+    assert_eq!(others[0].with_lock("job", lock, || async { 1 }).await?, 1);
 
     // Keys spread over all three primaries; only the literal prefix goes.
     let doomed = ["user:1*", "user:1*a", "user:1*b:c", "user:1*{x}"];
