@@ -183,6 +183,7 @@ async fn a_loader_error_reaches_every_waiter_nothing_is_stored_and_the_next_call
         };
         *per_run.entry(run).or_default() += 1;
     }
+    eprintln!("loader error: callers per run {per_run:?}");
     assert_eq!(per_run.values().sum::<usize>(), 100);
     let loads = runs.load(SeqCst);
     assert_eq!(per_run.len(), loads, "every run's error reached a caller");
@@ -338,6 +339,60 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() -> TestResu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_replaces_a_fresh_value_in_the_background() -> TestResult {
+    let server = RedisServer::start().await;
+    let cache = cache(server.url(), &unique_prefix("typed-eager")).await;
+    // A fraction this small is passed at once: every hit refreshes.
+    let options = GetOrSetOptions::new(Duration::from_secs(60)).eager_refresh(1e-9);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let load = |name: &'static str| {
+        let loads = Arc::clone(&loads);
+        move || async move {
+            loads.fetch_add(1, SeqCst);
+            Ok::<_, Boom>(product(1, name))
+        }
+    };
+    let first = cache
+        .get_or_set_with("p", options.clone(), load("v1"))
+        .await;
+    assert_eq!(first, Ok(product(1, "v1")));
+    let hit = cache.get_or_set_with("p", options, load("v2")).await;
+    assert_eq!(hit, Ok(product(1, "v1")), "the hit answers at once");
+    cache.wait_for_background().await;
+    assert_eq!(loads.load(SeqCst), 2);
+    assert_eq!(cache.get::<Product>("p").await?, Some(product(1, "v2")));
+    assert_eq!(cache.stats().typed_refreshes, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_lock_left_by_a_dead_holder_is_taken_over_once_it_expires() -> TestResult {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(server.url()).await?;
+    let cache = Cache::builder(store)
+        .key_prefix(unique_prefix("typed-takeover"))
+        .read_timeout(Duration::from_secs(2))
+        .write_timeout(Duration::from_secs(2))
+        .lock_ttl(Duration::from_millis(200))
+        .build()?;
+    let raw = raw(server.url()).await;
+    // A holder that took the key's fill lock and died: no notice will ever come.
+    let lock = cache.store_key("p").replacen(":v:{", ":f:{", 1);
+    let _: () = raw
+        .set(&lock, "dead", Some(Expiration::PX(300)), None, false)
+        .await?;
+    let value = cache
+        .get_or_set("p", Duration::from_secs(60), || async {
+            Ok::<_, Boom>(product(1, "mine"))
+        })
+        .await;
+    assert_eq!(value, Ok(product(1, "mine")));
+    let stats = cache.stats();
+    assert_eq!((stats.lock_waits, stats.lock_takeovers), (1, 1));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResult {
     let server = RedisServer::start().await;
     let prefix = unique_prefix("typed-lock");
@@ -347,6 +402,7 @@ async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResu
     ];
     let raws = [raw(server.url()).await, raw(server.url()).await];
     let counter = format!("{prefix}:counter");
+    let started = Instant::now();
     let mut tasks = JoinSet::new();
     for task in 0..8 {
         let (cache, raw, counter) = (
@@ -376,6 +432,10 @@ async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResu
         done?;
     }
     let total: i64 = raws[0].get(&counter).await?;
+    eprintln!(
+        "with_lock: 400 locked increments in {:?}",
+        started.elapsed()
+    );
     assert_eq!(total, 400);
     Ok(())
 }
@@ -492,7 +552,8 @@ async fn get_many_is_one_mget_on_a_server_and_none_for_missing_and_undecodable()
 async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_every_primary(
 ) -> TestResult {
     let cluster = RedisCluster::start(3).await;
-    let cache = cache(cluster.url(), &unique_prefix("typed-cluster")).await;
+    let prefix = unique_prefix("typed-cluster");
+    let cache = self::cache(cluster.url(), &prefix).await;
     let nodes = {
         let mut nodes = Vec::new();
         for port in cluster.ports() {
@@ -514,12 +575,45 @@ async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_ev
         .iter()
         .map(|k| fred::util::redis_keyslot(cache.store_key(k).as_bytes()))
         .collect();
+    eprintln!(
+        "get_many of 1000 keys on 3 primaries: {} MGET calls, {} slot groups",
+        after - before,
+        slots.len()
+    );
     assert_eq!(
         after - before,
         slots.len() as u64,
         "one MGET per slot group"
     );
     check_get_many(&cache, &values);
+
+    // Loads coalesce across instances on a cluster too: a value and its fill lock share a
+    // slot, so the lock-or-read and finish scripts run there.
+    let others = [
+        self::cache(cluster.url(), &prefix).await,
+        self::cache(cluster.url(), &prefix).await,
+    ];
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut callers = JoinSet::new();
+    for i in 0..60 {
+        let cache = [&cache, &others[0], &others[1]][i % 3].clone();
+        let runs = Arc::clone(&runs);
+        callers.spawn(async move {
+            let key = format!("shared:{}", i % 5);
+            cache
+                .get_or_set(&key, Duration::from_secs(60), move || async move {
+                    runs.fetch_add(1, SeqCst);
+                    Ok::<_, Boom>(product(5, "shared"))
+                })
+                .await
+        });
+    }
+    while let Some(answer) = callers.join_next().await {
+        assert_eq!(answer?, Ok(product(5, "shared")));
+    }
+    assert_eq!(runs.load(SeqCst), 5, "one load per key");
+    let lock = LockOptions::new(Duration::from_secs(5)).wait(Duration::from_secs(10));
+    assert_eq!(others[0].with_lock("job", lock, || async { 1 }).await?, 1);
 
     // Keys spread over all three primaries; only the literal prefix goes.
     let doomed = ["user:1*", "user:1*a", "user:1*b:c", "user:1*{x}"];

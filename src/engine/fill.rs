@@ -19,6 +19,15 @@
 //! Values met on the way are judged by the caller ([`Judge`]): only it knows whether bytes
 //! are a usable answer for it (fresh, decodable, the right variant) or a marker. The engine
 //! never decodes anything, so the HTTP face and the typed face share this code.
+//!
+//! How the HTTP face's `fill.rs` maps onto it: `FillKeys { entry: key.entry_key(), lock:
+//! key.lock_key(), flight: key.flight() }`; `wait: Some(lock_wait)` for a request and `None`
+//! for a background refresh (its `Busy`); `seen` the stale entry's `stored_at_ms` bytes; the
+//! judge is today's `found` (an entry fresh for this request's variant is `Usable`, a vary
+//! index is resolved inside `judge`, a hit-for-miss marker is `Load`, an expired entry is
+//! `Wait`); `Lead(lease)` replaces `held` + `token` + `extend_while_filling`, and [`finish`]
+//! the closing `finish_fill` with its unlock fallback. Counted the same: `lock_waits`,
+//! `lock_timeouts`, `lock_takeovers`.
 
 use super::Engine;
 use crate::error::StoreError;

@@ -104,6 +104,8 @@ impl GuardedStore {
                     self.stats.breaker_open(false);
                 }
             }
+            // A store without the operation is not failing: nothing to count or trip.
+            Err(error) if error.kind() == StoreErrorKind::Unsupported => {}
             Err(error) => {
                 self.stats.store_errors(1);
                 tracing::debug!(%error, "cache store call failed");

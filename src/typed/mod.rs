@@ -2,7 +2,9 @@
 //! same engine (store, guard, fill protocol, counters) as the HTTP layer.
 
 mod codec;
+mod inner;
 mod key_builder;
+mod load;
 mod lock;
 mod options;
 
@@ -11,20 +13,17 @@ pub use key_builder::KeyBuilder;
 pub use lock::{LockGuard, LockOptions};
 pub use options::GetOrSetOptions;
 
-use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, Judge, Judged};
-use crate::engine::flight::{Flights, Leader, Outcome, Role};
 use crate::engine::{Engine, FillSettings};
 use crate::error::{CacheError, ConfigError, GetOrSetError, LockError};
 use crate::stats::{Counters, Stats};
-use crate::store::{FillNotice, GuardedStore, Store};
-use bytes::Bytes;
-use codec::{unix_now_ms, Meta};
+use crate::store::{GuardedStore, Store};
+use codec::unix_now_ms;
+use inner::{count, escape, escape_key, Inner};
+use load::Failure;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,37 +81,6 @@ impl std::fmt::Debug for Cache {
             .field("codec", &self.inner.codec)
             .finish_non_exhaustive()
     }
-}
-
-struct Inner {
-    engine: Arc<Engine>,
-    prefix: String,
-    codec: Codec,
-    schema: u32,
-    /// One load per key in this process; followers get the stored bytes or the error.
-    flights: Arc<Flights<Landed>>,
-    /// Bounds `delete_prefix`, a walk over the whole keyspace.
-    admin_timeout: Duration,
-}
-
-/// What a load handed to the callers that waited on it in this process.
-#[derive(Clone)]
-enum Landed {
-    /// The value, as stored (each follower decodes its own copy: `T` need not be `Clone`).
-    Value(Bytes),
-    /// The loader's error, type-erased (a follower of another error type loads itself).
-    Failed(Arc<dyn Any + Send + Sync>),
-    /// The loader ran past its hard timeout.
-    TimedOut,
-    /// The value could not be encoded; followers load themselves.
-    Unstored,
-}
-
-/// Why a load produced no value; `H` is what a hard timeout reports (`Infallible` where
-/// there is none, so the plain `get_or_set` needs no impossible arm).
-enum Failure<E, H> {
-    Loader(E),
-    HardTimeout(H),
 }
 
 /// Settings for a [`Cache`]; [`build`](Self::build) checks them.
@@ -453,7 +421,8 @@ impl Cache {
     /// call loads again. Other processes waiting on the failed run are told it ended without
     /// a value and run their own loader. A store that is down or slow is never an error: the
     /// loader runs (fail-open). The loader runs in its own task, so a caller that gives up
-    /// does not cancel it for the others; if it panics, the panic resumes in its caller.
+    /// does not cancel it for the others, which is why it must be `'static` (move clones of
+    /// what it needs into it); if it panics, the panic resumes in its caller.
     ///
     /// A zero `ttl` runs the loader and stores nothing.
     pub async fn get_or_set<T, E, F, Fut>(
@@ -578,499 +547,162 @@ impl Cache {
     }
 }
 
-fn count(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StoreErrorKind;
+    use crate::store::{FillWaiter, StoreFuture};
+    use crate::MemoryStore;
+    use bytes::Bytes;
 
-/// Escapes `%`, `{` and `}`, so a key is exactly one hash tag; the empty key becomes a lone
-/// `%`, which no other key's escape produces.
-fn escape_key(key: &str) -> String {
-    if key.is_empty() {
-        return "%".to_owned();
+    fn memory() -> Cache {
+        Cache::new(MemoryStore::new(1 << 20))
     }
-    escape(key)
-}
 
-/// The escape of `escape_key` without the empty-key rule, so prefixes match escaped keys.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
+    #[test]
+    fn keys_are_one_hash_tag_apart_from_the_layers_and_the_empty_key_is_its_own() {
+        let cache = memory();
+        assert_eq!(cache.store_key("user:1"), "trc:v:{user:1}");
+        assert_eq!(cache.store_key("a{b}c%"), "trc:v:{a%7Bb%7Dc%25}");
+        assert_eq!(cache.store_key(""), "trc:v:{%}");
+        assert_ne!(cache.store_key(""), cache.store_key("%"));
+        let keys = cache.inner.keys("user:1");
+        assert_eq!(keys.lock, "trc:f:{user:1}");
     }
-    out
-}
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A fill's judge for the typed face: a value is usable when it decodes as `T`, is fresh and
-/// passes the validator.
-struct FreshValue<T> {
-    fingerprint: u64,
-    options: GetOrSetOptions,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T: DeserializeOwned + Send + 'static> Judge for FreshValue<T> {
-    type Value = (Bytes, T);
-
-    fn judge(&self, value: Bytes) -> impl Future<Output = Judged<(Bytes, T)>> + Send {
-        let judged = match codec::open::<T>(&value, self.fingerprint) {
-            Ok((meta, decoded))
-                if meta.is_fresh(unix_now_ms()) && self.options.accepts(&decoded) =>
-            {
-                Judged::Usable((value, decoded))
-            }
-            // An older value: the fill has not landed yet.
-            Ok(_) => Judged::Wait,
-            // Another type's or a foreign writer's: not worth waiting for.
-            Err(_) => Judged::Load,
+    #[test]
+    fn prefixes_that_would_break_the_layout_are_refused() {
+        let build = |prefix: &str| {
+            Cache::builder(MemoryStore::new(1024))
+                .key_prefix(prefix)
+                .build()
         };
-        std::future::ready(judged)
+        assert!(matches!(build(""), Err(ConfigError::EmptyPrefix)));
+        for bad in ["a{b", "a*", "a b", "a%"] {
+            assert!(
+                matches!(build(bad), Err(ConfigError::InvalidPrefix(_))),
+                "{bad}"
+            );
+        }
+        assert!(build("app-1").is_ok());
     }
-}
 
-impl Inner {
-    fn keys(&self, key: &str) -> FillKeys {
-        let tag = escape_key(key);
-        let entry = format!("{}:v:{{{tag}}}", self.prefix);
-        let flight = xxhash_rust::xxh3::xxh3_128(entry.as_bytes());
-        FillKeys {
-            lock: format!("{}:f:{{{tag}}}", self.prefix),
-            entry,
-            flight,
+    #[tokio::test]
+    async fn the_memory_store_answers_every_call() {
+        let cache = memory();
+        cache
+            .set("user:1*a", &1u32, Duration::from_secs(60))
+            .await
+            .unwrap();
+        cache
+            .set("user:10", &2u32, Duration::from_secs(60))
+            .await
+            .unwrap();
+        cache
+            .set("other", &"x", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let many = cache
+            .get_many::<u32, _>(&["user:1*a", "missing", "user:10", "other"])
+            .await
+            .unwrap();
+        assert_eq!(many, vec![Some(1), None, Some(2), None]);
+        assert_eq!(
+            cache.stats().typed_decode_failures,
+            1,
+            "the &str read as u32"
+        );
+        assert_eq!(cache.delete_prefix("user:1*").await.unwrap(), 1);
+        assert_eq!(cache.get::<u32>("user:10").await.unwrap(), Some(2));
+        assert!(cache.delete("user:10").await.unwrap());
+        assert!(!cache.delete("user:10").await.unwrap());
+        cache.set("gone", &1u8, Duration::ZERO).await.unwrap();
+        assert_eq!(cache.get::<u8>("gone").await.unwrap(), None);
+        let health = cache.health().await;
+        assert!(health.is_healthy());
+        assert_eq!(health.breaker, BreakerState::Closed);
+    }
+
+    #[cfg(feature = "json")]
+    #[tokio::test]
+    async fn json_values_are_plain_json_after_the_envelope_and_read_back() {
+        let store = MemoryStore::new(1 << 20);
+        let cache = Cache::builder(store.clone())
+            .codec(Codec::Json)
+            .build()
+            .unwrap();
+        cache
+            .set("k", &vec![1u8, 2], Duration::from_secs(60))
+            .await
+            .unwrap();
+        let raw = store.get(&cache.store_key("k")).await.unwrap().unwrap();
+        assert_eq!(&raw[45..], b"[1,2]");
+        // Read in the format written, whatever the reader's own.
+        let msgpack = Cache::new(store);
+        assert_eq!(msgpack.get::<Vec<u8>>("k").await.unwrap(), Some(vec![1, 2]));
+    }
+
+    /// A store that keeps the trait's defaults for the typed face's extras.
+    struct Minimal(MemoryStore);
+
+    impl Store for Minimal {
+        fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+            self.0.get(key)
+        }
+        fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
+            self.0.put(key, value, ttl)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+            self.0.delete(key)
+        }
+        fn try_lock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.0.try_lock(key, token, ttl)
+        }
+        fn extend_lock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.0.extend_lock(key, token, ttl)
+        }
+        fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+            self.0.unlock(key, token)
+        }
+        fn publish_fill<'a>(
+            &'a self,
+            entry_key: &'a str,
+            notice: crate::store::FillNotice,
+        ) -> StoreFuture<'a, ()> {
+            self.0.publish_fill(entry_key, notice)
+        }
+        fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+            self.0.subscribe_fill(entry_key)
         }
     }
 
-    fn fingerprint<T: ?Sized>(&self) -> u64 {
-        codec::fingerprint::<T>(self.schema)
-    }
-
-    fn meta_for<T: ?Sized>(&self, now: u64, options: &GetOrSetOptions) -> Meta {
-        let fresh_until = now.saturating_add(millis(options.ttl));
-        let stale_until = options
-            .stale_while_revalidate
-            .map_or(fresh_until, |window| {
-                fresh_until.saturating_add(millis(window))
-            });
-        let fail_safe_until = options
-            .fail_safe
-            .map_or(fresh_until, |max_age| now.saturating_add(millis(max_age)));
-        Meta {
-            stored_at_ms: now,
-            fresh_until_ms: fresh_until,
-            stale_until_ms: stale_until,
-            fail_safe_until_ms: fail_safe_until,
-            fingerprint: self.fingerprint::<T>(),
-        }
-    }
-
-    /// Decodes what a read found; a value that is not a `T` (or that the validator rejects)
-    /// is deleted and counted, and reads as missing.
-    async fn read<T: DeserializeOwned + 'static>(
-        &self,
-        entry: &str,
-        bytes: Option<Bytes>,
-        options: Option<&GetOrSetOptions>,
-    ) -> Option<(Meta, T)> {
-        let bytes = bytes?;
-        match codec::open::<T>(&bytes, self.fingerprint::<T>()) {
-            Ok((meta, value)) if options.is_none_or(|o| o.accepts(&value)) => Some((meta, value)),
-            Ok(_) => {
-                self.discard(entry, "rejected by the validator").await;
-                None
-            }
-            Err(error) => {
-                self.discard(entry, &error.to_string()).await;
-                None
-            }
-        }
-    }
-
-    async fn discard(&self, entry: &str, why: &str) {
-        tracing::debug!(key = entry, why, "typed cache value discarded");
-        self.engine.stats.typed_decode_failures(1);
-        let _ = self.engine.store.delete(entry).await;
-    }
-
-    /// `get_or_set`: a fresh hit (maybe refreshed eagerly), a stale hit (refreshed in the
-    /// background), or a load, with the fail-safe value (if any) standing by.
-    async fn load_path<T, E, H, F, Fut>(
-        self: &Arc<Self>,
-        key: &str,
-        options: GetOrSetOptions,
-        hard: Option<(Duration, H)>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let mut job = Job {
-            keys: self.keys(key),
-            seen: None,
-            options,
-            hard,
-        };
-        let stats = &self.engine.stats;
-        // A store that fails is a miss: the loader runs (fail-open).
-        let bytes = self.engine.store.get(&job.keys.entry).await.unwrap_or(None);
-        let mut fallback = None;
-        let found = self.read::<T>(&job.keys.entry, bytes, Some(&job.options));
-        if let Some((meta, value)) = found.await {
-            let now = unix_now_ms();
-            job.seen = Some(meta.stamp());
-            let options = &job.options;
-            if meta.is_fresh(now) {
-                stats.typed_hits(1);
-                let eager = options.eager_refresh;
-                if eager.is_some_and(|fraction| meta.past_fraction(now, fraction)) {
-                    self.refresh(job, loader);
+    #[tokio::test]
+    async fn a_store_with_the_defaults_works_and_reports_what_it_lacks() {
+        let cache = Cache::new(Minimal(MemoryStore::new(1 << 20)));
+        cache.set("a", &1u8, Duration::from_secs(60)).await.unwrap();
+        let many = cache.get_many::<u8, _>(&["a", "b"]).await.unwrap();
+        assert_eq!(many, vec![Some(1), None]);
+        assert!(cache.delete("a").await.unwrap());
+        for _ in 0..10 {
+            match cache.delete_prefix("a").await {
+                Err(CacheError::Store(error)) => {
+                    assert_eq!(error.kind(), StoreErrorKind::Unsupported)
                 }
-                return Ok(value);
-            }
-            if options.stale_while_revalidate.is_some() && now < meta.stale_until_ms {
-                stats.typed_stale(1);
-                self.refresh(job, loader);
-                return Ok(value);
-            }
-            if options.fail_safe.is_some() && now < meta.fail_safe_until_ms {
-                fallback = Some(value);
+                other => panic!("expected Unsupported, got {other:?}"),
             }
         }
-        stats.typed_misses(1);
-        self.load_coalesced(job, fallback, loader).await
+        // Not a failure of the store: the breaker stays closed.
+        assert_eq!(cache.health().await.breaker, BreakerState::Closed);
+        assert_eq!(cache.stats().store_errors, 0);
     }
-
-    /// Follows this process's load of the key, or leads one.
-    async fn load_coalesced<T, E, H, F, Fut>(
-        self: &Arc<Self>,
-        job: Job<H>,
-        fallback: Option<T>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        // A flight that ends without an answer for us (its leader was cancelled, or could not
-        // encode its value) is joined again once; after that this caller loads on its own.
-        let mut fallback = fallback;
-        for _ in 0..2 {
-            let follower = match self.flights.join(job.keys.flight) {
-                Role::Leader(leader) => {
-                    return self
-                        .lead_and_wait(Some(leader), job, fallback, loader)
-                        .await
-                }
-                Role::Follower(follower) => follower,
-            };
-            let outcome = match (job.options.soft_timeout, fallback.is_some()) {
-                (Some(soft), true) => match tokio::time::timeout(soft, follower.outcome()).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => match fallback.take() {
-                        Some(stale) => {
-                            self.engine.stats.typed_stale(1);
-                            return Ok(stale);
-                        }
-                        None => continue,
-                    },
-                },
-                _ => follower.outcome().await,
-            };
-            match self.followed::<T, E, H>(outcome, &job.hard) {
-                Followed::Value(value) => return Ok(value),
-                Followed::Failed(failure) => return self.fail_safe(fallback, failure),
-                Followed::Rejoin => continue,
-                Followed::LoadAlone => break,
-            }
-        }
-        self.lead_and_wait(None, job, fallback, loader).await
-    }
-
-    /// What a follower makes of its leader's outcome.
-    fn followed<T, E, H>(
-        &self,
-        outcome: Outcome<Landed>,
-        hard: &Option<(Duration, H)>,
-    ) -> Followed<T, E, H>
-    where
-        T: DeserializeOwned + 'static,
-        E: Clone + 'static,
-        H: Clone,
-    {
-        let stats = &self.engine.stats;
-        match outcome {
-            Outcome::Stored(Landed::Value(bytes)) => {
-                match codec::open::<T>(&bytes, self.fingerprint::<T>()) {
-                    Ok((_, value)) => {
-                        stats.typed_hits(1);
-                        stats.coalesced(1);
-                        Followed::Value(value)
-                    }
-                    // The leader stored another type under this key.
-                    Err(_) => Followed::LoadAlone,
-                }
-            }
-            Outcome::Stored(Landed::Failed(error)) => match error.downcast_ref::<E>() {
-                Some(error) => Followed::Failed(Failure::Loader(error.clone())),
-                // A caller with another error type: its error cannot be ours.
-                None => Followed::LoadAlone,
-            },
-            Outcome::Stored(Landed::TimedOut) => match hard {
-                Some((_, report)) => Followed::Failed(Failure::HardTimeout(report.clone())),
-                // The leader had a hard timeout and we have none: load without one.
-                None => Followed::LoadAlone,
-            },
-            Outcome::Stored(Landed::Unstored) => Followed::LoadAlone,
-            Outcome::Pending | Outcome::Stale(_) | Outcome::GoToOrigin => Followed::Rejoin,
-        }
-    }
-
-    /// A failed load answers the fail-safe value when there is one.
-    fn fail_safe<T, E, H>(
-        &self,
-        fallback: Option<T>,
-        failure: Failure<E, H>,
-    ) -> Result<T, Failure<E, H>> {
-        match fallback {
-            Some(value) => {
-                self.engine.stats.typed_stale(1);
-                Ok(value)
-            }
-            None => Err(failure),
-        }
-    }
-
-    /// Runs the load in its own task (so a caller that gives up does not cancel it for the
-    /// others) and waits for it, answering the fallback at the soft timeout.
-    async fn lead_and_wait<T, E, H, F, Fut>(
-        self: &Arc<Self>,
-        leader: Option<Leader<Landed>>,
-        job: Job<H>,
-        fallback: Option<T>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let soft = job.options.soft_timeout;
-        let inner = Arc::clone(self);
-        let mut task = self
-            .engine
-            .spawn(async move { inner.lead(leader, job, loader).await });
-        let (joined, fallback) = match (soft, fallback) {
-            (Some(soft), Some(stale)) => tokio::select! {
-                joined = &mut task => (joined, Some(stale)),
-                () = tokio::time::sleep(soft) => {
-                    // The load goes on in the background, and its value is stored.
-                    self.engine.stats.typed_stale(1);
-                    self.engine.stats.typed_refreshes(1);
-                    return Ok(stale);
-                }
-            },
-            (_, fallback) => (task.await, fallback),
-        };
-        match joined {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(failure)) => self.fail_safe(fallback, failure),
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // The task is never aborted; only a runtime shutting down cancels it, and then
-            // this future is about to be dropped too.
-            Err(_) => match fallback {
-                Some(value) => Ok(value),
-                None => std::future::pending().await,
-            },
-        }
-    }
-
-    /// One load: the fleet's fill lock (or another's value), the loader, the store.
-    async fn lead<T, E, H, F, Fut>(
-        self: Arc<Self>,
-        leader: Option<Leader<Landed>>,
-        job: Job<H>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let judge = self.judge::<T>(&job.options);
-        let request = FillRequest {
-            keys: &job.keys,
-            wait: Some(self.engine.fills.lock_wait),
-            seen: job.seen,
-            judge: &judge,
-        };
-        let lease = match fill::acquire_or_wait(&self.engine, request).await {
-            Acquire::Filled((bytes, value)) => {
-                if let Some(leader) = &leader {
-                    leader.resolve(Outcome::Stored(Landed::Value(bytes)));
-                }
-                self.engine.stats.typed_hits(1);
-                self.engine.stats.coalesced(1);
-                return Ok(value);
-            }
-            Acquire::Lead(lease) => Some(lease),
-            // Load unlocked: another's load ended without a value, the wait ran out, or the
-            // store is down (fail-open; the write is tried anyway).
-            Acquire::Load | Acquire::Busy | Acquire::StoreDown => None,
-        };
-        self.load_and_finish(leader, lease, &job, loader).await
-    }
-
-    /// Runs the loader, hands its outcome to this process's followers, and ends the fill:
-    /// the value written (or nothing, on an error), the notice, the unlock.
-    async fn load_and_finish<T, E, H, F, Fut>(
-        &self,
-        leader: Option<Leader<Landed>>,
-        lease: Option<fill::Lease>,
-        job: &Job<H>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let stats = &self.engine.stats;
-        stats.typed_loads(1);
-        let loaded = match &job.hard {
-            Some((after, report)) => match tokio::time::timeout(*after, loader()).await {
-                Ok(result) => result.map_err(Failure::Loader),
-                Err(_) => Err(Failure::HardTimeout(report.clone())),
-            },
-            None => loader().await.map_err(Failure::Loader),
-        };
-        let resolve = |landed: Landed| {
-            if let Some(leader) = &leader {
-                leader.resolve(Outcome::Stored(landed));
-            }
-        };
-        let entry = job.keys.entry.as_str();
-        match loaded {
-            Ok(value) => {
-                let now = unix_now_ms();
-                let meta = self.meta_for::<T>(now, &job.options);
-                match codec::seal(self.codec, &value, &meta) {
-                    Ok(bytes) => {
-                        resolve(Landed::Value(bytes.clone()));
-                        let keep = Duration::from_millis(meta.keep_until_ms().saturating_sub(now));
-                        let write = Some(fill::FillWrite::value(entry, bytes, keep));
-                        let notice = (entry, FillNotice::Stored);
-                        let _ = fill::finish(&self.engine, lease, write, notice).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, key = entry, "typed cache value not encodable: not stored");
-                        resolve(Landed::Unstored);
-                        let notice = (entry, FillNotice::NotStorable);
-                        let _ = fill::finish(&self.engine, lease, None, notice).await;
-                    }
-                }
-                // The flight ends after the write, so callers that came meanwhile followed.
-                drop(leader);
-                Ok(value)
-            }
-            Err(failure) => {
-                stats.typed_load_errors(1);
-                resolve(match &failure {
-                    Failure::Loader(error) => Landed::Failed(Arc::new(error.clone())),
-                    Failure::HardTimeout(_) => Landed::TimedOut,
-                });
-                // Nothing stored; waiters elsewhere are told to load themselves.
-                let notice = (entry, FillNotice::NotStorable);
-                let _ = fill::finish(&self.engine, lease, None, notice).await;
-                // End the flight before answering, so the next call loads again.
-                drop(leader);
-                Err(failure)
-            }
-        }
-    }
-
-    /// Starts one background load of the key unless one is running here or elsewhere
-    /// (stale-while-revalidate, eager refresh). It only runs if it takes the fill lock at once.
-    fn refresh<T, E, H, F, Fut>(self: &Arc<Self>, job: Job<H>, loader: F)
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let Role::Leader(leader) = self.flights.join(job.keys.flight) else {
-            return;
-        };
-        let inner = Arc::clone(self);
-        let _detached = self.engine.spawn(async move {
-            let judge = inner.judge::<T>(&job.options);
-            let request = FillRequest {
-                keys: &job.keys,
-                wait: None,
-                seen: job.seen,
-                judge: &judge,
-            };
-            let lease = match fill::acquire_or_wait(&inner.engine, request).await {
-                Acquire::Lead(lease) => lease,
-                Acquire::Filled((bytes, _)) => {
-                    leader.resolve(Outcome::Stored(Landed::Value(bytes)));
-                    return;
-                }
-                // Refreshing elsewhere, replaced meanwhile, or the store is down: nothing to do.
-                Acquire::Busy | Acquire::Load | Acquire::StoreDown => return,
-            };
-            inner.engine.stats.typed_refreshes(1);
-            let _ = inner
-                .load_and_finish::<T, E, H, F, Fut>(Some(leader), Some(lease), &job, loader)
-                .await;
-        });
-    }
-
-    fn judge<T>(&self, options: &GetOrSetOptions) -> FreshValue<T> {
-        FreshValue {
-            fingerprint: self.fingerprint::<T>(),
-            options: options.clone(),
-            _type: PhantomData,
-        }
-    }
-}
-
-/// What one load needs besides its loader.
-struct Job<H> {
-    keys: FillKeys,
-    /// The stamp of the stale value this load replaces, if any.
-    seen: Option<[u8; 8]>,
-    options: GetOrSetOptions,
-    /// The hard timeout, and what reaching it reports.
-    hard: Option<(Duration, H)>,
-}
-
-/// What a follower makes of its leader's outcome.
-enum Followed<T, E, H> {
-    Value(T),
-    Failed(Failure<E, H>),
-    /// The flight ended without an outcome (its leader was cancelled): join again.
-    Rejoin,
-    /// The outcome is not for this caller (another type, another error type): load alone.
-    LoadAlone,
 }

@@ -83,9 +83,11 @@ impl GetOrSetOptions {
         self
     }
 
-    /// When a stale or fail-safe value is at hand and the loader takes longer than `after`,
-    /// answers that value; the loader goes on in the background and its result is stored.
-    /// Without such a value the call waits for the loader (bounded by the hard timeout).
+    /// When a fail-safe value is at hand (see [`fail_safe`](Self::fail_safe): a value past its
+    /// ttl, within its maximum age) and the loader takes longer than `after`, answers that
+    /// value; the loader goes on in the background and its result is stored. Without such a
+    /// value the call waits for the loader (bounded by the hard timeout). (A value within its
+    /// stale-while-revalidate window is answered at once, without waiting at all.)
     pub fn soft_timeout(mut self, after: Duration) -> Self {
         self.soft_timeout = Some(after);
         self
