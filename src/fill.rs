@@ -11,9 +11,8 @@
 //! A background refresh (stale-while-revalidate) is the same fill with nobody waiting for
 //! it: it runs only if it gets the lock at once, so a fleet refreshes an entry once.
 
-use crate::context::{Reply, Shared};
+use crate::context::{Leader, Outcome, Reply, Role, Shared};
 use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, FillWrite, Judged};
-use crate::engine::flight::{Leader, Outcome, Role};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch;

@@ -5,8 +5,7 @@
 //! store that is down, slow or returning garbage costs at most one bounded lookup.
 
 use crate::config::CacheMode;
-use crate::context::{Reply, Shared};
-use crate::engine::flight::Outcome;
+use crate::context::{Outcome, Reply, Shared};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch::fetch_and_store;

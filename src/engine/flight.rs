@@ -8,17 +8,16 @@
 //! the new entry instead of starting a second fill.
 //!
 //! The flights are generic over what a fill hands its followers (`V`): the HTTP face shares
-//! `Arc<Entry>` (the default, so its code names `Flights`, `Outcome`, `Leader` unadorned), the
+//! `Arc<Entry>` (through the aliases in `context`), the
 //! typed face shares the stored bytes or the loader's error.
 
-use crate::entry::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// What a flight ended with.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome<V = Arc<Entry>> {
+pub(crate) enum Outcome<V> {
     /// Still running.
     Pending,
     /// The fill stored this entry: serve it (if the follower's variant matches).
@@ -30,7 +29,7 @@ pub(crate) enum Outcome<V = Arc<Entry>> {
 }
 
 #[derive(Debug)]
-pub(crate) struct Flights<V = Arc<Entry>> {
+pub(crate) struct Flights<V> {
     running: Mutex<HashMap<u128, watch::Receiver<Outcome<V>>>>,
 }
 
@@ -43,7 +42,7 @@ impl<V> Default for Flights<V> {
     }
 }
 
-pub(crate) enum Role<V = Arc<Entry>> {
+pub(crate) enum Role<V> {
     Leader(Leader<V>),
     Follower(Follower<V>),
 }
@@ -86,7 +85,7 @@ impl<V: Clone> Flights<V> {
 
 /// The request that runs the fill. Dropping it ends the flight; followers of a flight that was
 /// never resolved (the fill panicked or was aborted) go to the origin themselves.
-pub(crate) struct Leader<V = Arc<Entry>> {
+pub(crate) struct Leader<V> {
     flights: Arc<Flights<V>>,
     key: u128,
     sender: watch::Sender<Outcome<V>>,
@@ -115,7 +114,7 @@ impl<V> Drop for Leader<V> {
     }
 }
 
-pub(crate) struct Follower<V = Arc<Entry>> {
+pub(crate) struct Follower<V> {
     receiver: watch::Receiver<Outcome<V>>,
 }
 
@@ -139,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_leader_followers_share_its_outcome_and_the_flight_ends_with_it() {
-        let flights: Arc<Flights> = Arc::new(Flights::default());
+        let flights: Arc<Flights<u8>> = Arc::new(Flights::default());
         let Role::Leader(leader) = flights.join(7) else {
             panic!("first is leader")
         };
@@ -156,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_dropped_unresolved_sends_followers_to_the_origin() {
-        let flights: Arc<Flights> = Arc::new(Flights::default());
+        let flights: Arc<Flights<u8>> = Arc::new(Flights::default());
         let leader = flights.join(1);
         let Role::Follower(follower) = flights.join(1) else {
             panic!("second follows")
