@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_layer::Layer;
 
-/// The default of [`CacheLayerBuilder::max_fill_bytes`]: 256 MiB.
-pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
+pub use crate::engine::DEFAULT_MAX_FILL_BYTES;
 
 /// The longest a request may wait for another request's fill before asking the origin itself.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);

@@ -54,6 +54,10 @@ pub(crate) struct Engine {
     pub(crate) fill_bytes: Arc<Semaphore>,
 }
 
+/// The default of [`CacheLayerBuilder::max_fill_bytes`](crate::CacheLayerBuilder::max_fill_bytes):
+/// 256 MiB.
+pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
+
 /// The default bound on store writes in flight.
 pub(crate) const DEFAULT_PENDING_WRITES: usize = 1024;
 
@@ -70,7 +74,7 @@ impl Engine {
             background,
             fills,
             writes: Arc::new(Semaphore::new(DEFAULT_PENDING_WRITES)),
-            fill_bytes: Arc::new(Semaphore::new(permits(crate::DEFAULT_MAX_FILL_BYTES))),
+            fill_bytes: Arc::new(Semaphore::new(permits(DEFAULT_MAX_FILL_BYTES))),
         }
     }
 
