@@ -10,7 +10,7 @@ use crate::error::BoxError;
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::{self, CacheKey};
 use crate::lookup::{self, MissContext, Read};
-use crate::policy::{self, Decision, Lifetime, RequestClass, RequestHead};
+use crate::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
 use crate::respond::stale_verdict;
 use crate::respond::{finish, from_entry};
 use bytes::Bytes;
@@ -129,10 +129,10 @@ where
     let lifetime = match decision {
         Decision::Store(lifetime) => lifetime,
         Decision::Skip(reason) => {
-            tracing::debug!(reason, "response not stored");
+            tracing::debug!(reason = reason.as_str(), "response not stored");
             shared.engine.stats.not_stored(1);
             let verdict = Verdict {
-                detail: Some(reason),
+                detail: Some(reason.as_str()),
                 ..verdict(false)
             };
             finish(shared, &mut parts.headers, verdict, None);
@@ -153,17 +153,17 @@ where
         Collected::Whole(chunks, rest, budget) => (chunks, rest, budget),
         Collected::Partial(body, over_budget) => {
             shared.engine.stats.not_stored(1);
-            let detail = if over_budget {
+            let reason = if over_budget {
                 shared.engine.stats.fills_over_budget(1);
-                "fill-budget"
+                NoCacheReason::FillBudget
             } else {
-                "too-large"
+                NoCacheReason::TooLarge
             };
             finish(
                 shared,
                 &mut parts.headers,
                 Verdict {
-                    detail: Some(detail),
+                    detail: Some(reason.as_str()),
                     ..verdict(false)
                 },
                 None,
