@@ -135,6 +135,7 @@ counters! {
 
 /// The name metrics are labelled with: cheap to clone into a label (an `Arc`).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 struct CacheName(std::sync::Arc<str>);
 
 impl Default for CacheName {
