@@ -2,7 +2,7 @@
 //! process in front of an in-process origin that counts its calls, and the tests talk to it
 //! over TCP, as its users would.
 //!
-//! The example is built once per test run (`cargo build --example proxy --features metrics`).
+//! The example is built once per test run (`cargo build --example proxy`, default features).
 //! Origin responses carry an explicit `Cache-Control: max-age=60`, so they are cacheable in
 //! both cache modes.
 
@@ -683,6 +683,8 @@ async fn redis_down_at_start_serves_uncached_then_caches_when_it_answers() -> Te
             &prefix,
             "--admin-listen",
             "127.0.0.1:0",
+            "--store-connect-timeout-ms",
+            "300",
         ],
     )
     .await;

@@ -1,13 +1,21 @@
-//! The admin port: health, counters and Prometheus metrics, on a listener of its own.
+//! The admin port: liveness, readiness, counters, Prometheus metrics and purges, on a listener
+//! of its own with the same connection bounds as the traffic port.
+//!
+//! Reads (`GET /healthz`, `/readyz`, `/stats`, `/metrics`) are open to whoever can reach the
+//! port, which binds to loopback unless `--admin-listen` names another address. Writes
+//! (`POST /purge`) need `Authorization: Bearer <--admin-token>`, and are disabled when no
+//! token is configured.
 
+use crate::serve::{serve, Limits};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -15,6 +23,8 @@ use tower_redis_cache::{CacheLayer, RedisStore, Stats};
 
 /// How long `/healthz` waits for Redis to answer `PING`.
 const PING_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long `/readyz` looks at the store's readiness (it is a state, not a round trip).
+const READY_PEEK: Duration = Duration::from_millis(5);
 
 /// The store behind the cache, as the admin port reports it.
 #[derive(Clone)]
@@ -23,81 +33,202 @@ pub(crate) enum StoreKind {
     Redis(RedisStore),
 }
 
-pub(crate) async fn serve_admin(
-    listener: TcpListener,
-    layer: CacheLayer,
-    store: StoreKind,
-    metrics: PrometheusHandle,
-) {
-    let state = Arc::new((layer, store, metrics));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+impl StoreKind {
+    /// Whether the store is ready: always for memory; for Redis, every pooled connection up
+    /// and fill notices subscribed (`RedisStore::wait_connected`, peeked at).
+    async fn ready(&self) -> bool {
+        match self {
+            StoreKind::Memory => true,
+            StoreKind::Redis(store) => {
+                store.is_connected()
+                    && matches!(
+                        tokio::time::timeout(READY_PEEK, store.wait_connected()).await,
+                        Ok(Ok(()))
+                    )
             }
-        };
-        let state = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let state = Arc::clone(&state);
-            async move {
-                let (layer, store, metrics) = &*state;
-                Ok::<_, Infallible>(admin(&request, layer, store, metrics).await)
-            }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        }
     }
 }
 
-async fn admin(
-    request: &Request<Incoming>,
-    layer: &CacheLayer,
-    store: &StoreKind,
-    metrics: &PrometheusHandle,
-) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
-    }
-    match request.uri().path() {
-        "/healthz" => {
-            let state = match store {
-                StoreKind::Memory => "memory",
-                StoreKind::Redis(store) => {
-                    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
-                        Ok(Ok(_)) => "reachable",
-                        _ => "unreachable",
-                    }
-                }
-            };
-            let body = format!("{{\"status\":\"ok\",\"store\":\"{state}\"}}\n");
-            text(StatusCode::OK, "application/json", body)
+/// What the admin endpoints read and act on.
+pub(crate) struct Admin {
+    pub(crate) layer: CacheLayer,
+    pub(crate) store: StoreKind,
+    pub(crate) metrics: PrometheusHandle,
+    /// The traffic listener's bounds, for `/readyz`'s shedding.
+    pub(crate) traffic: Arc<Limits>,
+    /// Set once shutdown starts: `/readyz` then fails so load balancers stop sending.
+    pub(crate) draining: Arc<AtomicBool>,
+    /// The bearer token mutating endpoints require; `None` disables them.
+    pub(crate) token: Option<String>,
+}
+
+/// Serves the admin endpoints on `listener` until the process exits.
+pub(crate) async fn serve_admin(listener: TcpListener, admin: Arc<Admin>, limits: Arc<Limits>) {
+    // Admin connections are not drained on shutdown: they end with the process.
+    let graceful = GracefulShutdown::new();
+    let make = move |_peer| {
+        let admin = Arc::clone(&admin);
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let admin = Arc::clone(&admin);
+            async move { Ok::<_, Infallible>(admin.handle(&request).await) }
+        })
+    };
+    serve(listener, limits, &graceful, make, std::future::pending()).await;
+}
+
+impl Admin {
+    async fn handle(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        let method = request.method();
+        if path == "/purge" {
+            if method != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
+            }
+            return self.purge(request).await;
         }
-        "/stats" => text(
-            StatusCode::OK,
-            "application/json",
-            stats_json(&layer.stats()),
-        ),
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /healthz, /stats or /metrics\n".into(),
-        ),
+        if method != Method::GET && method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        match path {
+            "/healthz" => {
+                let state = match &self.store {
+                    StoreKind::Memory => "memory",
+                    StoreKind::Redis(store) => {
+                        match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+                            Ok(Ok(())) => "reachable",
+                            _ => "unreachable",
+                        }
+                    }
+                };
+                json(
+                    StatusCode::OK,
+                    format!("{{\"status\":\"ok\",\"store\":\"{state}\"}}\n"),
+                )
+            }
+            "/readyz" => {
+                let store = self.store.ready().await;
+                let shedding = self.traffic.shedding();
+                let draining = self.draining.load(Ordering::Relaxed);
+                let ready = store && !shedding && !draining;
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(
+                    status,
+                    format!(
+                        "{{\"ready\":{ready},\"store\":{store},\"shedding\":{shedding},\
+                         \"draining\":{draining}}}\n"
+                    ),
+                )
+            }
+            "/stats" => json(StatusCode::OK, stats_json(&self.layer.stats())),
+            "/metrics" => {
+                let mut response = text(StatusCode::OK, self.metrics.render());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /healthz, /readyz, /stats, /metrics or POST /purge?url=\n".into(),
+            ),
+        }
     }
+
+    /// `POST /purge?url=<percent-encoded absolute URL>`: removes the entry a `GET` of that URL
+    /// is answered from, fleet-wide (it is deleted in the shared store).
+    async fn purge(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let Some(token) = &self.token else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "purging is disabled: start the proxy with --admin-token or --admin-token-file\n"
+                    .into(),
+            );
+        };
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|p| same_secret(p.trim().as_bytes(), token.as_bytes())) {
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is needed\n".into(),
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"admin\""),
+            );
+            return response;
+        }
+        let target = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("url="))
+            .and_then(percent_decode)
+            .and_then(|url| url.parse::<Uri>().ok())
+            .filter(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            });
+        let Some(target) = target else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "expected ?url=<percent-encoded http(s) URL>\n".into(),
+            );
+        };
+        let probe = match Request::get(target.clone()).body(()) {
+            Ok(probe) => probe,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "not a request target\n".into()),
+        };
+        match self.layer.invalidate(&probe).await {
+            Ok(()) => {
+                tracing::info!(url = %target, "purged");
+                json(StatusCode::OK, format!("{{\"purged\":\"{target}\"}}\n"))
+            }
+            Err(error) => {
+                tracing::warn!(url = %target, %error, "purge failed");
+                text(StatusCode::BAD_GATEWAY, "the store did not answer\n".into())
+            }
+        }
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Decodes `%XX` escapes (and `+` as space, as forms send it); `None` when malformed or not
+/// UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn stats_json(stats: &Stats) -> String {
@@ -110,14 +241,42 @@ fn stats_json(stats: &Stats) -> String {
     body
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = text(status, body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_and_secret_comparison() {
+        assert_eq!(
+            percent_decode("http%3A%2F%2Fa.example%2Fx%3Fq%3D1").as_deref(),
+            Some("http://a.example/x?q=1")
+        );
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3creT"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+    }
 }

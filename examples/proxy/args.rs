@@ -15,7 +15,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// The origin every request is forwarded to: http://host:port, optionally with a base path.
+    /// The origin every request is forwarded to: http:// or https://host:port, optionally with
+    /// a base path.
     #[arg(long, value_name = "URL", env = "UPSTREAM_URL", value_parser = parse_upstream)]
     pub(crate) upstream: Upstream,
 
@@ -62,9 +63,48 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = Mode::Shared)]
     pub(crate) mode: Mode,
 
-    /// Address of the admin port (/healthz, /stats, /metrics); none when absent.
-    #[arg(long, value_name = "ADDR")]
+    /// The admin port (/healthz, /readyz, /stats, /metrics, POST /purge): a PORT (bound on
+    /// 127.0.0.1) or an ADDR:PORT; none when absent.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_admin_listen)]
     pub(crate) admin_listen: Option<SocketAddr>,
+
+    /// Bearer token that the admin port's mutating endpoints (POST /purge) require; without
+    /// one (or --admin-token-file) they are disabled.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub(crate) admin_token: Option<String>,
+
+    /// A file holding the admin token (its first line), so it stays out of the process list.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) admin_token_file: Option<std::path::PathBuf>,
+
+    /// With --redis: how long to wait for Redis (connections and the notice subscription)
+    /// before accepting traffic, in milliseconds. Past it the proxy starts anyway, serving
+    /// uncached (BYPASS) until Redis answers.
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    pub(crate) store_connect_timeout_ms: u64,
+
+    /// Longest a client may take from connecting to a complete request head, and from one
+    /// response to the next request head on a kept-alive connection, in milliseconds (nginx's
+    /// client_header_timeout is 60 s). Applies to the admin port too.
+    #[arg(long, value_name = "MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) header_timeout_ms: u64,
+
+    /// Most client connections served at once (per listener); past it new connections wait to
+    /// be accepted and /readyz reports shedding.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_connections: u64,
+
+    /// PEM file of CA certificates trusted for an https:// upstream, on top of the system's.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) upstream_ca: Option<std::path::PathBuf>,
 
     /// Longest wait for the upstream's response head, in milliseconds (then 504).
     #[arg(long, value_name = "MS", default_value_t = 30_000,
@@ -130,25 +170,33 @@ pub(crate) struct Upstream {
 
 fn parse_upstream(value: &str) -> Result<Upstream, String> {
     let uri: Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https upstreams are not supported (this example has no TLS client)".into())
-        }
-        _ => return Err("expected http://host:port".into()),
-    }
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => Scheme::HTTPS,
+        _ => return Err("expected http://host:port or https://host:port".into()),
+    };
     let authority = uri
         .authority()
         .cloned()
-        .ok_or_else(|| "expected http://host:port".to_owned())?;
+        .ok_or_else(|| "expected http://host:port or https://host:port".to_owned())?;
     if uri.query().is_some() {
         return Err("the upstream URL cannot have a query".into());
     }
     Ok(Upstream {
-        scheme: Scheme::HTTP,
+        scheme,
         authority,
         base: uri.path().trim_end_matches('/').to_owned(),
     })
+}
+
+/// `PORT` (on loopback: the admin port is not for the world unless asked) or `ADDR:PORT`.
+fn parse_admin_listen(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("expected PORT or ADDR:PORT, got {value:?}"))
 }
 
 impl Upstream {

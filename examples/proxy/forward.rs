@@ -1,14 +1,16 @@
-//! Forwarding: the innermost service, which sends one request to the upstream and streams
-//! its answer back.
+//! Forwarding: the innermost service, which sends one request to the upstream (HTTP or
+//! HTTPS) and streams its answer back, or tunnels an `Upgrade` (WebSocket) both ways.
 
 use crate::args::Upstream;
-use crate::sanitize::strip_hop_by_hop;
+use crate::sanitize::{strip_hop_by_hop, UpgradeRequest};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +23,9 @@ use tower_redis_cache::BoxError;
 /// The `Via` token this proxy adds to forwarded messages.
 const VIA_NAME: &str = "tower-redis-cache";
 
+/// The pooled upstream client: plain HTTP, or HTTPS through rustls.
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
 /// The response body of the forwarding service: the upstream's body streamed through, or a
 /// small error page.
 pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -29,7 +34,7 @@ pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 /// Failures become `502`/`504` responses, so it never errs.
 #[derive(Clone)]
 pub(crate) struct Forward {
-    pub(crate) client: Client<HttpConnector, Incoming>,
+    pub(crate) client: UpstreamClient,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) timeout: Duration,
 }
@@ -65,6 +70,16 @@ impl Forward {
         // Hop-by-hop and forwarding headers were dealt with before the cache layer
         // (`sanitize`), so what the layer keyed on is what goes up.
         append_via(&mut parts.headers, parts.version);
+        // An upgrade the sanitiser let through (the layer bypassed it): ask the upstream for
+        // the same protocol, and keep the client's side of the connection to tunnel.
+        let upgrade = parts.extensions.remove::<UpgradeRequest>();
+        let client_side = upgrade.as_ref().map(|upgrade| {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, upgrade.0.clone());
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        });
         parts.uri = target;
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
@@ -85,11 +100,58 @@ impl Forward {
             }
         };
         let (mut parts, body) = response.into_parts();
+        let switched = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let upgraded_to = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
         append_via(&mut parts.headers, parts.version);
         // Answer in the client's protocol version, whatever the upstream spoke.
         parts.version = client_version;
+        match (switched, client_side, upgraded_to) {
+            (true, Some(Some(client_side)), Some(protocol)) => {
+                let upstream_side = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, protocol);
+                match upstream_side {
+                    Some(upstream_side) => {
+                        tokio::spawn(tunnel(client_side, upstream_side));
+                    }
+                    None => {
+                        return error_response(
+                            StatusCode::BAD_GATEWAY,
+                            "bad gateway: the upstream's upgrade cannot be tunnelled\n",
+                        );
+                    }
+                }
+            }
+            (true, _, _) => {
+                // A 101 nobody asked for (or without a protocol): never pass it on.
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway: unexpected protocol switch\n",
+                );
+            }
+            _ => {}
+        }
         Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+    }
+}
+
+/// Copies bytes both ways between the client's and the upstream's upgraded connections until
+/// either side closes. Never cached: the layer bypassed the request.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(error = %chain(&error), "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "tunnel ended with an error");
     }
 }
 

@@ -1,70 +1,80 @@
 //! A caching reverse proxy: hyper 1 in front, [`CacheLayer`] in the middle, a pooled
-//! hyper-util client to one upstream behind it.
+//! hyper-util client (HTTP, or HTTPS through rustls) to one upstream behind it. This file
+//! starts it: flags, store readiness, the two listeners, and shutdown.
 //!
-//! Run it in front of any HTTP/1.1 origin:
+//! Run it in front of any HTTP/1.1 origin (default features are enough):
 //!
 //! ```text
-//! cargo run --release --example proxy --features metrics -- --upstream http://127.0.0.1:9000
+//! cargo run --release --example proxy -- --upstream http://127.0.0.1:9000
 //! ```
 //!
 //! With no `--redis` the cache lives in this process (a `MemoryStore`), so every instance has
 //! its own. Share one cache, and one origin call per cold key, across a fleet with Redis:
 //!
 //! ```text
-//! cargo run --release --example proxy --features metrics -- \
+//! cargo run --release --example proxy -- \
 //!     --upstream http://127.0.0.1:9000 --redis redis://127.0.0.1:6379 \
-//!     --listen 0.0.0.0:8080 --admin-listen 127.0.0.1:9090
+//!     --listen 0.0.0.0:8080 --admin-listen 9090 --admin-token-file /run/secrets/admin
 //! curl -i localhost:8080/some/page        # x-cache: MISS
 //! curl -i localhost:8080/some/page        # x-cache: HIT, age: 0
 //! curl -s localhost:9090/stats            # {"hits":1,"misses":1,...}
 //! curl -s localhost:9090/metrics          # Prometheus text
 //! curl -s localhost:9090/healthz          # {"status":"ok","store":"reachable"}
+//! curl -s localhost:9090/readyz           # {"ready":true,...} (503 while not)
+//! curl -s -X POST -H "Authorization: Bearer $(cat /run/secrets/admin)" \
+//!     "localhost:9090/purge?url=http%3A%2F%2Flocalhost%3A8080%2Fsome%2Fpage"
 //! ```
 //!
-//! `--help` lists every flag; `UPSTREAM_URL` and `REDIS_URL` may stand in for `--upstream` and
-//! `--redis`, and `RUST_LOG` sets the log level (default `info`, logs go to stderr). When the
-//! proxy is ready it prints `listening on ADDR` (the bound address, so `--listen 127.0.0.1:0`
-//! works) on stdout, preceded by `admin on ADDR` when there is an admin port, and followed by
-//! `redis connected` once Redis answers.
+//! `--help` lists every flag; `UPSTREAM_URL`, `REDIS_URL` and `ADMIN_TOKEN` may stand in for
+//! `--upstream`, `--redis` and `--admin-token`, and `RUST_LOG` sets the log level (default
+//! `info`, logs go to stderr). On stdout the proxy prints `admin on ADDR` when there is an
+//! admin port, `redis connected` once Redis answers, and `listening on ADDR` (the bound
+//! address, so `--listen 127.0.0.1:0` works) when it takes traffic.
 //!
 //! Behaviour worth knowing:
+//! - With `--redis` it takes no traffic before Redis is connected and fill notices are
+//!   subscribed, up to `--store-connect-timeout-ms` (3 s); past it, it starts in fail-open
+//!   mode (`X-Cache: BYPASS`) and caches once Redis answers. A Redis lost later is the same.
 //! - Requests are sanitised before the cache sees them (`sanitize`): the key's host is the
 //!   `Host` forwarded, hop-by-hop and client-supplied forwarding headers are gone
 //!   (`--trusted-proxies` keeps the latter for a load balancer in front).
+//! - What a client can make it hold is bounded (`serve`): `--header-timeout-ms` (60 s) from
+//!   accept to a request head and between requests, `--max-connections` (1024) per port,
+//!   `--max-fill-bytes` (256 MiB) of fills in flight, 64 KiB of I/O buffer per connection.
 //! - The default mode is `shared` (RFC 9111 rules for a shared cache); `--mode app` lets the
 //!   proxy decide with `--ttl` unless the origin says otherwise.
-//! - A Redis that is down at start (or later) is not fatal: requests go to the origin with
-//!   `X-Cache: BYPASS` and caching resumes when Redis answers.
-//! - The upstream refusing or failing gives `502`, not answering within
-//!   `--upstream-timeout-ms` gives `504`.
-//! - `SIGINT` / `SIGTERM` stop accepting, let requests in flight finish (up to 10 s), let the
-//!   cache writes finish (up to 5 s) and exit with status 0.
-//! - Only `http://` upstreams: this example carries no TLS client.
+//! - The upstream refusing or failing (or an untrusted certificate) gives `502`, not
+//!   answering within `--upstream-timeout-ms` gives `504`.
+//! - `Upgrade` (WebSocket) requests are tunnelled to the upstream, never cached.
+//! - `SIGINT` / `SIGTERM` stop accepting (`/readyz` says draining), let requests in flight
+//!   finish (up to 10 s), let the cache writes finish (up to 5 s) and exit with status 0.
 
 mod admin;
 mod args;
 mod forward;
 mod sanitize;
+mod serve;
 
-use admin::{serve_admin, StoreKind};
+use admin::{serve_admin, Admin, StoreKind};
 use args::Args;
 use clap::Parser;
-use forward::{chain, Forward};
+use forward::{Forward, UpstreamClient};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sanitize::{carries_content, Policy, Sanitize};
+use sanitize::{bypasses_cache, Policy, Sanitize};
+use serve::{serve, Limits};
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tower::Layer;
-use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore};
+use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore, Stats};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,11 +118,28 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The most an HTTP/1 connection buffers for reading or queues for writing, either side of
+/// the proxy (hyper's default is ~400 KiB). Request and response heads must fit.
+pub(crate) const IO_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Histogram buckets, in seconds, for every latency histogram: explicit buckets (rather than
+/// the exporter's default summaries) can be summed across a fleet and turned into quantiles
+/// with `histogram_quantile`. From 0.5 ms (a near-cache hit) to 30 s (the upstream timeout).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
 async fn run(args: Args) -> Result<(), String> {
     // Installed before the layer exists, so no counter increment is lost.
     let metrics = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(|e| format!("invalid histogram buckets: {e}"))?
+        .add_global_label("cache", args.prefix.clone())
         .install_recorder()
         .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
+    describe_metrics();
+    let token = admin_token(&args)?;
 
     let (store, builder) = match &args.redis {
         Some(url) => {
@@ -144,8 +171,8 @@ async fn run(args: Args) -> Result<(), String> {
         .key_prefix(args.prefix.clone())
         .read_timeout(Duration::from_millis(args.store_read_timeout_ms))
         .write_timeout(Duration::from_millis(args.store_write_timeout_ms))
-        // A GET or HEAD with content is answered for its sender only (see `sanitize`).
-        .bypass_when(carries_content)
+        // GETs with content and upgrades are answered for their sender only (`sanitize`).
+        .bypass_when(bypasses_cache)
         .build()
         .map_err(|e| format!("invalid cache settings: {e}"))?;
     if let StoreKind::Memory = store {
@@ -155,39 +182,7 @@ async fn run(args: Args) -> Result<(), String> {
              instances"
         );
     }
-
-    // Signals are hooked before announcing readiness, so a SIGTERM right after it is graceful.
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
-    let admin = match args.admin_listen {
-        Some(addr) => {
-            let admin = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
-            let admin_addr = admin
-                .local_addr()
-                .map_err(|e| format!("cannot read the admin address: {e}"))?;
-            Some((admin, admin_addr))
-        }
-        None => None,
-    };
-
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .build(connector);
+    let client = upstream_client(&args)?;
     let upstream = Arc::new(args.upstream.clone());
     let policy = Arc::new(Policy {
         trusted: args.trusted_proxies.clone(),
@@ -197,12 +192,72 @@ async fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("the upstream authority is not a Host value: {e}"))?,
     });
 
-    tokio::spawn(upkeep(metrics.clone()));
-    if let Some((admin, admin_addr)) = admin {
-        tokio::spawn(serve_admin(admin, layer.clone(), store.clone(), metrics));
-        tracing::info!(%admin_addr, "admin port: /healthz /stats /metrics");
+    // Signals are hooked before announcing readiness, so a SIGTERM right after it is graceful.
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+
+    let header_timeout = Duration::from_millis(args.header_timeout_ms);
+    let max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    let traffic_limits = Arc::new(Limits::new("traffic", header_timeout, max_connections));
+    let draining = Arc::new(AtomicBool::new(false));
+
+    // The admin port comes up first, so `/readyz` can say "not yet" while Redis connects.
+    if let Some(addr) = args.admin_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        let admin_addr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the admin address: {e}"))?;
+        if !admin_addr.ip().is_loopback() && token.is_none() {
+            tracing::warn!(%admin_addr, "the admin port is reachable from other hosts; purging \
+                stays disabled without --admin-token");
+        }
+        let admin = Arc::new(Admin {
+            layer: layer.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            traffic: Arc::clone(&traffic_limits),
+            draining: Arc::clone(&draining),
+            token,
+        });
+        let admin_limits = Arc::new(Limits::new("admin", header_timeout, max_connections));
+        tokio::spawn(serve_admin(listener, admin, admin_limits));
+        tracing::info!(%admin_addr, "admin port: /healthz /readyz /stats /metrics POST /purge");
         announce(&format!("admin on {admin_addr}"));
     }
+    tokio::spawn(upkeep(metrics));
+
+    // Readiness: with Redis, connect and subscribe to fill notices before taking traffic, so
+    // a freshly started fleet coalesces like a warm one; bounded, then fail open.
+    if let StoreKind::Redis(store) = &store {
+        let url = redact(args.redis.as_deref().unwrap_or_default());
+        let wait = Duration::from_millis(args.store_connect_timeout_ms);
+        match tokio::time::timeout(wait, store.wait_connected()).await {
+            Ok(Ok(())) => {
+                tracing::info!(redis = %url, "connected to Redis: the cache is shared");
+                announce("redis connected");
+            }
+            _ => {
+                tracing::warn!(
+                    redis = %url,
+                    timeout = ?wait,
+                    "Redis is not ready within --store-connect-timeout-ms: starting in \
+                     fail-open mode, serving uncached (X-Cache: BYPASS) until it answers"
+                );
+                watch_redis(store.clone(), url);
+            }
+        }
+    }
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
     tracing::info!(
         %local,
         upstream = %format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.base),
@@ -210,55 +265,31 @@ async fn run(args: Args) -> Result<(), String> {
         "caching proxy ready"
     );
     announce(&format!("listening on {local}"));
-    // Started after `listening on`, so `redis connected` always follows it on stdout.
-    if let StoreKind::Redis(store) = &store {
-        let url = redact(args.redis.as_deref().unwrap_or_default());
-        watch_redis(store.clone(), url);
-    }
 
-    let mut server = auto::Builder::new(TokioExecutor::new());
-    server
-        .http1()
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
     let graceful = GracefulShutdown::new();
     let timeout = Duration::from_millis(args.upstream_timeout_ms);
-
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let make = |peer: std::net::SocketAddr| {
         let forward = Forward {
             client: client.clone(),
             upstream: Arc::clone(&upstream),
             timeout,
         };
         // Sanitising comes first: the layer must key on exactly what is forwarded.
-        let service = Sanitize::new(layer.layer(forward), peer.ip(), Arc::clone(&policy));
-        let connection = server
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, error = %chain(&*error), "connection ended with an error");
-            }
-        });
-    }
+        TowerToHyperService::new(Sanitize::new(
+            layer.layer(forward),
+            peer.ip(),
+            Arc::clone(&policy),
+        ))
+    };
+    let stop = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    serve(listener, Arc::clone(&traffic_limits), &graceful, make, stop).await;
 
-    drop(listener);
+    draining.store(true, Ordering::Relaxed);
     tracing::info!(
         connections = graceful.count(),
         "shutting down: letting requests in flight finish"
@@ -277,6 +308,114 @@ async fn run(args: Args) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admin token from `--admin-token` or the first line of `--admin-token-file`.
+fn admin_token(args: &Args) -> Result<Option<String>, String> {
+    let token = match (&args.admin_token, &args.admin_token_file) {
+        (Some(token), _) => token.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --admin-token-file {}: {e}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if token.is_empty() {
+        return Err("the admin token is empty".into());
+    }
+    Ok(Some(token))
+}
+
+/// The pooled upstream client: HTTP, or HTTPS with rustls (ring) trusting the system's roots
+/// and any `--upstream-ca`.
+fn upstream_client(args: &Args) -> Result<UpstreamClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_roots();
+    roots.add_parsable_certificates(native);
+    if let Some(path) = &args.upstream_ca {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read --upstream-ca {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("invalid PEM in --upstream-ca {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "no certificate in --upstream-ca {}",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("invalid certificate in --upstream-ca: {e}"))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS setup failed: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    // hyper-rustls hands plain `http://` to the inner connector and TLS to `https://`.
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        // Bounds what each upstream connection buffers (hyper's default is ~400 KiB): with
+        // many responses streaming through at once this, not the bodies, is the memory.
+        .http1_max_buf_size(IO_BUFFER_BYTES)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .build(connector))
+}
+
+/// The system's trusted roots; none (with a warning) when they cannot be read, as an
+/// `http://` upstream needs none and an `https://` one can bring `--upstream-ca`.
+fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::debug!(%error, "a system root certificate could not be read");
+    }
+    found.certs
+}
+
+/// Help texts for every metric the proxy exports: the cache's counters (one per `Stats`
+/// field) and latency histograms, and the proxy's own.
+fn describe_metrics() {
+    for (field, _) in Stats::default().fields() {
+        metrics::describe_counter!(
+            format!("tower_redis_cache_{field}_total"),
+            format!("tower-redis-cache: Stats::{field} (see the crate docs of Stats)")
+        );
+    }
+    for (name, help) in [
+        (
+            "tower_redis_cache_hit_seconds",
+            "Time to answer from the cache (HIT, STALE).",
+        ),
+        (
+            "tower_redis_cache_forward_seconds",
+            "Time to answer requests that went to the origin (MISS, BYPASS, ...).",
+        ),
+        (
+            "tower_redis_cache_fill_seconds",
+            "Time the origin took to answer a fill.",
+        ),
+    ] {
+        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+    }
+    serve::describe_metrics();
+    sanitize::describe_metrics();
 }
 
 /// Reports whether Redis answers: a warning when it does not (the proxy then serves uncached

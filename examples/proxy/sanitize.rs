@@ -25,6 +25,9 @@
 //!   `DELETE` for a cached `GET`) are always dropped. The proxy then sets `X-Forwarded-For`
 //!   (the trusted chain plus the peer, or just the peer), `X-Forwarded-Host` (the host it
 //!   keyed on) and `X-Forwarded-Proto` itself.
+//! - **Upgrades** (`Connection: upgrade`, `Upgrade: websocket`) are marked
+//!   [`UpgradeRequest`] before their headers go: the layer bypasses them and the forwarding
+//!   service tunnels them.
 //! - **Content on GET or HEAD** has no defined meaning (RFC 9110 §9.3.1) but some frameworks
 //!   read it; such a request is marked [`CarriesContent`], and the proxy's layer bypasses the
 //!   cache for it, so it is answered for its sender only.
@@ -96,9 +99,18 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CarriesContent;
 
-/// Whether the sanitiser marked `parts` as carrying content: the layer's bypass test.
-pub(crate) fn carries_content(parts: &Parts) -> bool {
+/// A request extension: the client asked to switch protocols (`Connection: upgrade` with
+/// `Upgrade: <protocol>`, e.g. a WebSocket handshake). The headers themselves are hop-by-hop
+/// and removed; this carries the protocol to the forwarding service, which asks the upstream
+/// for it and tunnels the connection. The layer bypasses such requests.
+#[derive(Debug, Clone)]
+pub(crate) struct UpgradeRequest(pub(crate) HeaderValue);
+
+/// The layer's bypass test: requests the sanitiser marked as carrying content or asking for
+/// an upgrade are never answered from, or stored in, the cache.
+pub(crate) fn bypasses_cache(parts: &Parts) -> bool {
     parts.extensions.get::<CarriesContent>().is_some()
+        || parts.extensions.get::<UpgradeRequest>().is_some()
 }
 
 /// What the sanitiser needs to know beyond the request: which peers may speak for hops in
@@ -171,7 +183,11 @@ pub(crate) fn sanitize(
     }
     parts.headers.insert(header::HOST, host.clone());
 
+    let upgrade = upgrade_request(parts);
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = upgrade {
+        parts.extensions.insert(upgrade);
+    }
     let trusted = policy.trusted.contains(peer);
     let chain = if trusted {
         forwarded_for_chain(&parts.headers)
@@ -214,6 +230,24 @@ pub(crate) fn sanitize(
         parts.extensions.insert(CarriesContent);
     }
     Ok(())
+}
+
+/// An HTTP/1.1 `GET` with `Connection: upgrade` and one `Upgrade` value: a protocol switch
+/// (WebSocket) to tunnel. HTTP/2 has no such handshake (RFC 9113 §8.6).
+fn upgrade_request(parts: &Parts) -> Option<UpgradeRequest> {
+    if parts.method != Method::GET || parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let mut protocols = parts.headers.get_all(header::UPGRADE).iter();
+    let protocol = protocols.next()?;
+    (asks && protocols.next().is_none()).then(|| UpgradeRequest(protocol.clone()))
 }
 
 /// The one authority of a request (module docs), lowercased, as a `Host` value.
@@ -431,6 +465,14 @@ impl fmt::Display for TrustedProxies {
     }
 }
 
+/// Help texts of the metrics this module records.
+pub(crate) fn describe_metrics() {
+    metrics::describe_counter!(
+        "proxy_requests_refused_total",
+        "Requests refused before the cache (duplicate or invalid Host, CONNECT), by status."
+    );
+}
+
 /// The sanitising step as a tower service, in front of the cache layer of one connection.
 #[derive(Clone)]
 pub(crate) struct Sanitize<S> {
@@ -472,6 +514,11 @@ where
             },
             Err(refusal) => {
                 tracing::debug!(peer = %self.peer, reason = refusal.reason, "request refused");
+                metrics::counter!(
+                    "proxy_requests_refused_total",
+                    "status" => refusal.status.as_str().to_owned()
+                )
+                .increment(1);
                 ResponseFuture::Refused {
                     response: Some(refusal.response()),
                 }
@@ -654,7 +701,21 @@ mod tests {
     fn content_on_a_get_is_marked_and_connect_is_refused() {
         let mut p = parts(Request::get("/x").header("host", "a").body(()).unwrap());
         sanitize(&mut p, true, peer(), &policy("")).unwrap();
-        assert!(carries_content(&p));
+        assert!(bypasses_cache(&p));
+        let mut p = parts(Request::get("/x").header("host", "a").body(()).unwrap());
+        sanitize(&mut p, false, peer(), &policy("")).unwrap();
+        assert!(!bypasses_cache(&p));
+        let mut p = parts(
+            Request::get("/ws")
+                .header("host", "a")
+                .header("connection", "keep-alive, Upgrade")
+                .header("upgrade", "websocket")
+                .body(())
+                .unwrap(),
+        );
+        sanitize(&mut p, false, peer(), &policy("")).unwrap();
+        assert!(bypasses_cache(&p));
+        assert!(!p.headers.contains_key("upgrade"));
         let mut p = parts(
             Request::builder()
                 .method(Method::CONNECT)

@@ -27,6 +27,11 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub fn proxy_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
+        // A binary to test instead (say, one built from an older commit, to see which tests
+        // fail without a fix).
+        if let Some(binary) = std::env::var_os("TRC_PROXY_BIN") {
+            return PathBuf::from(binary);
+        }
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let target = match std::env::var_os("CARGO_TARGET_DIR") {
             Some(dir) => manifest.join(dir),
@@ -34,14 +39,8 @@ pub fn proxy_binary() -> &'static PathBuf {
         };
         let output = Command::new(env!("CARGO"))
             .current_dir(&manifest)
-            .args([
-                "build",
-                "--quiet",
-                "--example",
-                "proxy",
-                "--features",
-                "metrics",
-            ])
+            // No `--features`: the example must build and run with the defaults.
+            .args(["build", "--quiet", "--example", "proxy"])
             .arg("--target-dir")
             .arg(&target)
             .stdin(Stdio::null())
@@ -205,6 +204,20 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits (bounded) until the proxy's stderr contains `needle`. The stderr reader thread
+    /// only fills a buffer, so this polls it.
+    pub async fn wait_for_stderr(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !self.stderr().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy never logged {needle:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn stderr(&self) -> String {
