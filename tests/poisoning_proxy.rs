@@ -590,3 +590,66 @@ async fn requests_cannot_replace_mark_or_orphan_what_others_are_served() -> Test
     assert!(problems.is_empty(), "damaged:\n{}", problems.join("\n"));
     Ok(())
 }
+
+/// The scheme is keyed: behind a trusted TLS terminator that sends both `http` and `https`
+/// traffic, an origin that redirects `http` to `https` (Django's `SECURE_SSL_REDIRECT`,
+/// Rails' `force_ssl`) must not have its `301` served to `https` clients, who would loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_redirect_is_never_served_to_https_clients() -> TestResult {
+    async fn origin(request: AxumRequest<Body>) -> axum::response::Response {
+        let proto = request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("http")
+            .to_owned();
+        let response = axum::response::Response::builder();
+        let response = if proto == "http" {
+            response
+                .status(301)
+                .header("location", format!("https://{VICTIM}{}", request.uri()))
+                .body(Body::empty())
+        } else {
+            response
+                .header("cache-control", "public, max-age=60")
+                .body(Body::from("secure page"))
+        };
+        response.expect("response")
+    }
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let upstream = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, Router::new().fallback(origin)).await;
+    });
+    // The test client connects from 127.0.0.1: it plays the trusted TLS terminator.
+    let proxy = Proxy::start(&upstream, &["--trusted-proxies", "127.0.0.1/32"]).await;
+    let client = client();
+    let request = |proto: &str| {
+        Request::get(proxy.url("/page"))
+            .header("host", VICTIM)
+            .header("x-forwarded-proto", proto)
+            .body(Full::default())
+            .expect("request")
+    };
+    // The attacker's plain-http request, until its redirect is stored (bounded poll: the
+    // write is off the response path).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let reply = send(&client, request("http")).await;
+        assert_eq!(reply.status, StatusCode::MOVED_PERMANENTLY);
+        if reply.x_cache() == "HIT" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redirect was never stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let innocent = send(&client, request("https")).await;
+    assert_eq!(
+        (innocent.status, innocent.text()),
+        (StatusCode::OK, "secure page".to_owned())
+    );
+    Ok(())
+}

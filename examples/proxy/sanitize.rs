@@ -19,12 +19,15 @@
 //!   variant of another.
 //! - **Forwarding headers** (`X-Forwarded-*`, `Forwarded`) are the client's word about hops
 //!   in front of us; an origin that builds URLs from them renders a page for the attacker's
-//!   host that the cache then serves to everyone. They are dropped unless the connecting peer
-//!   is in `--trusted-proxies`. `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL` and the
-//!   method-override headers (`X-HTTP-Method-Override` and kin, which make frameworks run a
-//!   `DELETE` for a cached `GET`) are always dropped. The proxy then sets `X-Forwarded-For`
-//!   (the trusted chain plus the peer, or just the peer), `X-Forwarded-Host` (the host it
-//!   keyed on) and `X-Forwarded-Proto` itself.
+//!   host that the cache then serves to everyone. All of them are removed; from a peer in
+//!   `--trusted-proxies` only the `X-Forwarded-For` chain and `X-Forwarded-Proto` are read
+//!   first. `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL` and the method-override headers
+//!   (`X-HTTP-Method-Override` and kin, which make frameworks run a `DELETE` for a cached
+//!   `GET`) always go. The proxy then sets `X-Forwarded-For` (the trusted chain plus the
+//!   peer, or just the peer), `X-Forwarded-Host` (the host it keyed on) and
+//!   `X-Forwarded-Proto` (the trusted scheme, else `http`) itself; the scheme is part of the
+//!   key (an `https` request reaches the layer in absolute form), so an `http` answer (say a
+//!   redirect to https) is never served to `https` clients.
 //! - **Upgrades** (`Connection: upgrade`, `Upgrade: websocket`) are marked
 //!   [`UpgradeRequest`] before their headers go: the layer bypasses them and the forwarding
 //!   service tunnels them.
@@ -51,7 +54,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
 
-/// Forwarding headers kept from a trusted peer and dropped from any other.
+/// Forwarding headers: read from a trusted peer (its `X-Forwarded-For` chain and
+/// `X-Forwarded-Proto`), then removed from every request and rebuilt by the proxy.
 const FORWARDING: [&str; 10] = [
     "forwarded",
     "x-forwarded-for",
@@ -199,12 +203,20 @@ pub(crate) fn sanitize(
     } else {
         None
     };
-    for name in ALWAYS_DROPPED {
-        parts.headers.remove(name);
+    // Every forwarding header goes, a trusted peer's too: what the origin may learn from them
+    // is rebuilt below from what the cache keys on (the host, the scheme) and the client
+    // chain. A trusted peer's port, prefix or `Forwarded` would reach the origin unkeyed.
+    for name in ALWAYS_DROPPED.iter().chain(FORWARDING.iter()) {
+        parts.headers.remove(*name);
     }
-    if !trusted {
-        for name in FORWARDING {
-            parts.headers.remove(name);
+    // The scheme the client used is part of the key (an `https` page may differ from the
+    // `http` one: think of a redirect to https), so an `https` request goes to the layer in
+    // absolute form; its authority is the `Host` it carries, so the two agree.
+    if proto.as_ref().is_some_and(|p| p == "https") {
+        let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        if let Ok(absolute) = format!("https://{}{path}", host.to_str().unwrap_or_default()).parse()
+        {
+            parts.uri = absolute;
         }
     }
 
@@ -693,8 +705,10 @@ mod tests {
         );
         assert_eq!(p.headers["x-forwarded-proto"], "https");
         assert_eq!(p.headers["x-forwarded-host"], "a.example");
-        assert_eq!(p.headers["forwarded"], "for=203.0.113.9;proto=https");
+        // Unkeyed forwarding headers go even from a trusted peer; the scheme is keyed.
+        assert!(!p.headers.contains_key("forwarded"));
         assert!(!p.headers.contains_key("x-original-url"));
+        assert_eq!(p.uri, "https://a.example/x");
     }
 
     #[test]
