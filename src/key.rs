@@ -210,9 +210,10 @@ const LIST_FIELDS: [&str; 4] = [
 /// For the list-based `Accept*` fields, values are normalised as RFC 9111 §4.1 allows: all
 /// field lines are combined into one list and the optional whitespace around its elements is
 /// dropped, so `gzip, br` and `gzip,br` select the same variant. Every other field is hashed
-/// line by line, exactly: a singleton field such as `User-Agent` or `Cookie` sent as two lines
-/// (which an origin reading only the first would answer differently) never hashes like the
-/// one line an innocent client sends. Case and order are kept.
+/// line by line (whitespace around commas still dropped): a singleton field such as
+/// `User-Agent` or `Cookie` sent as two lines (which an origin reading only the first would
+/// answer differently) never hashes like the one line an innocent client sends. Case and
+/// order are kept.
 pub(crate) fn variant_hash<'a>(
     names: impl Iterator<Item = &'a str>,
     request: &http::HeaderMap,
@@ -230,8 +231,13 @@ pub(crate) fn variant_hash<'a>(
                     hasher.update(b",");
                 }
             } else {
-                hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(value.as_bytes());
+                // One line, its elements' surrounding whitespace dropped; the line ends with
+                // a separator no header value can hold, so line boundaries are hashed too.
+                for element in value.as_bytes().split(|b| *b == b',') {
+                    hasher.update(element.trim_ascii());
+                    hasher.update(b",");
+                }
+                hasher.update(b"\0");
             }
         }
         hasher.update(b"\n");

@@ -460,10 +460,12 @@ impl ResponseLike for PolicyResponse<'_> {
     }
 }
 
-/// Statuses a client can draw from an origin by what it sends, not by what it asks for:
-/// `400`, `411`-`417`, `431` and every `5xx`.
+/// Statuses a client can draw from an origin with headers the key does not hold (an
+/// oversized or malformed header, a length or expectation the origin refuses): `400`,
+/// `411`-`413`, `415`-`417`, `431`. (A `414` answers a target, which is keyed; a `5xx` takes
+/// a failing origin, not a crafted request, and stays storable when the origin says so.)
 fn provokable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 411..=417 | 431 | 500..=599)
+    matches!(status.as_u16(), 400 | 411..=413 | 415..=417 | 431)
 }
 
 /// RFC 9111 freshness for a shared cache: (time to live from now, age already accrued).
@@ -492,7 +494,7 @@ fn shared_freshness(
         };
     }
     // Errors a client can provoke with the request alone (a malformed or oversized header, a
-    // failed precondition, a crash) are never shared, however fresh the origin says they are,
+    // failed precondition) are never shared, however fresh the origin says they are,
     // unless the operator lists the status: stored, one client's bad request would be
     // everyone's answer (cache-poisoned denial of service).
     if provokable(status) && !config.statuses.contains(&status) {
@@ -905,7 +907,7 @@ mod tests {
             Some(30),
             "any status may be stored with explicit freshness"
         );
-        for provokable in [400, 412, 417, 431, 500, 503] {
+        for provokable in [400, 412, 417, 431] {
             assert_eq!(
                 decide_for(&c, false, provokable, &declared),
                 Decision::Skip(NoCacheReason::Status),
