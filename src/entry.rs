@@ -1,5 +1,9 @@
 //! The stored form of a response, and its binary encoding.
 //!
+//! Not part of the public API (hidden from the docs): it is public only so the crate's
+//! property tests and codec benchmarks can reach it from outside the crate. Its layout may
+//! change with any release.
+//!
 //! Layout (all integers big-endian), design §4 with the checksum moved before the body:
 //!
 //! ```text

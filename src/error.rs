@@ -1,9 +1,16 @@
-//! Typed errors.
+//! Typed errors: settings rejected at build time, store failures the request path swallows,
+//! and the typed face's errors.
 //!
 //! Two families with different audiences: [`ConfigError`] is for the person wiring the layer
 //! and is returned at build time, so an impossible setting never reaches production;
 //! [`StoreError`] is what a store reports, and the request path counts and swallows it
 //! (fail-open), because a cache outage must never become an outage of the service.
+//!
+//! The typed face adds its own: [`CacheError`] for the direct calls (`get`, `set`, ...), where
+//! the caller asked the store something and deserves to know it could not answer;
+//! [`GetOrSetError`] for the loading calls, which never report the store (they load instead)
+//! but do report the loader, a hard timeout, or options that make no sense; and [`LockError`]
+//! for the distributed lock, whose callers must know they do not hold it.
 
 use std::fmt;
 use std::time::Duration;
@@ -104,6 +111,9 @@ pub enum StoreErrorKind {
     Connection,
     /// The store answered with an error.
     Backend,
+    /// The store does not implement this operation (a custom [`Store`](crate::Store) that
+    /// keeps the trait's default).
+    Unsupported,
 }
 
 /// An error from a [`Store`](crate::Store). In the request path it is counted in
@@ -141,6 +151,7 @@ impl fmt::Display for StoreError {
             StoreErrorKind::CircuitOpen => "cache store skipped: circuit breaker open",
             StoreErrorKind::Connection => "cache store connection failed",
             StoreErrorKind::Backend => "cache store error",
+            StoreErrorKind::Unsupported => "cache store does not support this operation",
         };
         match &self.source {
             Some(source) => write!(f, "{what}: {source}"),
@@ -166,5 +177,173 @@ impl From<fred::error::Error> for StoreError {
             _ => StoreErrorKind::Backend,
         };
         Self::new(kind, error)
+    }
+}
+
+/// Why a direct typed-cache call ([`Cache::get`](crate::Cache::get), `set`, `delete`,
+/// `get_many`, `delete_prefix`) could not do what was asked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The store failed, timed out, or is skipped by the circuit breaker.
+    Store(StoreError),
+    /// The value could not be encoded in the cache's format.
+    Encode(BoxError),
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(error) => write!(f, "{error}"),
+            Self::Encode(error) => write!(f, "value could not be encoded: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(error) => Some(error),
+            Self::Encode(error) => Some(error.as_ref()),
+        }
+    }
+}
+
+impl From<StoreError> for CacheError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// A [`GetOrSetOptions`](crate::GetOrSetOptions) setting that cannot work, reported by the
+/// call that was given it (the options are plain values, built without checks, so a chain of
+/// setters reads cleanly; they are checked once, where they are used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OptionsError {
+    /// The ttl is zero: nothing loaded would ever be fresh.
+    ZeroTtl,
+    /// The eager-refresh fraction is not strictly between 0 and 1.
+    EagerRefreshFraction(String),
+    /// The soft timeout is not shorter than the hard timeout, so it could never fire first.
+    SoftNotBelowHard {
+        /// The soft timeout given.
+        soft: Duration,
+        /// The hard timeout given.
+        hard: Duration,
+    },
+    /// A timeout is zero; the field names it.
+    ZeroTimeout(&'static str),
+    /// The fail-safe maximum age is shorter than the ttl, so it would never extend anything.
+    FailSafeBelowTtl,
+}
+
+impl fmt::Display for OptionsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ZeroTtl => f.write_str("ttl is zero: a loaded value would never be fresh"),
+            Self::EagerRefreshFraction(x) => {
+                write!(
+                    f,
+                    "eager_refresh fraction {x} is not strictly between 0 and 1"
+                )
+            }
+            Self::SoftNotBelowHard { soft, hard } => write!(
+                f,
+                "soft_timeout {soft:?} is not shorter than hard_timeout {hard:?}"
+            ),
+            Self::ZeroTimeout(field) => write!(f, "{field} is zero: it must be positive"),
+            Self::FailSafeBelowTtl => {
+                f.write_str("fail_safe max age is shorter than the ttl: it would never apply")
+            }
+        }
+    }
+}
+
+impl std::error::Error for OptionsError {}
+
+/// Why [`Cache::get_or_set_with`](crate::Cache::get_or_set_with) returned no value. A store
+/// failure is never one of them: the loader runs instead (fail-open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GetOrSetError<E> {
+    /// The loader failed (this call's, or the one it was coalesced with) and no fail-safe
+    /// value could stand in.
+    Loader(E),
+    /// The loader ran past the hard timeout and was abandoned, with no fail-safe value.
+    HardTimeout(Duration),
+    /// The options cannot work; nothing was read or loaded.
+    InvalidOptions(OptionsError),
+}
+
+impl<E> GetOrSetError<E> {
+    /// The loader's error, if that is what this is.
+    pub fn into_loader(self) -> Option<E> {
+        match self {
+            Self::Loader(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for GetOrSetError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Loader(error) => write!(f, "loader failed: {error}"),
+            Self::HardTimeout(after) => write!(f, "loader abandoned after {after:?}"),
+            Self::InvalidOptions(error) => write!(f, "invalid options: {error}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for GetOrSetError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Loader(error) => Some(error),
+            Self::InvalidOptions(error) => Some(error),
+            Self::HardTimeout(_) => None,
+        }
+    }
+}
+
+/// Why [`Cache::lock`](crate::Cache::lock) or [`Cache::with_lock`](crate::Cache::with_lock)
+/// did not get the lock. Unlike the cache's reads, a lock never fails open: running the
+/// critical section without it would break what the caller locked for.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Someone else held the lock for the whole wait.
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The store could not be asked.
+    Store(StoreError),
+    /// The lock cannot be taken as asked (its ttl is zero).
+    Invalid(&'static str),
+}
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout { waited } => write!(f, "lock still held by another after {waited:?}"),
+            Self::Store(error) => write!(f, "lock unavailable: {error}"),
+            Self::Invalid(why) => write!(f, "invalid lock request: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for LockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for LockError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
     }
 }

@@ -4,13 +4,13 @@
 
 use crate::body::CacheBody;
 use crate::conditional;
+use crate::context::{Reply, Shared};
 use crate::entry::{self, Entry, EntryMeta, VaryIndex};
 use crate::error::BoxError;
-use crate::flow::{self, MissContext, Read, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::{self, CacheKey};
-use crate::layer::Shared;
-use crate::policy::{self, Decision, Lifetime, RequestClass, RequestHead};
+use crate::lookup::{self, MissContext, Read};
+use crate::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
 use crate::respond::stale_verdict;
 use crate::respond::{finish, from_entry};
 use bytes::Bytes;
@@ -69,7 +69,7 @@ where
     let started = std::time::Instant::now();
     let result = inner.call(Request::from_parts(parts, body)).await;
     #[cfg(feature = "metrics")]
-    crate::stats::record_fill(started.elapsed());
+    shared.engine.stats.record_fill(started.elapsed());
     let failed_status = match &result {
         Ok(response) if response.status().is_server_error() => Some(response.status()),
         Ok(_) => None,
@@ -105,7 +105,7 @@ where
     let response = match result {
         Ok(response) => response,
         Err(error) => {
-            shared.stats.not_stored(1);
+            shared.engine.stats.not_stored(1);
             return Fetched {
                 reply: Err(error),
                 filled: None,
@@ -129,10 +129,10 @@ where
     let lifetime = match decision {
         Decision::Store(lifetime) => lifetime,
         Decision::Skip(reason) => {
-            tracing::debug!(reason, "response not stored");
-            shared.stats.not_stored(1);
+            tracing::debug!(reason = reason.as_str(), "response not stored");
+            shared.engine.stats.not_stored(1);
             let verdict = Verdict {
-                detail: Some(reason),
+                detail: Some(reason.as_str()),
                 ..verdict(false)
             };
             finish(shared, &mut parts.headers, verdict, None);
@@ -143,22 +143,27 @@ where
             };
         }
     };
-    let collected = collect(body, shared.config.max_body_bytes, &shared.fill_bytes).await;
+    let collected = collect(
+        body,
+        shared.config.max_body_bytes,
+        &shared.engine.fill_bytes,
+    )
+    .await;
     let (chunks, rest, budget) = match collected {
         Collected::Whole(chunks, rest, budget) => (chunks, rest, budget),
         Collected::Partial(body, over_budget) => {
-            shared.stats.not_stored(1);
-            let detail = if over_budget {
-                shared.stats.fills_over_budget(1);
-                "fill-budget"
+            shared.engine.stats.not_stored(1);
+            let reason = if over_budget {
+                shared.engine.stats.fills_over_budget(1);
+                NoCacheReason::FillBudget
             } else {
-                "too-large"
+                NoCacheReason::TooLarge
             };
             finish(
                 shared,
                 &mut parts.headers,
                 Verdict {
-                    detail: Some(detail),
+                    detail: Some(reason.as_str()),
                     ..verdict(false)
                 },
                 None,
@@ -177,7 +182,7 @@ where
         .flatten();
     let Some(mut filled) = filled else {
         // Not representable as an entry (too many headers): hand back what was read.
-        shared.stats.not_stored(1);
+        shared.engine.stats.not_stored(1);
         finish(shared, &mut parts.headers, verdict(false), None);
         let frames = chunks.into_iter().map(Frame::data).collect();
         let reply = Ok(Response::from_parts(
@@ -339,8 +344,8 @@ pub(crate) async fn prepare_write<'a>(
     filled: &Filled,
     class: RequestClass,
 ) -> Option<(String, tokio::sync::SemaphorePermit<'a>)> {
-    let Ok(permit) = shared.writes.try_acquire() else {
-        shared.stats.writes_dropped(1);
+    let Ok(permit) = shared.engine.writes.try_acquire() else {
+        shared.engine.stats.writes_dropped(1);
         return None;
     };
     let entry = &filled.entry;
@@ -359,6 +364,7 @@ pub(crate) async fn prepare_write<'a>(
     }
     new_index.generation = new_generation(filled);
     let index_written = shared
+        .engine
         .store
         .put(key.primary_key(), new_index.encode(), filled.keep)
         .await;
@@ -382,10 +388,10 @@ async fn authorized_target(
 ) -> Option<String> {
     let variant = filled.entry.meta.variant;
     let primary = key.primary_key();
-    let current = match shared.store.get(primary).await {
+    let current = match shared.engine.store.get(primary).await {
         Err(_) => return None,
         Ok(None) => Read::Missing,
-        Ok(Some(bytes)) => flow::interpret(shared, primary, bytes).await,
+        Ok(Some(bytes)) => lookup::interpret(shared, primary, bytes).await,
     };
     match (current, varies) {
         (Read::Index(index), Some(new)) if index.names == new.names => Some(
@@ -400,6 +406,7 @@ async fn authorized_target(
                 names: new.names.clone(),
             };
             shared
+                .engine
                 .store
                 .put(primary, index.encode(), filled.keep)
                 .await
@@ -422,12 +429,16 @@ fn new_generation(filled: &Filled) -> u64 {
 
 /// Counts a stored entry.
 pub(crate) fn count_stored(shared: &Shared, filled: &Filled) {
-    shared.stats.stored(1);
-    shared.stats.bytes_stored(filled.encoded.len() as u64);
+    shared.engine.stats.stored(1);
+    shared
+        .engine
+        .stats
+        .bytes_stored(filled.encoded.len() as u64);
 }
 
 async fn put_entry(shared: &Shared, key: &str, filled: &Filled) -> bool {
     match shared
+        .engine
         .store
         .put(key, filled.encoded.clone(), filled.keep)
         .await
@@ -458,7 +469,7 @@ where
 {
     let fetched = fetch(shared, inner, parts, body, outcome, &ctx).await;
     if let Some(filled) = fetched.filled {
-        let running = shared.background.start();
+        let running = shared.engine.background.start();
         let shared = Arc::clone(shared);
         let write = async move {
             write(&shared, &key, ctx.index.as_ref(), &filled, ctx.class).await;

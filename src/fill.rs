@@ -1,6 +1,7 @@
-//! The miss path: one fill per key across the fleet (design §6), and background refreshes.
+//! The HTTP miss path: followers of a fill in this process, the leader's fill (on the
+//! engine's fleet-wide protocol), and background refreshes (design §6).
 //!
-//! In this process, the first request for a key leads and the rest follow it (`coalesce`).
+//! In this process, the first request for a key leads and the rest follow it (`engine::flight`).
 //! The leader's fill runs in its own task, so a client that hangs up does not cancel it for
 //! the others. Across processes, the fill takes a lock in the store; a process that finds the
 //! lock held waits for the holder's fill notice (polling as a fallback, and taking the lock
@@ -10,23 +11,21 @@
 //! A background refresh (stale-while-revalidate) is the same fill with nobody waiting for
 //! it: it runs only if it gets the lock at once, so a fleet refreshes an entry once.
 
-use crate::coalesce::{Leader, Outcome, Role};
+use crate::context::{Leader, Outcome, Reply, Role, Shared};
+use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, FillWrite, Judged};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch;
-use crate::flow::{self, Lookup, MissContext, Read, Reply};
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
-use crate::layer::Shared;
+use crate::lookup::{self, Lookup, MissContext, Read};
 use crate::respond;
-use crate::store::{FillEnd, FillNotice, LockAttempt};
+use crate::store::FillNotice;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
@@ -51,7 +50,7 @@ where
         Role::Follower(follower) => {
             match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
                 Ok(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
-                    shared.stats.coalesced(1);
+                    shared.engine.stats.coalesced(1);
                     return Ok(served_by_fill(&shared, &entry, &parts.headers));
                 }
                 Ok(Outcome::Stale(entry)) => {
@@ -71,13 +70,13 @@ where
                     ));
                 }
                 Ok(_) => {}
-                Err(_) => shared.stats.lock_timeouts(1),
+                Err(_) => shared.engine.stats.lock_timeouts(1),
             }
             respond::forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await
         }
         Role::Leader(leader) => {
             let (respond, reply) = oneshot::channel();
-            let running = shared.background.start();
+            let running = shared.engine.background.start();
             let task_shared = Arc::clone(&shared);
             let fill = async move {
                 lead(
@@ -121,7 +120,7 @@ pub(crate) fn refresh<S, ReqBody, ResBody>(
     let Role::Leader(leader) = shared.flights.join(key.flight()) else {
         return;
     };
-    let running = shared.background.start();
+    let running = shared.engine.background.start();
     let refresh = async move {
         lead(shared, inner, key, parts, body, leader, None, ctx).await;
         drop(running);
@@ -147,7 +146,8 @@ fn served_by_fill<B>(
 
 /// Runs one fill: lock (or wait for another's), call the origin, answer the leading request
 /// (`respond`, absent for a background refresh), share the entry with followers, write it,
-/// announce it, unlock.
+/// announce it, unlock. The fleet-wide part (lock, wait, takeover, extension, the one-call
+/// end) is the engine's ([`engine::fill`]); this is what it means for an HTTP response.
 #[allow(clippy::too_many_arguments)]
 async fn lead<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
@@ -163,18 +163,33 @@ async fn lead<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let token = lock_token();
-    let lock_key = key.lock_key();
-    let mut held = false;
+    let keys = FillKeys {
+        entry: key.entry_key().to_owned(),
+        lock: key.lock_key(),
+        flight: key.flight(),
+    };
+    let mut lease = None;
     if shared.config.distributed_lock {
-        let wait = respond.is_some();
-        let seen = ctx
-            .stale
-            .as_ref()
-            .map(|stale| stale.meta.stored_at_ms.to_be_bytes());
-        let attempt = acquire_or_wait(&shared, &key, &lock_key, &token, wait, &parts.headers, seen);
+        let judge = Judge {
+            shared: &shared,
+            key: &key,
+            request: &parts.headers,
+        };
+        let attempt = fill::acquire_or_wait(
+            &shared.engine,
+            FillRequest {
+                keys: &keys,
+                // A background refresh does not wait: another process is already at it.
+                wait: respond.is_some().then_some(shared.config.lock_wait),
+                seen: ctx
+                    .stale
+                    .as_ref()
+                    .map(|stale| stale.meta.stored_at_ms.to_be_bytes()),
+                judge: &judge,
+            },
+        );
         match attempt.await {
-            Acquire::Acquired => held = true,
+            Acquire::Lead(held) => lease = Some(held),
             // The store is failing: fill without the lock; the write is tried all the same.
             Acquire::StoreDown => {}
             // Another's fill ended (stored, or not shareable), the wait ran out, or (for a
@@ -191,7 +206,7 @@ async fn lead<S, ReqBody, ResBody>(
                 if let Some(respond) = respond {
                     let reply = match filled.filter(|entry| entry.matches(&parts.headers)) {
                         Some(entry) => {
-                            shared.stats.coalesced(1);
+                            shared.engine.stats.coalesced(1);
                             Ok(served_by_fill(&shared, &entry, &parts.headers))
                         }
                         None => {
@@ -207,10 +222,8 @@ async fn lead<S, ReqBody, ResBody>(
         }
     }
     if respond.is_none() {
-        shared.stats.refreshes(1);
+        shared.engine.stats.refreshes(1);
     }
-    let extender =
-        held.then(|| extend_while_filling(Arc::clone(&shared), lock_key.clone(), token.clone()));
     let fetched = fetch::fetch(&shared, inner, parts, body, CacheOutcome::Miss, &ctx).await;
     leader.resolve(match (&fetched.filled, &fetched.stale_served) {
         (Some(filled), _) => Outcome::Stored(Arc::clone(&filled.entry)),
@@ -229,189 +242,73 @@ async fn lead<S, ReqBody, ResBody>(
         None => None,
     };
     let write = match (&fetched.filled, &prepared) {
-        (Some(filled), Some((target, _))) => {
-            Some((target.as_str(), filled.encoded.clone(), filled.keep))
-        }
+        (Some(filled), Some((target, _))) => Some(FillWrite::value(
+            target.as_str(),
+            filled.encoded.clone(),
+            filled.keep,
+        )),
         _ => {
             // Nothing shareable came back (or it cannot be written): mark the key
             // hit-for-miss so the next requests go straight to the origin instead of queueing
-            // behind a lock. The marker is written only where nothing is stored (see
-            // `FillEnd::only_if_absent`): a marker never replaces an entry, so no request can
-            // turn others' hits into misses by drawing an unshareable answer.
+            // behind a lock. The marker is written only where nothing is stored
+            // (`only_if_absent`): a marker never replaces an entry, so no request can turn
+            // others' hits into misses by drawing an unshareable answer.
             let ttl = shared.config.hit_for_miss_ttl;
             let mark = fetched.stale_served.is_none()
                 && fetched.filled.is_none()
                 && !ttl.is_zero()
-                && (held || !shared.config.distributed_lock);
-            mark.then(|| {
-                (
-                    key.entry_key(),
-                    Bytes::from_static(entry::HIT_FOR_MISS),
-                    ttl,
-                )
+                && (lease.is_some() || !shared.config.distributed_lock);
+            mark.then(|| FillWrite {
+                key: key.entry_key(),
+                value: Bytes::from_static(entry::HIT_FOR_MISS),
+                keep: ttl,
+                only_if_absent: true,
             })
         }
     };
-    let stores_entry = prepared.is_some();
-    let notice = if stores_entry {
-        FillNotice::Stored
-    } else {
-        FillNotice::NotStorable
+    let notice = match prepared {
+        Some(_) => FillNotice::Stored,
+        None => FillNotice::NotStorable,
     };
-    let end = FillEnd {
-        only_if_absent: !stores_entry,
-        write,
-        notice: (key.entry_key(), notice),
-        unlock: held.then_some((lock_key.as_str(), token.as_str())),
-    };
-    drop(extender);
-    match shared.store.finish_fill(end).await {
-        Ok(()) => {
-            if let (Some(filled), true) = (&fetched.filled, stores_entry) {
-                fetch::count_stored(&shared, filled);
-            }
-        }
-        // Still try to let the others go at once rather than after the lock's expiry.
-        Err(_) if held => {
-            let _ = shared.store.unlock(&lock_key, &token).await;
-        }
-        Err(_) => {}
+    let finished = fill::finish(&shared.engine, lease, write, (key.entry_key(), notice)).await;
+    if let (Ok(()), Some(filled), Some(_)) = (finished, &fetched.filled, &prepared) {
+        fetch::count_stored(&shared, filled);
     }
     drop(prepared);
     // The flight ends here, after the write, so requests that came meanwhile were followers.
     drop(leader);
 }
 
-enum Acquire {
-    Acquired,
-    Filled(Entry),
-    GoToOrigin,
-    /// Held elsewhere, and this fill does not wait (a background refresh).
-    Busy,
-    StoreDown,
+/// What the values a fill meets mean for an HTTP request: a fresh entry for its variant is a
+/// finished fill (read through the vary index when the key holds one); a stale entry is the
+/// one being refreshed (wait on); a hit-for-miss marker, or a store that fails, sends the
+/// request to the origin.
+struct Judge<'a> {
+    shared: &'a Shared,
+    key: &'a CacheKey,
+    request: &'a HeaderMap,
 }
 
-/// Takes the fill lock, or waits for its holder's fill. Bounded by `lock_wait`.
-/// `seen` is the stamp of the stale entry this fill refreshes, if any: finding it again is not
-/// finding a fill.
-async fn acquire_or_wait(
-    shared: &Shared,
-    key: &CacheKey,
-    lock_key: &str,
-    token: &str,
-    wait: bool,
-    request: &HeaderMap,
-    seen: Option<[u8; 8]>,
-) -> Acquire {
-    let config = &shared.config;
-    // Subscribe before trying the lock, so a notice sent in between is not missed.
-    let mut waiter = shared.store.subscribe_fill(key.entry_key());
-    // Lock unless a fill has ended since the lookup; both in one step, so a fill that ends in
-    // between is found instead of repeated.
-    let attempt =
-        shared
-            .store
-            .try_lock_or_read(key.entry_key(), lock_key, token, config.lock_ttl, seen);
-    match attempt.await {
-        Ok(LockAttempt::Acquired) => return Acquire::Acquired,
-        Ok(LockAttempt::Found(value)) => return found(shared, key, request, value).await,
-        Ok(LockAttempt::Held) if !wait => return Acquire::Busy,
-        Ok(LockAttempt::Held) => {}
-        Err(_) => return Acquire::StoreDown,
-    }
-    shared.stats.lock_waits(1);
-    let deadline = tokio::time::sleep(config.lock_wait);
-    tokio::pin!(deadline);
-    let max_poll =
-        (config.lock_ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(200));
-    let mut poll = Duration::from_millis(10).min(max_poll);
-    loop {
-        let polled = tokio::select! {
-            notice = waiter.notice() => match notice {
-                FillNotice::NotStorable => return Acquire::GoToOrigin,
-                FillNotice::Stored | FillNotice::Changed => false,
-            },
-            () = tokio::time::sleep(poll) => true,
-            () = &mut deadline => {
-                shared.stats.lock_timeouts(1);
-                return Acquire::GoToOrigin;
-            }
-        };
-        match flow::resolve(shared, key.clone(), request).await.2 {
-            Lookup::Found(entry) if entry.meta.is_fresh(entry::unix_now_ms()) => {
-                return Acquire::Filled(entry)
-            }
-            Lookup::HitForMiss => return Acquire::GoToOrigin,
-            Lookup::Unavailable => return Acquire::StoreDown,
-            Lookup::Found(_) | Lookup::Missing | Lookup::VaryMiss => {}
-        }
-        if polled {
-            let attempt = shared.store.try_lock_or_read(
-                key.entry_key(),
-                lock_key,
-                token,
-                config.lock_ttl,
-                seen,
-            );
-            match attempt.await {
-                Ok(LockAttempt::Acquired) => {
-                    shared.stats.lock_takeovers(1);
-                    return Acquire::Acquired;
+impl fill::Judge for Judge<'_> {
+    type Value = Entry;
+
+    async fn judge(&self, value: Bytes) -> Judged<Entry> {
+        let now = entry::unix_now_ms();
+        let usable = |entry: &Entry| entry.meta.is_fresh(now) && entry.matches(self.request);
+        match lookup::interpret(self.shared, self.key.entry_key(), value).await {
+            Read::Entry(entry) if usable(&entry) => Judged::Usable(entry),
+            Read::Entry(_) | Read::Missing => Judged::Wait,
+            Read::HitForMiss | Read::Unavailable => Judged::Load,
+            Read::Index(_) => {
+                match lookup::resolve(self.shared, self.key.clone(), self.request)
+                    .await
+                    .2
+                {
+                    Lookup::Found(entry) if usable(&entry) => Judged::Usable(entry),
+                    Lookup::HitForMiss | Lookup::Unavailable => Judged::Load,
+                    Lookup::Found(_) | Lookup::Missing | Lookup::VaryMiss => Judged::Wait,
                 }
-                Ok(LockAttempt::Found(value)) => return found(shared, key, request, value).await,
-                Ok(LockAttempt::Held) => {}
-                Err(_) => return Acquire::StoreDown,
-            }
-            poll = (poll * 2).min(max_poll);
-        }
-    }
-}
-
-/// What a value found instead of the lock means for this request: a fresh entry for it is a
-/// finished fill; anything else (a marker, another variant, an index) sends it to the origin.
-async fn found(shared: &Shared, key: &CacheKey, request: &HeaderMap, value: Bytes) -> Acquire {
-    let now = entry::unix_now_ms();
-    let usable = |entry: &Entry| entry.meta.is_fresh(now) && entry.matches(request);
-    match flow::interpret(shared, key.entry_key(), value).await {
-        Read::Entry(entry) if usable(&entry) => Acquire::Filled(entry),
-        Read::Index(_) => match flow::resolve(shared, key.clone(), request).await.2 {
-            Lookup::Found(entry) if usable(&entry) => Acquire::Filled(entry),
-            _ => Acquire::GoToOrigin,
-        },
-        _ => Acquire::GoToOrigin,
-    }
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Keeps the lock alive while a slow origin answers, so nobody else calls it meanwhile.
-fn extend_while_filling(shared: Arc<Shared>, lock_key: String, token: String) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        let ttl = shared.config.lock_ttl;
-        loop {
-            tokio::time::sleep(ttl / 3).await;
-            match shared.store.extend_lock(&lock_key, &token, ttl).await {
-                Ok(true) => {}
-                // Lost or unreachable: stop; the fill completes without the lock.
-                _ => break,
             }
         }
-    }))
-}
-
-/// A token no other fill holds: per-process random keys mixed with a counter.
-fn lock_token() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Relaxed);
-    let high = RandomState::new().hash_one(n);
-    let low = RandomState::new().hash_one((n, std::process::id()));
-    format!("{high:016x}{low:016x}")
+    }
 }

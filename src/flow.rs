@@ -4,14 +4,14 @@
 //! Every branch that cannot use the store forwards the request to the inner service, so a
 //! store that is down, slow or returning garbage costs at most one bounded lookup.
 
-use crate::body::CacheBody;
-use crate::coalesce::Outcome;
-use crate::entry::{self, Entry, VaryIndex};
+use crate::config::CacheMode;
+use crate::context::{Outcome, Reply, Shared};
+use crate::entry::{self, Entry};
 use crate::error::BoxError;
 use crate::fetch::fetch_and_store;
 use crate::headers::{CacheOutcome, Fwd, Verdict};
-use crate::key::{self, CacheKey};
-use crate::layer::{CacheMode, Shared};
+use crate::key::CacheKey;
+use crate::lookup::{resolve, Lookup, MissContext};
 use crate::policy::{self, CacheControl, RequestClass, RequestDirectives};
 use crate::respond::{
     bypass, forward, forward_and_invalidate, from_entry, gateway_timeout, stale_verdict,
@@ -21,21 +21,6 @@ use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use std::sync::Arc;
 use tower_service::Service;
-
-pub(crate) type Reply<B, E> = Result<Response<CacheBody<B>>, E>;
-
-/// What a miss carries from the lookup to the fill.
-pub(crate) struct MissContext {
-    /// What the request is, as classified once on arrival.
-    pub(crate) class: RequestClass,
-    /// A stored entry that may not be served as is: revalidated with the origin, and served
-    /// if the origin fails within its stale-if-error window.
-    pub(crate) stale: Option<Arc<Entry>>,
-    /// Why the request goes forward, for `Cache-Status`.
-    pub(crate) fwd: Fwd,
-    /// The resource's vary index, when it has one.
-    pub(crate) index: Option<VaryIndex>,
-}
 
 pub(crate) async fn run<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
@@ -108,7 +93,7 @@ where
         // A HEAD arriving during a GET's fill is answered from it. Checked before the lookup:
         // a fill that ends in between has written its entry, which the lookup then finds.
         if let Some(entry) = outcome_of_running_fill(&shared, &key, &parts.headers).await {
-            shared.stats.coalesced(1);
+            shared.engine.stats.coalesced(1);
             let ttl = entry.meta.ttl_secs(entry::unix_now_ms());
             return Ok(from_entry(
                 &shared,
@@ -239,86 +224,4 @@ fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode
         return Usable::StaleWhileRevalidate;
     }
     Usable::Revalidate(Fwd::Stale)
-}
-
-/// What the store holds for a request.
-pub(crate) enum Lookup {
-    Found(Entry),
-    HitForMiss,
-    Missing,
-    /// The resource varies, and nothing is stored for this request's variant.
-    VaryMiss,
-    /// The store failed, timed out or is skipped by the breaker.
-    Unavailable,
-}
-
-/// Finds the entry for a request: one read for a resource that does not vary, two (index,
-/// then variant) for one that does. Returns the key the entry lives under (the variant's key
-/// when the resource varies) and the index, if any.
-pub(crate) async fn resolve(
-    shared: &Shared,
-    key: CacheKey,
-    request: &HeaderMap,
-) -> (CacheKey, Option<VaryIndex>, Lookup) {
-    match read(shared, key.primary_key()).await {
-        Read::Index(index) => {
-            let variant = key::variant_hash(index.names.split(','), request);
-            let key = key.variant(index.generation, variant);
-            let found = match read(shared, key.entry_key()).await {
-                Read::Entry(entry) if entry.matches(request) => Lookup::Found(entry),
-                Read::HitForMiss => Lookup::HitForMiss,
-                Read::Unavailable => Lookup::Unavailable,
-                Read::Entry(_) | Read::Index(_) | Read::Missing => Lookup::VaryMiss,
-            };
-            (key, Some(index), found)
-        }
-        Read::Entry(entry) if entry.matches(request) => (key, None, Lookup::Found(entry)),
-        Read::Entry(_) => (key, None, Lookup::VaryMiss),
-        Read::HitForMiss => (key, None, Lookup::HitForMiss),
-        Read::Missing => (key, None, Lookup::Missing),
-        Read::Unavailable => (key, None, Lookup::Unavailable),
-    }
-}
-
-pub(crate) enum Read {
-    Entry(Entry),
-    Index(VaryIndex),
-    HitForMiss,
-    Missing,
-    Unavailable,
-}
-
-/// Reads and decodes one value. A value that does not decode is deleted, counted as corrupt
-/// and reported missing, so one bad write cannot keep failing requests.
-async fn read(shared: &Shared, key: &str) -> Read {
-    match shared.store.get(key).await {
-        Err(_) => Read::Unavailable,
-        Ok(None) => Read::Missing,
-        Ok(Some(bytes)) => interpret(shared, key, bytes).await,
-    }
-}
-
-/// What a value read from `key` is: an entry, a vary index, a hit-for-miss marker, or
-/// corrupt (then deleted, counted, and reported missing).
-pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -> Read {
-    if bytes == entry::HIT_FOR_MISS {
-        return Read::HitForMiss;
-    }
-    let decoded = if VaryIndex::is_index(&bytes) {
-        VaryIndex::decode(&bytes)
-            .map(Read::Index)
-            .ok_or(entry::DecodeError::InvalidHttp)
-    } else {
-        entry::decode(bytes).map(Read::Entry)
-    };
-    match decoded {
-        Ok(read) => read,
-        Err(error) => {
-            shared.stats.corrupt(1);
-            tracing::warn!(key, %error, "deleting corrupt cache entry");
-            // Best effort: a failure is counted by the guard; the value is missing either way.
-            let _ = shared.store.delete(key).await;
-            Read::Missing
-        }
-    }
 }

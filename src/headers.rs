@@ -27,6 +27,17 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
+    /// The outcome in lower case, as metrics label it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Revalidated => "revalidated",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
+
     /// The `X-Cache` value.
     pub fn as_str(self) -> &'static str {
         match self {

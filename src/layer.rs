@@ -1,7 +1,8 @@
-//! [`CacheLayer`], its builder and the validated configuration it carries.
+//! [`CacheLayer`] and its builder, which validates every setting before anything runs.
 
-use crate::background::Background;
-use crate::coalesce::Flights;
+use crate::config::{CacheMode, Config};
+use crate::context::Shared;
+use crate::engine::{Engine, FillSettings};
 use crate::error::{ConfigError, StoreError};
 use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
 use crate::service::CacheService;
@@ -10,65 +11,12 @@ use crate::store::{GuardedStore, Store};
 use http::{Method, Request, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
-/// The default of [`CacheLayerBuilder::max_fill_bytes`]: 256 MiB.
-pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
+pub use crate::engine::DEFAULT_MAX_FILL_BYTES;
 
 /// The longest a request may wait for another request's fill before asking the origin itself.
 pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);
-
-/// Whose rules decide what is stored and for how long (design §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum CacheMode {
-    /// The service owner decides: the layer's TTL, which the response's own
-    /// `Cache-Control: s-maxage / max-age` may override. The default for the layer.
-    #[default]
-    Application,
-    /// RFC 9111 rules for a shared cache: freshness from the response (`s-maxage`, `max-age`,
-    /// `Expires`, heuristics), request directives honoured, the layer's TTL used only when the
-    /// origin gives no freshness information. The default of the caching proxy.
-    Shared,
-}
-
-/// Validated settings, shared by every service the layer makes.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) mode: CacheMode,
-    pub(crate) ttl: Duration,
-    pub(crate) negative_ttl: Option<Duration>,
-    pub(crate) cache_head: bool,
-    pub(crate) statuses: Vec<StatusCode>,
-    pub(crate) max_body_bytes: u64,
-    pub(crate) respect_cache_control: bool,
-    pub(crate) share_authorized: bool,
-    pub(crate) stale_while_revalidate: Duration,
-    pub(crate) stale_if_error: Duration,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) lock_wait: Duration,
-    pub(crate) distributed_lock: bool,
-    pub(crate) hit_for_miss_ttl: Duration,
-    pub(crate) cache_name: String,
-}
-
-/// Everything a [`CacheService`] shares with its clones and siblings.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) keys: KeyMaker,
-    pub(crate) store: GuardedStore,
-    pub(crate) stats: Arc<Counters>,
-    pub(crate) flights: Arc<Flights>,
-    /// Bounds the writes in flight, so a slow store cannot pile up buffered entries.
-    pub(crate) writes: Arc<Semaphore>,
-    /// Bounds the response bytes buffered by fills in flight (one permit per byte), so many
-    /// large fills at once (clients that ask for many big URLs and hang up) cannot make the
-    /// process hold more than `max_fill_bytes`.
-    pub(crate) fill_bytes: Arc<Semaphore>,
-    /// Fills and writes running off the response path.
-    pub(crate) background: Arc<Background>,
-}
 
 /// A [`Layer`] that caches the responses of the service it wraps in a shared [`Store`].
 ///
@@ -107,7 +55,7 @@ impl CacheLayer {
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.shared.engine.stats.snapshot()
     }
 
     /// The store keys a request would use, or `None` when it is not cached by key
@@ -120,15 +68,24 @@ impl CacheLayer {
     /// Removes the entry a `GET` of `request`'s URL (and host) would be answered from.
     pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<(), StoreError> {
         match self.key_for(request) {
-            Some(key) => self.shared.store.delete(key.entry_key()).await,
+            Some(key) => self.shared.engine.store.delete(key.entry_key()).await,
             None => Ok(()),
         }
+    }
+
+    /// A typed cache-aside [`Cache`](crate::Cache) on this layer's engine: the same store
+    /// connections, fail-open guard and near tier, the same lock protocol (with this layer's
+    /// `lock_ttl` and `lock_wait`) and the same counters (its counts show in
+    /// [`stats`](Self::stats)). Its values live under `{prefix}:v:…`, apart from the layer's
+    /// entries; [`wait_for_writes`](Self::wait_for_writes) covers its background work too.
+    pub fn cache(&self) -> crate::Cache {
+        crate::Cache::from_engine(Arc::clone(&self.shared.engine), &self.shared.keys.prefix)
     }
 
     /// Waits until every fill and store write started so far has finished: before reading
     /// the store directly (tests), or before exiting (graceful shutdown).
     pub async fn wait_for_writes(&self) {
-        self.shared.background.idle().await;
+        self.shared.engine.background.idle().await;
     }
 
     #[cfg(test)]
@@ -484,7 +441,9 @@ impl CacheLayerBuilder {
         if self.max_fill_bytes == 0 {
             return Err(ConfigError::ZeroFillBytes);
         }
-        let stats = Arc::new(Counters::default());
+        #[cfg(feature = "metrics")]
+        crate::stats::describe_metrics();
+        let stats = Arc::new(Counters::named(&self.cache_name));
         let config = Config {
             mode: self.mode,
             ttl: self.ttl,
@@ -520,19 +479,17 @@ impl CacheLayerBuilder {
             custom: self.key_fn,
             bypass: self.bypass,
         };
+        let fills = FillSettings {
+            lock_ttl: config.lock_ttl,
+            lock_wait: config.lock_wait,
+        };
+        let engine = Engine::new(store, stats, Arc::default(), fills)
+            .with_budgets(self.max_pending_writes, self.max_fill_bytes);
         let shared = Shared {
             config,
             keys,
-            store,
-            stats,
+            engine: Arc::new(engine),
             flights: Arc::default(),
-            writes: Arc::new(Semaphore::new(self.max_pending_writes)),
-            fill_bytes: Arc::new(Semaphore::new(
-                usize::try_from(self.max_fill_bytes)
-                    .unwrap_or(usize::MAX)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
-            background: Arc::default(),
         };
         Ok(CacheLayer {
             shared: Arc::new(shared),

@@ -42,15 +42,42 @@
 //!
 //! # Layout
 //!
-//! `layer` (configuration), `service` and `flow` (the request path), `respond` (every
-//! response the cache gives, marked and counted), `fetch` (origin calls that may fill, and
-//! writes), `fill` and `coalesce`
-//! (one origin call per key, background refreshes), `policy` (what is stored, for how long:
-//! application and RFC 9111 shared modes), `conditional` (304s and revalidation), `range`
-//! (byte ranges from stored responses), `key` (keys and variants), `entry` (the binary entry
-//! format), `store` (Redis, memory, and the fail-open guard with the optional near cache),
-//! `headers` (`X-Cache`, `Cache-Status`, `Age`), `stats`, `background` (work off the response
-//! path, for `wait_for_writes`).
+//! One engine, two faces (design §1). Imports go one way: faces → engine → store.
+//!
+//! The HTTP face:
+//! - `layer`: [`CacheLayer`] and its builder, which validates every setting.
+//! - `config`: the validated settings ([`CacheMode`] and the per-request `Config`).
+//! - `context`: what every request of one layer shares (settings, keys, the engine).
+//! - `service`: [`CacheService`], the tower `Service`; hands each request to `flow`.
+//! - `flow`: the request flow, top to bottom: classify, look up, answer, or fill.
+//! - `lookup`: reading an entry (through its vary index) and what a miss carries on.
+//! - `fill`: the HTTP miss path: followers, the leader's fill, background refreshes.
+//! - `fetch`: the origin call that may fill, buffering within budget, and entry writes.
+//! - `respond`: every response the cache gives, marked and counted in one place.
+//! - `policy`: request classification, what is stored and for how long (both modes).
+//! - `conditional`: `304`s for clients and validators for revalidation.
+//! - `range`: single byte ranges from stored whole responses.
+//! - `key`: canonical request keys and variant keys.
+//! - `entry`: the binary entry format (not public API; exposed for benches and tests).
+//! - `headers`: `X-Cache`, `Cache-Status` and `Age`.
+//! - `body`: [`CacheBody`], cached bytes or the inner body streamed through.
+//!
+//! The typed face:
+//! - `typed`: [`Cache`], cache-aside for serde values (`get_or_set`, `get_many`, locks).
+//! - `typed::codec`: the value envelope (lifetimes, type fingerprint, MessagePack or JSON).
+//! - `typed::key_builder`: [`KeyBuilder`], escaped keys with sorted parameters.
+//! - `typed::lock`: named distributed locks ([`LockGuard`]).
+//! - `typed::options`: [`GetOrSetOptions`] and [`LockOptions`].
+//!
+//! The engine and the store:
+//! - `engine`: keyed byte values with lifetimes: the guarded store, counters, budgets.
+//! - `engine::fill`: one fill per key across the fleet (lock, wait, takeover, extension).
+//! - `engine::flight`: in-process single flight, one leader per key.
+//! - `engine::background`: work run off the caller's path, for `wait_for_writes`.
+//! - [`store`]: the [`Store`] trait, [`RedisStore`], [`MemoryStore`], notices.
+//! - `store::guard`: timeouts, the circuit breaker and the near tier around any store.
+//! - `stats`: the counters behind [`Stats`].
+//! - `error`: typed errors.
 //!
 //! # Features
 //!
@@ -67,10 +94,12 @@
     unreachable_pub
 )]
 
-mod background;
 mod body;
-mod coalesce;
 mod conditional;
+mod config;
+mod context;
+mod engine;
+#[doc(hidden)]
 pub mod entry;
 mod error;
 mod fetch;
@@ -79,22 +108,31 @@ mod flow;
 pub mod headers;
 mod key;
 mod layer;
+mod lookup;
 mod policy;
 mod range;
 mod respond;
 mod service;
 mod stats;
-mod store;
+pub mod store;
+mod typed;
 
 pub use body::CacheBody;
-pub use error::{BoxError, ConfigError, StoreError, StoreErrorKind};
+pub use config::CacheMode;
+pub use error::{
+    BoxError, CacheError, ConfigError, GetOrSetError, LockError, OptionsError, StoreError,
+    StoreErrorKind,
+};
 pub use key::{BypassFn, CacheKey, KeyFn};
-pub use layer::{CacheLayer, CacheLayerBuilder, CacheMode, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
+pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};
+#[cfg(feature = "metrics")]
+pub use stats::describe_metrics;
 pub use stats::Stats;
-pub use store::{
-    FillEnd, FillNotice, FillNotices, FillWaiter, LockAttempt, MemoryStore, NoticeListener,
-    RedisStore, RedisStoreBuilder, Store, StoreFuture, DEFAULT_NOTICE_CHANNEL,
+pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreFuture};
+pub use typed::{
+    BreakerState, Cache, CacheBuilder, Codec, GetOrSetOptions, Health, KeyBuilder, LockGuard,
+    LockOptions,
 };
 
 #[cfg(doctest)]

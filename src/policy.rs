@@ -15,7 +15,7 @@
 //!   is deliberate: it treats `proxy-revalidate` as "never fresh", while RFC 9111 §5.2.2.8
 //!   only forbids serving such a response *stale*; we evaluate it as `must-revalidate`.
 
-use crate::layer::{CacheMode, Config};
+use crate::config::{CacheMode, Config};
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
 use std::time::{Duration, SystemTime};
@@ -168,12 +168,56 @@ impl RequestDirectives {
     }
 }
 
+/// Why an answer was not stored: the one reason type every path that declines to store
+/// reports (as pingora-cache's `NoCacheReason`), shown as `Cache-Status: …; detail=<reason>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoCacheReason {
+    /// `Cache-Control: no-store` on the response.
+    NoStore,
+    /// `Cache-Control: private`.
+    Private,
+    /// The response sets a cookie.
+    SetCookie,
+    /// `Vary: *`: it may vary on anything.
+    VaryStar,
+    /// It answers a request with credentials and does not say it may be shared.
+    Authorization,
+    /// Larger than `max_body_bytes` (declared, or once buffered).
+    TooLarge,
+    /// The fills in flight already hold `max_fill_bytes`.
+    FillBudget,
+    /// Neither fresh, nor stale-servable, nor revalidatable.
+    ZeroTtl,
+    /// A status the settings do not store.
+    Status,
+    /// RFC 9111 rules (as `http-cache-semantics` reads them) forbid storing it.
+    NotStorable,
+}
+
+impl NoCacheReason {
+    /// The `Cache-Status` detail token.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::NoStore => "no-store",
+            Self::Private => "private",
+            Self::SetCookie => "set-cookie",
+            Self::VaryStar => "vary-star",
+            Self::Authorization => "authorization",
+            Self::TooLarge => "too-large",
+            Self::FillBudget => "fill-budget",
+            Self::ZeroTtl => "zero-ttl",
+            Self::Status => "status",
+            Self::NotStorable => "not-storable",
+        }
+    }
+}
+
 /// Whether and how long a response may be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
     Store(Lifetime),
     /// Do not store it, for the reason given (used in `Cache-Status` detail and traces).
-    Skip(&'static str),
+    Skip(NoCacheReason),
 }
 
 /// The longest anything is kept in the store, whatever the response declares.
@@ -277,22 +321,22 @@ pub(crate) fn decide(
     let cc = CacheControl::parse(headers);
     // Rules for every mode: never share what is personal or cannot be keyed.
     if cc.no_store {
-        return Decision::Skip("no-store");
+        return Decision::Skip(NoCacheReason::NoStore);
     }
     if cc.private {
-        return Decision::Skip("private");
+        return Decision::Skip(NoCacheReason::Private);
     }
     if headers.contains_key(header::SET_COOKIE) {
-        return Decision::Skip("set-cookie");
+        return Decision::Skip(NoCacheReason::SetCookie);
     }
     if crate::key::vary_names(headers).any(|name| name == "*") {
-        return Decision::Skip("vary-star");
+        return Decision::Skip(NoCacheReason::VaryStar);
     }
     if request.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
-        return Decision::Skip("authorization");
+        return Decision::Skip(NoCacheReason::Authorization);
     }
     if declared_length(headers).is_some_and(|len| len > config.max_body_bytes) {
-        return Decision::Skip("too-large");
+        return Decision::Skip(NoCacheReason::TooLarge);
     }
     let shared = config.mode == CacheMode::Shared;
     let (fresh, initial_age) = match config.mode {
@@ -322,7 +366,7 @@ pub(crate) fn decide(
     // A response that is never fresh is still worth keeping when it can be revalidated: the
     // origin then answers `304` instead of sending the body again (`no-cache`, `max-age=0`).
     if fresh.is_zero() && stale.is_zero() && error.is_zero() && !has_validator {
-        return Decision::Skip("zero-ttl");
+        return Decision::Skip(NoCacheReason::ZeroTtl);
     }
     // Kept past freshness for revalidation (with a validator) and for clients' `max-stale`;
     // bounded, so a lifetime of centuries cannot overflow a store's expiry arithmetic.
@@ -347,12 +391,12 @@ fn application_freshness(
     config: &Config,
     status: StatusCode,
     cc: &CacheControl,
-) -> Result<Duration, &'static str> {
+) -> Result<Duration, NoCacheReason> {
     let negative = config
         .negative_ttl
         .filter(|_| matches!(status.as_u16(), 404 | 410));
     if negative.is_none() && !config.statuses.contains(&status) {
-        return Err("status");
+        return Err(NoCacheReason::Status);
     }
     // `no-cache`: stored, but never fresh; every use is revalidated with the origin.
     if cc.no_cache && config.respect_cache_control {
@@ -402,9 +446,9 @@ fn shared_freshness(
     status: StatusCode,
     headers: &HeaderMap,
     cc: &CacheControl,
-) -> Result<(Duration, Duration), &'static str> {
+) -> Result<(Duration, Duration), NoCacheReason> {
     if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Err("status");
+        return Err(NoCacheReason::Status);
     }
     let explicit = cc.no_cache
         || cc.public
@@ -417,7 +461,7 @@ fn shared_freshness(
         return if config.statuses.contains(&status) {
             Ok((config.ttl, Duration::ZERO))
         } else {
-            Err("status")
+            Err(NoCacheReason::Status)
         };
     }
     // Any final status may be stored when the origin says for how long (RFC 9111 §3); the
@@ -436,7 +480,7 @@ fn shared_freshness(
         options,
     );
     if !policy.is_storable() {
-        return Err("not-storable");
+        return Err(NoCacheReason::NotStorable);
     }
     Ok((policy.time_to_live(now), policy.age(now)))
 }
@@ -606,7 +650,7 @@ mod tests {
         ]);
         assert_eq!(
             decide_for(&c, false, 200, &expired),
-            Decision::Skip("zero-ttl")
+            Decision::Skip(NoCacheReason::ZeroTtl)
         );
         let aged = headers(&[("cache-control", "max-age=100"), ("age", "30")]);
         assert_eq!(fresh(decide_for(&c, false, 200, &aged)), Some(70));
@@ -614,7 +658,7 @@ mod tests {
         // to the listed statuses.
         assert_eq!(
             decide_for(&c, false, 404, &HeaderMap::new()),
-            Decision::Skip("status")
+            Decision::Skip(NoCacheReason::Status)
         );
         assert_eq!(
             fresh(decide_for(
@@ -634,27 +678,37 @@ mod tests {
         for mode in [CacheMode::Application, CacheMode::Shared] {
             let c = config(mode);
             for (h, why) in [
-                (headers(&[("cache-control", "no-store")]), "no-store"),
-                (headers(&[("cache-control", "Private")]), "private"),
+                (
+                    headers(&[("cache-control", "no-store")]),
+                    NoCacheReason::NoStore,
+                ),
+                (
+                    headers(&[("cache-control", "Private")]),
+                    NoCacheReason::Private,
+                ),
                 (
                     headers(&[
                         ("set-cookie", "a=b"),
                         ("cache-control", "public, max-age=9"),
                     ]),
-                    "set-cookie",
+                    NoCacheReason::SetCookie,
                 ),
-                (headers(&[("vary", "accept, *")]), "vary-star"),
-                (headers(&[("content-length", "999999999")]), "too-large"),
+                (headers(&[("vary", "accept, *")]), NoCacheReason::VaryStar),
+                (
+                    headers(&[("content-length", "999999999")]),
+                    NoCacheReason::TooLarge,
+                ),
             ] {
                 assert_eq!(
                     decide_for(&c, false, 200, &h),
                     Decision::Skip(why),
-                    "{mode:?}"
+                    "{mode:?} {}",
+                    why.as_str()
                 );
             }
             assert_eq!(
                 decide_for(&c, true, 200, &HeaderMap::new()),
-                Decision::Skip("authorization")
+                Decision::Skip(NoCacheReason::Authorization)
             );
             assert!(fresh(decide_for(
                 &c,
@@ -671,7 +725,7 @@ mod tests {
                 500,
                 &HeaderMap::new()
             ),
-            Decision::Skip("status")
+            Decision::Skip(NoCacheReason::Status)
         );
     }
 
@@ -809,7 +863,7 @@ mod tests {
         let listed_age = headers(&[("cache-control", "max-age=3600"), ("age", "7200, 0")]);
         assert_eq!(
             decide_for(&c, false, 200, &listed_age),
-            Decision::Skip("zero-ttl")
+            Decision::Skip(NoCacheReason::ZeroTtl)
         );
         let declared = headers(&[("cache-control", "max-age=30")]);
         assert_eq!(
@@ -819,7 +873,7 @@ mod tests {
         );
         assert_eq!(
             decide_for(&c, false, 500, &HeaderMap::new()),
-            Decision::Skip("status")
+            Decision::Skip(NoCacheReason::Status)
         );
         let Decision::Store(l) = decide_for(
             &c,

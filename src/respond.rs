@@ -5,10 +5,9 @@
 
 use crate::body::CacheBody;
 use crate::conditional;
+use crate::context::{Reply, Shared};
 use crate::entry::{self, Entry};
-use crate::flow::Reply;
 use crate::headers::{self, CacheOutcome, Fwd, Verdict};
-use crate::layer::Shared;
 use crate::range;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -17,12 +16,14 @@ use tower_service::Service;
 /// Marks a response and counts its outcome: the one place both happen, so the counters
 /// always agree with the headers clients saw.
 pub(crate) fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict, age: Option<u64>) {
+    let stats = &shared.engine.stats;
+    stats.request(verdict.outcome.label());
     match verdict.outcome {
-        CacheOutcome::Hit => shared.stats.hits(1),
-        CacheOutcome::Stale => shared.stats.stale(1),
-        CacheOutcome::Revalidated => shared.stats.revalidated(1),
-        CacheOutcome::Miss => shared.stats.misses(1),
-        CacheOutcome::Bypass => shared.stats.bypass(1),
+        CacheOutcome::Hit => shared.engine.stats.hits(1),
+        CacheOutcome::Stale => shared.engine.stats.stale(1),
+        CacheOutcome::Revalidated => shared.engine.stats.revalidated(1),
+        CacheOutcome::Miss => shared.engine.stats.misses(1),
+        CacheOutcome::Bypass => shared.engine.stats.bypass(1),
     }
     tracing::Span::current().record("outcome", verdict.outcome.as_str());
     headers::mark(headers, &shared.config.cache_name, verdict, age);
@@ -185,8 +186,8 @@ where
         }
         let (parts, ()) = head.into_parts();
         if let Some(key) = shared.keys.derive(&parts) {
-            if shared.store.delete(key.primary_key()).await.is_ok() {
-                shared.stats.invalidations(1);
+            if shared.engine.store.delete(key.primary_key()).await.is_ok() {
+                shared.engine.stats.invalidations(1);
             }
         }
     }

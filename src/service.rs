@@ -1,8 +1,8 @@
 //! [`CacheService`]: the `Service` impl. The request flow itself lives in `flow`.
 
 use crate::body::CacheBody;
+use crate::context::Shared;
 use crate::error::BoxError;
-use crate::layer::Shared;
 use crate::stats::Stats;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -29,7 +29,7 @@ impl<S> CacheService<S> {
 
     /// The counters so far (shared with the layer and every clone).
     pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.shared.engine.stats.snapshot()
     }
 }
 
@@ -76,10 +76,15 @@ where
         #[cfg(feature = "metrics")]
         let flow = {
             let started = std::time::Instant::now();
+            let shared = Arc::clone(&self.shared);
             async move {
                 let result = flow.await;
                 if let Ok(response) = &result {
-                    crate::stats::record_latency(response.headers(), started.elapsed());
+                    let elapsed = started.elapsed();
+                    shared
+                        .engine
+                        .stats
+                        .record_latency(response.headers(), elapsed);
                 }
                 result
             }

@@ -3,17 +3,21 @@
 //! Counting is a relaxed atomic add per event, cheap enough for the hit path. With the
 //! `metrics` feature every increment is also sent to the `metrics` facade as a counter named
 //! `tower_redis_cache_<field>_total`, so any exporter (Prometheus, StatsD, ...) sees them.
+//! Every metric carries a `cache` label (the layer's `cache_name`, so layers on different
+//! routes are told apart and one fleet's instances sum); requests are also counted in
+//! `tower_redis_cache_requests_total{cache, outcome}`, and latencies go to histograms with
+//! the same labels. [`describe_metrics`] registers a help text for each.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $field:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $field:ident),* $(,)?) => {
         /// A snapshot of the cache's counters since the layer was built.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         #[cfg_attr(feature = "serde", derive(serde::Serialize))]
         #[non_exhaustive]
         pub struct Stats {
-            $($(#[$doc])* pub $field: u64,)*
+            $($(#[doc = $doc])* pub $field: u64,)*
         }
 
         impl Stats {
@@ -27,6 +31,21 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $($field: AtomicU64,)*
+            /// The `cache` label of every metric.
+            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+            name: CacheName,
+        }
+
+        /// Registers the help text of every counter with the installed recorder.
+        #[cfg(feature = "metrics")]
+        fn describe_counters() {
+            $(
+                metrics::describe_counter!(
+                    concat!("tower_redis_cache_", stringify!($field), "_total"),
+                    metrics::Unit::Count,
+                    concat!($($doc),*).trim()
+                );
+            )*
         }
 
         impl Counters {
@@ -39,7 +58,11 @@ macro_rules! counters {
                 pub(crate) fn $field(&self, n: u64) {
                     self.$field.fetch_add(n, Relaxed);
                     #[cfg(feature = "metrics")]
-                    metrics::counter!(concat!("tower_redis_cache_", stringify!($field), "_total")).increment(n);
+                    metrics::counter!(
+                        concat!("tower_redis_cache_", stringify!($field), "_total"),
+                        "cache" => self.name.label()
+                    )
+                    .increment(n);
                 }
             )*
         }
@@ -88,28 +111,141 @@ counters! {
     /// Fills that stopped buffering (and streamed through uncached) because the fills in
     /// flight already held `max_fill_bytes`.
     fills_over_budget,
+    /// Typed-cache reads that found a usable value (`get`, `get_many`, `get_or_set`), including
+    /// callers served by another caller's load.
+    typed_hits,
+    /// Typed-cache reads that found nothing usable.
+    typed_misses,
+    /// Typed-cache loader runs (each `get_or_set` that had to load, background refreshes too).
+    typed_loads,
+    /// Typed-cache loader runs that failed or hit their hard timeout.
+    typed_load_errors,
+    /// Typed-cache values that did not decode as the asked type or failed the validator, and
+    /// were deleted.
+    typed_decode_failures,
+    /// Typed-cache answers given from a stale value (stale-while-revalidate, soft timeout) or
+    /// a fail-safe one (the loader failed).
+    typed_stale,
+    /// Typed-cache background refreshes started (stale, eager, or a loader outliving its soft
+    /// timeout).
+    typed_refreshes,
+    /// Distributed locks (`Cache::lock`) that ran out of wait.
+    lock_wait_timeouts,
 }
 
-/// Records how long a response took in the histogram for its outcome (`metrics` feature):
-/// `tower_redis_cache_hit_seconds` for answers from the cache (HIT, STALE), and
-/// `tower_redis_cache_forward_seconds` for the rest. The outcome is read back from the
-/// response's `X-Cache`, so the histogram always agrees with what clients saw.
-#[cfg(feature = "metrics")]
-pub(crate) fn record_latency(headers: &http::HeaderMap, elapsed: std::time::Duration) {
-    let from_cache = headers
-        .get(crate::headers::X_CACHE)
-        .is_some_and(|v| v == "HIT" || v == "STALE");
-    let name = if from_cache {
-        "tower_redis_cache_hit_seconds"
-    } else {
-        "tower_redis_cache_forward_seconds"
-    };
-    metrics::histogram!(name).record(elapsed.as_secs_f64());
+/// The name metrics are labelled with: cheap to clone into a label (an `Arc`).
+#[derive(Debug, Clone)]
+struct CacheName(std::sync::Arc<str>);
+
+impl Default for CacheName {
+    fn default() -> Self {
+        Self(std::sync::Arc::from("tower-redis-cache"))
+    }
 }
 
-/// Records how long the origin took to answer a fill (`metrics` feature):
-/// `tower_redis_cache_fill_seconds`.
 #[cfg(feature = "metrics")]
-pub(crate) fn record_fill(elapsed: std::time::Duration) {
-    metrics::histogram!("tower_redis_cache_fill_seconds").record(elapsed.as_secs_f64());
+impl CacheName {
+    fn label(&self) -> metrics::SharedString {
+        metrics::SharedString::from(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl Counters {
+    /// Counters whose metrics are labelled `cache=<name>`.
+    pub(crate) fn named(name: &str) -> Self {
+        Self {
+            name: CacheName(std::sync::Arc::from(name)),
+            ..Self::default()
+        }
+    }
+
+    /// Counts a request by what the cache did with it (`metrics` feature only: [`Stats`]
+    /// has a field per outcome).
+    #[inline]
+    pub(crate) fn request(&self, outcome: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "tower_redis_cache_requests_total",
+            "cache" => self.name.label(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        let _ = outcome;
+    }
+
+    /// Records how long a response took, by outcome (the response's `X-Cache`, so the
+    /// histogram always agrees with what clients saw): `tower_redis_cache_request_seconds`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn record_latency(&self, headers: &http::HeaderMap, elapsed: std::time::Duration) {
+        let outcome = match headers.get(crate::headers::X_CACHE).map(|v| v.as_bytes()) {
+            Some(b"HIT") => "hit",
+            Some(b"STALE") => "stale",
+            Some(b"REVALIDATED") => "revalidated",
+            Some(b"MISS") => "miss",
+            _ => "bypass",
+        };
+        metrics::histogram!(
+            "tower_redis_cache_request_seconds",
+            "cache" => self.name.label(),
+            "outcome" => outcome
+        )
+        .record(elapsed.as_secs_f64());
+    }
+
+    /// Records how long the origin took to answer a fill: `tower_redis_cache_fill_seconds`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn record_fill(&self, elapsed: std::time::Duration) {
+        metrics::histogram!("tower_redis_cache_fill_seconds", "cache" => self.name.label())
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Whether the store's circuit breaker is open (skipping the store): a gauge, 1 or 0.
+    #[inline]
+    pub(crate) fn breaker_open(&self, open: bool) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("tower_redis_cache_breaker_open", "cache" => self.name.label())
+            .set(if open { 1.0 } else { 0.0 });
+        let _ = open;
+    }
+
+    /// The bytes the near tier holds: a gauge.
+    #[inline]
+    pub(crate) fn near_bytes(&self, bytes: u64) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("tower_redis_cache_near_bytes", "cache" => self.name.label())
+            .set(bytes as f64);
+        let _ = bytes;
+    }
+}
+
+/// Registers a help text (and unit) for every metric this crate emits with the installed
+/// `metrics` recorder, so exporters print `# HELP` lines. Call it after installing the
+/// recorder; building a layer calls it too. Calling it again is harmless.
+#[cfg(feature = "metrics")]
+pub fn describe_metrics() {
+    describe_counters();
+    metrics::describe_counter!(
+        "tower_redis_cache_requests_total",
+        metrics::Unit::Count,
+        "Requests by what the cache did with them (outcome: hit, stale, revalidated, miss, bypass)."
+    );
+    metrics::describe_histogram!(
+        "tower_redis_cache_request_seconds",
+        metrics::Unit::Seconds,
+        "Time from request to response head, by outcome."
+    );
+    metrics::describe_histogram!(
+        "tower_redis_cache_fill_seconds",
+        metrics::Unit::Seconds,
+        "Time the origin took to answer a fill."
+    );
+    metrics::describe_gauge!(
+        "tower_redis_cache_breaker_open",
+        "1 while the store's circuit breaker skips the store, else 0."
+    );
+    metrics::describe_gauge!(
+        "tower_redis_cache_near_bytes",
+        metrics::Unit::Bytes,
+        "Bytes held by the in-process near tier."
+    );
 }

@@ -516,32 +516,43 @@ fn parse_strict(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), S
         }
         samples.push((name.to_owned(), labels, value));
     }
+    // Each series of a histogram (its labels but `le`) has cumulative buckets ending in
+    // `+Inf`, which equals that series' `_count`.
     for (family, kind) in &types {
         if kind != "histogram" {
             continue;
         }
-        let buckets: Vec<&Sample> = samples
-            .iter()
-            .filter(|(n, _, _)| *n == format!("{family}_bucket"))
-            .collect();
-        let count = samples
-            .iter()
-            .find(|(n, _, _)| *n == format!("{family}_count"))
-            .map(|(_, _, v)| *v)
-            .ok_or(format!("{family}: no _count"))?;
-        let mut last = 0.0;
-        for (_, labels, value) in &buckets {
-            if !labels.contains_key("le") {
-                return Err(format!("{family}: bucket without le"));
+        let mut series: BTreeMap<BTreeMap<String, String>, Vec<(String, f64)>> = BTreeMap::new();
+        for (name, labels, value) in &samples {
+            if *name == format!("{family}_bucket") {
+                let mut key = labels.clone();
+                let le = key
+                    .remove("le")
+                    .ok_or(format!("{family}: bucket without le"))?;
+                series.entry(key).or_default().push((le, *value));
             }
-            if *value < last {
-                return Err(format!("{family}: buckets not cumulative"));
-            }
-            last = *value;
         }
-        match buckets.last() {
-            Some((_, labels, value)) if labels["le"] == "+Inf" && *value == count => {}
-            _ => return Err(format!("{family}: no +Inf bucket equal to _count")),
+        for (labels, buckets) in &series {
+            let count = samples
+                .iter()
+                .find(|(n, l, _)| *n == format!("{family}_count") && l == labels)
+                .map(|(_, _, v)| *v)
+                .ok_or(format!("{family}{labels:?}: no _count"))?;
+            let mut last = 0.0;
+            for (_, value) in buckets {
+                if *value < last {
+                    return Err(format!("{family}{labels:?}: buckets not cumulative"));
+                }
+                last = *value;
+            }
+            match buckets.last() {
+                Some((le, value)) if le == "+Inf" && *value == count => {}
+                _ => {
+                    return Err(format!(
+                        "{family}{labels:?}: no +Inf bucket equal to _count"
+                    ))
+                }
+            }
         }
     }
     Ok((samples, types))
@@ -554,8 +565,9 @@ fn parse_strict(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), S
 async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestResult {
     let calls = Calls::default();
     let upstream = small_origin(&calls).await;
-    let a = Proxy::start(&upstream, &["--admin-listen", "127.0.0.1:0"]).await;
-    let b = Proxy::start(&upstream, &["--admin-listen", "127.0.0.1:0"]).await;
+    let flags = ["--admin-listen", "127.0.0.1:0", "--cache-name", "edge-1"];
+    let a = Proxy::start(&upstream, &flags).await;
+    let b = Proxy::start(&upstream, &flags).await;
     let client = client();
     let mut histograms = Vec::new();
     for proxy in [&a, &b] {
@@ -566,20 +578,22 @@ async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestR
         let (samples, types) = parse_strict(&text).map_err(|e| format!("{e}\n{text}"))?;
         let hits: f64 = samples
             .iter()
-            .filter(|(n, l, _)| n == "tower_redis_cache_hits_total" && l["cache"] == "trc")
+            .filter(|(n, l, _)| n == "tower_redis_cache_hits_total" && l["cache"] == "edge-1")
             .map(|(_, _, v)| v)
             .sum();
         assert_eq!(hits, 1.0, "{text}");
         assert_eq!(
             types
-                .get("tower_redis_cache_hit_seconds")
+                .get("tower_redis_cache_request_seconds")
                 .map(String::as_str),
             Some("histogram"),
             "{text}"
         );
         let bounds: Vec<String> = samples
             .iter()
-            .filter(|(n, _, _)| n == "tower_redis_cache_hit_seconds_bucket")
+            .filter(|(n, l, _)| {
+                n == "tower_redis_cache_request_seconds_bucket" && l["outcome"] == "hit"
+            })
             .map(|(_, l, _)| l["le"].clone())
             .collect();
         assert!(bounds.len() > 5, "{bounds:?}");
@@ -591,7 +605,11 @@ async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestR
     let total_inf: f64 = histograms
         .iter()
         .flat_map(|(_, samples)| samples.iter())
-        .filter(|(n, l, _)| n == "tower_redis_cache_hit_seconds_bucket" && l["le"] == "+Inf")
+        .filter(|(n, l, _)| {
+            n == "tower_redis_cache_request_seconds_bucket"
+                && l["outcome"] == "hit"
+                && l["le"] == "+Inf"
+        })
         .map(|(_, _, v)| v)
         .sum();
     assert_eq!(total_inf, 2.0);

@@ -9,7 +9,8 @@ use fred::types::InfoKind;
 use std::time::{Duration, Instant};
 use support::*;
 use tower::Layer;
-use tower_redis_cache::{RedisStore, DEFAULT_NOTICE_CHANNEL};
+use tower_redis_cache::store::DEFAULT_NOTICE_CHANNEL;
+use tower_redis_cache::RedisStore;
 
 /// A pool as an application would build it: its own reconnect policy, connected.
 async fn app_pool(server: &RedisServer) -> Pool {

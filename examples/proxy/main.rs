@@ -74,7 +74,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tower::Layer;
-use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore, Stats};
+use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,7 +135,6 @@ async fn run(args: Args) -> Result<(), String> {
     let metrics = PrometheusBuilder::new()
         .set_buckets(&LATENCY_BUCKETS)
         .map_err(|e| format!("invalid histogram buckets: {e}"))?
-        .add_global_label("cache", args.prefix.clone())
         .install_recorder()
         .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
     describe_metrics();
@@ -169,6 +168,7 @@ async fn run(args: Args) -> Result<(), String> {
         .max_body_bytes(args.max_body_bytes)
         .max_fill_bytes(args.max_fill_bytes)
         .key_prefix(args.prefix.clone())
+        .cache_name(args.cache_name.clone())
         .read_timeout(Duration::from_millis(args.store_read_timeout_ms))
         .write_timeout(Duration::from_millis(args.store_write_timeout_ms))
         // GETs with content and upgrades are answered for their sender only (`sanitize`).
@@ -389,31 +389,8 @@ fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
     found.certs
 }
 
-/// Help texts for every metric the proxy exports: the cache's counters (one per `Stats`
-/// field) and latency histograms, and the proxy's own.
+/// Help texts for the proxy's own metrics (the layer registers its own when it is built).
 fn describe_metrics() {
-    for (field, _) in Stats::default().fields() {
-        metrics::describe_counter!(
-            format!("tower_redis_cache_{field}_total"),
-            format!("tower-redis-cache: Stats::{field} (see the crate docs of Stats)")
-        );
-    }
-    for (name, help) in [
-        (
-            "tower_redis_cache_hit_seconds",
-            "Time to answer from the cache (HIT, STALE).",
-        ),
-        (
-            "tower_redis_cache_forward_seconds",
-            "Time to answer requests that went to the origin (MISS, BYPASS, ...).",
-        ),
-        (
-            "tower_redis_cache_fill_seconds",
-            "Time the origin took to answer a fill.",
-        ),
-    ] {
-        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
-    }
     serve::describe_metrics();
     sanitize::describe_metrics();
 }

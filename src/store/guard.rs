@@ -99,11 +99,18 @@ impl GuardedStore {
             Err(_) => Err(StoreError::from_kind(StoreErrorKind::Timeout)),
         };
         match &result {
-            Ok(_) => self.breaker.success(),
+            Ok(_) => {
+                if self.breaker.success() {
+                    self.stats.breaker_open(false);
+                }
+            }
+            // A store without the operation is not failing: nothing to count or trip.
+            Err(error) if error.kind() == StoreErrorKind::Unsupported => {}
             Err(error) => {
                 self.stats.store_errors(1);
                 tracing::debug!(%error, "cache store call failed");
                 if self.breaker.failure() {
+                    self.stats.breaker_open(true);
                     tracing::warn!(%error, "cache store failing: skipping it for {} ms", self.breaker.cooldown_ms);
                 }
             }
@@ -122,6 +129,7 @@ impl GuardedStore {
         let value = self.call(self.read_timeout, self.store.get(key)).await?;
         if let Some(value) = &value {
             near.copies.put_now(key, value.clone(), near.ttl);
+            self.stats.near_bytes(near.copies.weighted_size());
         }
         Ok(value)
     }
@@ -141,6 +149,7 @@ impl GuardedStore {
             .await?;
         self.announce_change(near, key).await;
         near.copies.put_now(key, value, ttl.min(near.ttl));
+        self.stats.near_bytes(near.copies.weighted_size());
         Ok(())
     }
 
@@ -148,6 +157,18 @@ impl GuardedStore {
         let result = self.call(self.write_timeout, self.store.delete(key)).await;
         if let Some(near) = &self.near {
             near.copies.delete_now(key);
+            self.stats.near_bytes(near.copies.weighted_size());
+            self.announce_change(near, key).await;
+        }
+        result
+    }
+
+    /// Removes a value, saying whether there was one; near copies go too.
+    pub(crate) async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let result = self.call(self.write_timeout, self.store.remove(key)).await;
+        if let Some(near) = &self.near {
+            near.copies.delete_now(key);
+            self.stats.near_bytes(near.copies.weighted_size());
             self.announce_change(near, key).await;
         }
         result
@@ -166,6 +187,7 @@ impl GuardedStore {
         if let (Some(near), Some((key, value, ttl))) = (near, written) {
             self.announce_change(near, &key).await;
             near.copies.put_now(&key, value, ttl.min(near.ttl));
+            self.stats.near_bytes(near.copies.weighted_size());
         }
         Ok(())
     }
@@ -209,6 +231,91 @@ impl GuardedStore {
     pub(crate) fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         self.store.subscribe_fill(entry_key)
     }
+
+    /// Takes a lock with a token, for the typed face's named locks.
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.call(self.write_timeout, self.store.try_lock(key, token, ttl))
+            .await
+    }
+
+    /// Reads many values in as few round trips as the store can; near copies answer first.
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let Some(near) = &self.near else {
+            return self
+                .call(self.read_timeout, self.store.get_many(keys))
+                .await;
+        };
+        let mut values: Vec<Option<Bytes>> = keys.iter().map(|k| near.copies.get_now(k)).collect();
+        let (wanted, missing): (Vec<usize>, Vec<String>) = keys
+            .iter()
+            .zip(&values)
+            .enumerate()
+            .filter(|(_, (_, value))| value.is_none())
+            .map(|(index, (key, _))| (index, key.clone()))
+            .unzip();
+        self.stats
+            .near_hits(u64::try_from(keys.len().saturating_sub(wanted.len())).unwrap_or(0));
+        if wanted.is_empty() {
+            return Ok(values);
+        }
+        let fetched = self
+            .call(self.read_timeout, self.store.get_many(&missing))
+            .await?;
+        for (index, value) in wanted.into_iter().zip(fetched) {
+            if let (Some(value), Some(key)) = (&value, keys.get(index)) {
+                near.copies.put_now(key, value.clone(), near.ttl);
+                self.stats.near_bytes(near.copies.weighted_size());
+            }
+            if let Some(slot) = values.get_mut(index) {
+                *slot = value;
+            }
+        }
+        Ok(values)
+    }
+
+    /// Deletes every key starting with `prefix`, bounded by `timeout` (a walk over the
+    /// keyspace outlasts any per-request bound). Near copies here go too; other processes'
+    /// near copies live out their (short) ttl.
+    pub(crate) async fn delete_prefix(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<u64, StoreError> {
+        let deleted = self.call(timeout, self.store.delete_prefix(prefix)).await;
+        if let Some(near) = &self.near {
+            near.copies.delete_prefix_now(prefix);
+        }
+        deleted
+    }
+
+    /// Pings the store (through the breaker and the read timeout) and times the answer.
+    pub(crate) async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        self.call(self.read_timeout, self.store.ping()).await?;
+        Ok(started.elapsed())
+    }
+
+    /// Whether the store reports its connections up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.store.is_connected()
+    }
+
+    /// How long calls are still skipped for, when the breaker is open.
+    pub(crate) fn breaker_open_for(&self) -> Option<Duration> {
+        let until = self.breaker.open_until_ms.load(Relaxed);
+        let now = now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Consecutive failures counted by the breaker.
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.breaker.consecutive_failures.load(Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -230,10 +337,13 @@ impl Breaker {
         self.open_until_ms.load(Relaxed) <= now_ms()
     }
 
-    fn success(&self) {
-        if self.consecutive_failures.load(Relaxed) != 0 {
+    /// Records a success; `true` when it closed a breaker that had opened.
+    fn success(&self) -> bool {
+        let failures = self.consecutive_failures.load(Relaxed);
+        if failures != 0 {
             self.consecutive_failures.store(0, Relaxed);
         }
+        failures >= self.threshold
     }
 
     /// Records a failure; `true` when it opened the breaker.

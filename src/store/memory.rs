@@ -88,9 +88,30 @@ impl MemoryStore {
         self.entries.insert(key.to_owned(), Stored { value, ttl });
     }
 
+    /// About how many bytes of keys and values it holds (for the near tier's gauge).
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
     /// Removes a value without going through a future (for the near cache).
     pub(crate) fn delete_now(&self, key: &str) {
         self.entries.invalidate(key);
+    }
+
+    /// Removes every value whose key starts with `prefix`; a walk over every entry, like
+    /// Redis's `SCAN`. Returns how many were removed.
+    pub(crate) fn delete_prefix_now(&self, prefix: &str) -> u64 {
+        let matching: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| key)
+            .collect();
+        let removed = matching
+            .iter()
+            .filter(|key| self.entries.remove(key.as_str()).is_some())
+            .count();
+        u64::try_from(removed).unwrap_or(u64::MAX)
     }
 
     fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
@@ -165,5 +186,18 @@ impl Store for MemoryStore {
 
     fn listen(&self, listener: super::NoticeListener) {
         self.notices.listen(listener);
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        let values = keys.iter().map(|key| self.get_now(key)).collect();
+        Box::pin(std::future::ready(Ok(values)))
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(std::future::ready(Ok(self.entries.remove(key).is_some())))
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(std::future::ready(Ok(self.delete_prefix_now(prefix))))
     }
 }

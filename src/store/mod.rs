@@ -1,8 +1,13 @@
-//! Where entries live: the [`Store`] trait and its two implementations.
+//! Where values live: the [`Store`] trait, its two implementations, and what a custom store
+//! needs to implement it.
 //!
 //! The trait is small on purpose: plain get/put/delete, a token lock with expiry, and fill
-//! notices. Everything smarter (timeouts, the circuit breaker, counting) is done once, for every
-//! store, by the crate's guard around it, so a store implementation only talks to its backend.
+//! notices (plus, with defaults, the typed face's batch read, prefix delete and ping).
+//! Everything smarter (timeouts, the circuit breaker, counting, the near tier) is done once,
+//! for every store, by the crate's guard around it, so a store implementation only talks to
+//! its backend. The notice and lock plumbing ([`FillNotice`], [`FillNotices`], [`FillEnd`],
+//! [`LockAttempt`], [`NoticeListener`]) lives here rather than at the crate root: only a
+//! custom store needs it.
 
 mod guard;
 mod memory;
@@ -142,6 +147,48 @@ pub trait Store: Send + Sync + 'static {
     fn listen(&self, listener: NoticeListener) {
         let _ = listener;
     }
+    /// Reads many values, answering in the order of `keys` (`None` for a missing one). The
+    /// typed face's `get_many` rests on it, so a store should do it in as few round trips as
+    /// its backend allows (Redis: one `MGET` per cluster slot, sent together). The default
+    /// reads one key after another.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        Box::pin(async move {
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(self.get(key).await?);
+            }
+            Ok(values)
+        })
+    }
+    /// Deletes every key that starts with `prefix`, taken literally (no pattern characters),
+    /// and returns how many were deleted. It walks the whole keyspace (Redis: `SCAN`), so it
+    /// is an administrative operation, not one for every request. The default reports
+    /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported).
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        let _ = prefix;
+        Box::pin(std::future::ready(Err(StoreError::from_kind(
+            crate::error::StoreErrorKind::Unsupported,
+        ))))
+    }
+    /// Removes a value and says whether there was one (the typed face's `delete` reports
+    /// it). The default reads, then deletes, in two calls.
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let existed = self.get(key).await?.is_some();
+            self.delete(key).await?;
+            Ok(existed)
+        })
+    }
+    /// Checks that the store answers, for health checks. The default reads a key nobody
+    /// writes.
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.get("tower-redis-cache:ping").await.map(drop) })
+    }
+    /// Whether the store's connections are up, as far as it knows without asking (the
+    /// default: `true`, for stores without connections).
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// A shared store is a store: lets an application choose its store at run time
@@ -196,5 +243,20 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn listen(&self, listener: NoticeListener) {
         (**self).listen(listener)
+    }
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        (**self).get_many(keys)
+    }
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        (**self).delete_prefix(prefix)
+    }
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        (**self).remove(key)
+    }
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        (**self).ping()
+    }
+    fn is_connected(&self) -> bool {
+        (**self).is_connected()
     }
 }

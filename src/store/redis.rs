@@ -582,4 +582,135 @@ impl Store for RedisStore {
     fn listen(&self, listener: super::NoticeListener) {
         self.inner.notices.listen(listener);
     }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        Box::pin(async move {
+            let groups = slot_groups(self.inner.pool.is_clustered(), keys);
+            let commands = self.commands();
+            let replies = futures_util::future::try_join_all(groups.iter().map(|group| {
+                let group_keys: Vec<&str> = group.iter().map(|&(_, key)| key).collect();
+                let commands = &commands;
+                async move { commands.mget::<Value, _>(group_keys).await }
+            }))
+            .await?;
+            let mut values = vec![None; keys.len()];
+            for (group, reply) in groups.iter().zip(replies) {
+                let replies = match reply {
+                    Value::Array(items) => items,
+                    other => vec![other],
+                };
+                for (&(index, _), value) in group.iter().zip(replies) {
+                    if let Some(slot) = values.get_mut(index) {
+                        *slot = value.into_bytes();
+                    }
+                }
+            }
+            Ok(values)
+        })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            use fred::types::scan::Scanner;
+            use futures_util::{future::Either, TryStreamExt};
+            self.ensure_connected()?;
+            let pattern = format!("{}*", escape_glob(prefix));
+            let client = self.inner.pool.next();
+            let clustered = client.is_clustered();
+            let mut pages = if clustered {
+                // `SCAN` on every primary, through fred's cached slot map (fetched first: a
+                // fresh connection may not have it yet).
+                client.sync_cluster().await?;
+                Either::Left(client.scan_cluster(pattern, Some(SCAN_COUNT), None))
+            } else {
+                Either::Right(client.scan(pattern, Some(SCAN_COUNT), None))
+            };
+            let mut deleted = 0u64;
+            while let Some(mut page) = pages.try_next().await? {
+                let keys: Vec<String> = page
+                    .take_results()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|key| key.as_str().map(str::to_owned))
+                    .collect();
+                // One page of a cluster comes from one node but spans slots: `UNLINK` each
+                // slot's keys, together.
+                let groups = slot_groups(clustered, &keys);
+                let commands = self.commands();
+                let unlinked = futures_util::future::try_join_all(groups.iter().map(|group| {
+                    let group_keys: Vec<&str> = group.iter().map(|&(_, key)| key).collect();
+                    let commands = &commands;
+                    async move { commands.unlink::<i64, _>(group_keys).await }
+                }))
+                .await?;
+                let page_deleted: i64 = unlinked.iter().sum();
+                deleted = deleted.saturating_add(u64::try_from(page_deleted).unwrap_or(0));
+                page.next();
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move { Ok(self.commands().unlink::<i64, _>(key).await? > 0) })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(RedisStore::ping(self))
+    }
+
+    fn is_connected(&self) -> bool {
+        RedisStore::is_connected(self)
+    }
+}
+
+/// Keys asked of `SCAN` per page: large enough that a big keyspace takes few round trips,
+/// small enough that one page's `UNLINK` stays short.
+const SCAN_COUNT: u32 = 1_000;
+
+/// Escapes Redis glob characters (`* ? [ ] \`), so a literal prefix matches only itself.
+fn escape_glob(literal: &str) -> String {
+    let mut escaped = String::with_capacity(literal.len() + 8);
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The keys (with their positions) of each multi-key command: all in one on a single server;
+/// one group per hash slot on a cluster, where a command's keys must share a slot.
+fn slot_groups(clustered: bool, keys: &[String]) -> Vec<Vec<(usize, &str)>> {
+    let indexed = keys.iter().map(String::as_str).enumerate();
+    if !clustered {
+        let all: Vec<_> = indexed.collect();
+        return if all.is_empty() {
+            Vec::new()
+        } else {
+            vec![all]
+        };
+    }
+    let mut by_slot: std::collections::BTreeMap<u16, Vec<(usize, &str)>> = Default::default();
+    for (index, key) in indexed {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        by_slot.entry(slot).or_default().push((index, key));
+    }
+    by_slot.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_are_escaped_and_slots_group_keys() {
+        assert_eq!(escape_glob(r"user:1*a?[b]\c"), r"user:1\*a\?\[b\]\\c");
+        let keys: Vec<String> = ["a{x}", "b{x}", "c{y}"].map(String::from).to_vec();
+        let groups = slot_groups(true, &keys);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(slot_groups(false, &keys).len(), 1);
+        assert!(slot_groups(false, &[]).is_empty());
+    }
 }

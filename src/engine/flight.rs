@@ -6,38 +6,50 @@
 //! answering credentials) cannot reach another client through coalescing. A flight stays
 //! registered until its fill has finished writing, so a request arriving meanwhile is served
 //! the new entry instead of starting a second fill.
+//!
+//! The flights are generic over what a fill hands its followers (`V`): the HTTP face shares
+//! `Arc<Entry>` (through the aliases in `context`), the
+//! typed face shares the stored bytes or the loader's error.
 
-use crate::entry::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
 /// What a flight ended with.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome {
+pub(crate) enum Outcome<V> {
     /// Still running.
     Pending,
     /// The fill stored this entry: serve it (if the follower's variant matches).
-    Stored(Arc<Entry>),
+    Stored(V),
     /// The origin failed and this stale entry was served instead (stale-if-error).
-    Stale(Arc<Entry>),
+    Stale(V),
     /// Nothing shareable came of it: each follower asks the origin itself.
     GoToOrigin,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Flights {
-    running: Mutex<HashMap<u128, watch::Receiver<Outcome>>>,
+#[derive(Debug)]
+pub(crate) struct Flights<V> {
+    running: Mutex<HashMap<u128, watch::Receiver<Outcome<V>>>>,
 }
 
-pub(crate) enum Role {
-    Leader(Leader),
-    Follower(Follower),
+// By hand: a derive would demand `V: Default`, which no outcome needs.
+impl<V> Default for Flights<V> {
+    fn default() -> Self {
+        Self {
+            running: Mutex::default(),
+        }
+    }
 }
 
-impl Flights {
+pub(crate) enum Role<V> {
+    Leader(Leader<V>),
+    Follower(Follower<V>),
+}
+
+impl<V: Clone> Flights<V> {
     /// Joins the flight for `key`, starting it when there is none.
-    pub(crate) fn join(self: &Arc<Self>, key: u128) -> Role {
+    pub(crate) fn join(self: &Arc<Self>, key: u128) -> Role<V> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(receiver) = running.get(&key) {
             return Role::Follower(Follower {
@@ -55,7 +67,7 @@ impl Flights {
     }
 
     /// Follows the flight for `key` if one is running; never starts one.
-    pub(crate) fn follow(&self, key: u128) -> Option<Follower> {
+    pub(crate) fn follow(&self, key: u128) -> Option<Follower<V>> {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         running.get(&key).map(|receiver| Follower {
             receiver: receiver.clone(),
@@ -73,20 +85,20 @@ impl Flights {
 
 /// The request that runs the fill. Dropping it ends the flight; followers of a flight that was
 /// never resolved (the fill panicked or was aborted) go to the origin themselves.
-pub(crate) struct Leader {
-    flights: Arc<Flights>,
+pub(crate) struct Leader<V> {
+    flights: Arc<Flights<V>>,
     key: u128,
-    sender: watch::Sender<Outcome>,
-    receiver: watch::Receiver<Outcome>,
+    sender: watch::Sender<Outcome<V>>,
+    receiver: watch::Receiver<Outcome<V>>,
 }
 
-impl Leader {
-    pub(crate) fn resolve(&self, outcome: Outcome) {
+impl<V> Leader<V> {
+    pub(crate) fn resolve(&self, outcome: Outcome<V>) {
         self.sender.send_replace(outcome);
     }
 }
 
-impl Drop for Leader {
+impl<V> Drop for Leader<V> {
     fn drop(&mut self) {
         let mut running = self
             .flights
@@ -102,13 +114,13 @@ impl Drop for Leader {
     }
 }
 
-pub(crate) struct Follower {
-    receiver: watch::Receiver<Outcome>,
+pub(crate) struct Follower<V> {
+    receiver: watch::Receiver<Outcome<V>>,
 }
 
-impl Follower {
+impl<V: Clone> Follower<V> {
     /// Waits for the leader's outcome. Unbounded: race it against a deadline.
-    pub(crate) async fn outcome(mut self) -> Outcome {
+    pub(crate) async fn outcome(mut self) -> Outcome<V> {
         match self
             .receiver
             .wait_for(|o| !matches!(o, Outcome::Pending))
@@ -126,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_leader_followers_share_its_outcome_and_the_flight_ends_with_it() {
-        let flights = Arc::new(Flights::default());
+        let flights: Arc<Flights<u8>> = Arc::new(Flights::default());
         let Role::Leader(leader) = flights.join(7) else {
             panic!("first is leader")
         };
@@ -143,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_dropped_unresolved_sends_followers_to_the_origin() {
-        let flights = Arc::new(Flights::default());
+        let flights: Arc<Flights<u8>> = Arc::new(Flights::default());
         let leader = flights.join(1);
         let Role::Follower(follower) = flights.join(1) else {
             panic!("second follows")

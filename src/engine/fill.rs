@@ -1,0 +1,305 @@
+//! One fill per key across the fleet: the fill lock, waiting for another's fill, takeover,
+//! extension while loading, and the fill's end in one store call (design §6).
+//!
+//! The protocol, for callers that already lead the fill in their own process (in-process
+//! single flight, `crate::engine::flight`, comes first and is the caller's):
+//!
+//! 1. [`acquire_or_wait`] subscribes to the entry's fill notices, then takes the lock unless
+//!    the entry holds a value (the store's lock-or-read, one round trip), so a fill that ended
+//!    between the caller's lookup and its lock attempt is found rather than repeated. A value
+//!    whose stamp (bytes 4..12) equals `seen` counts as absent: it is the stale value the
+//!    caller is refreshing.
+//! 2. When the lock is held elsewhere, it waits, bounded by the caller's wait: a `Stored`
+//!    notice or a poll tick re-reads the entry, a `NotStorable` notice ends the wait. Each
+//!    poll tick also retries the lock, taking it over when its holder let it expire.
+//! 3. The holder gets a [`Lease`], which extends the lock every third of its ttl while the
+//!    caller loads, and [`finish`] ends the fill: write, notice, compare-and-delete unlock in
+//!    one store call. A lease dropped unfinished releases the lock in a spawned task.
+//!
+//! Values met on the way are judged by the caller ([`Judge`]): only it knows whether bytes
+//! are a usable answer for it (fresh, decodable, the right variant) or a marker. The engine
+//! never decodes anything, so the HTTP face and the typed face share this code.
+//!
+//! How the HTTP face's `fill.rs` maps onto it: `FillKeys { entry: key.entry_key(), lock:
+//! key.lock_key(), flight: key.flight() }`; `wait: Some(lock_wait)` for a request and `None`
+//! for a background refresh (its `Busy`); `seen` the stale entry's `stored_at_ms` bytes; the
+//! judge is today's `found` (an entry fresh for this request's variant is `Usable`, a vary
+//! index is resolved inside `judge`, a hit-for-miss marker is `Load`, an expired entry is
+//! `Wait`); `Lead(lease)` replaces `held` + `token` + `extend_while_filling`, and [`finish`]
+//! the closing `finish_fill` with its unlock fallback. Counted the same: `lock_waits`,
+//! `lock_timeouts`, `lock_takeovers`.
+
+use super::Engine;
+use crate::error::StoreError;
+use crate::store::{FillEnd, FillNotice, LockAttempt};
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The keys of one fill. The entry key and lock key must share a cluster slot (a hash tag):
+/// the store's lock-or-read and finish scripts touch both.
+#[derive(Debug, Clone)]
+pub(crate) struct FillKeys {
+    /// Where the value lives; fill notices are sent for this key.
+    pub(crate) entry: String,
+    /// The fill lock.
+    pub(crate) lock: String,
+    /// The in-process single-flight id (`crate::engine::flight::Flights`), derived by the caller.
+    pub(crate) flight: u128,
+}
+
+/// What a value found under the entry key means to the caller.
+#[derive(Debug)]
+pub(crate) enum Judged<V> {
+    /// A finished fill's value: done, no load needed.
+    Usable(V),
+    /// Not (yet) an answer, e.g. an expired value: keep waiting for the fill. Found instead
+    /// of the lock, it means load without waiting.
+    Wait,
+    /// A marker or a value that will not do (hit-for-miss, a foreign writer): stop waiting
+    /// and load without the lock.
+    Load,
+}
+
+/// Judges the values a fill meets: found instead of the lock, or re-read while waiting.
+pub(crate) trait Judge: Send + Sync {
+    /// What a usable value becomes (a decoded entry, a typed value with its bytes).
+    type Value: Send;
+    /// Judges `value`, read under the entry key. May read more (a variant behind an index).
+    fn judge(&self, value: Bytes) -> impl Future<Output = Judged<Self::Value>> + Send;
+}
+
+/// What [`acquire_or_wait`] settled on.
+pub(crate) enum Acquire<V> {
+    /// The lock is held: load, then [`finish`] with the lease.
+    Lead(Lease),
+    /// Another's fill ended with this usable value.
+    Filled(V),
+    /// Load without the lock: another's fill ended unshareable (`NotStorable`), the wait ran
+    /// out, or what was found will not do. The result may still be written.
+    Load,
+    /// The lock is held elsewhere and the caller does not wait (a background refresh).
+    Busy,
+    /// The store is failing: load without the lock (fail-open); the write is tried anyway.
+    StoreDown,
+}
+
+/// What a fill asks of [`acquire_or_wait`].
+pub(crate) struct FillRequest<'a, J> {
+    pub(crate) keys: &'a FillKeys,
+    /// How long to wait for another's fill; `None` does not wait (answers [`Acquire::Busy`]).
+    pub(crate) wait: Option<Duration>,
+    /// The stamp (bytes 4..12) of the stale value this fill refreshes: finding it again is
+    /// not finding a fill.
+    pub(crate) seen: Option<[u8; 8]>,
+    pub(crate) judge: &'a J,
+}
+
+/// Takes the fill lock, or waits (bounded) for its holder's fill; see the module docs.
+pub(crate) async fn acquire_or_wait<J: Judge>(
+    engine: &Arc<Engine>,
+    request: FillRequest<'_, J>,
+) -> Acquire<J::Value> {
+    let FillRequest {
+        keys,
+        wait,
+        seen,
+        judge,
+    } = request;
+    let store = &engine.store;
+    let lock_ttl = engine.fills.lock_ttl;
+    let token = lock_token();
+    // Subscribe before trying the lock, so a notice sent in between is not missed.
+    let mut waiter = store.subscribe_fill(&keys.entry);
+    let attempt = store.try_lock_or_read(&keys.entry, &keys.lock, &token, lock_ttl, seen);
+    match attempt.await {
+        Ok(LockAttempt::Acquired) => return Acquire::Lead(Lease::new(engine, keys, token)),
+        Ok(LockAttempt::Found(value)) => return found(judge, value).await,
+        Ok(LockAttempt::Held) => {}
+        Err(_) => return Acquire::StoreDown,
+    }
+    let Some(wait) = wait else {
+        return Acquire::Busy;
+    };
+    engine.stats.lock_waits(1);
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    let max_poll = (lock_ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(200));
+    let mut poll = Duration::from_millis(10).min(max_poll);
+    loop {
+        let polled = tokio::select! {
+            notice = waiter.notice() => match notice {
+                FillNotice::NotStorable => return Acquire::Load,
+                FillNotice::Stored | FillNotice::Changed => false,
+            },
+            () = tokio::time::sleep(poll) => true,
+            () = &mut deadline => {
+                engine.stats.lock_timeouts(1);
+                return Acquire::Load;
+            }
+        };
+        match store.get(&keys.entry).await {
+            Ok(Some(value)) => match judge.judge(value).await {
+                Judged::Usable(value) => return Acquire::Filled(value),
+                Judged::Load => return Acquire::Load,
+                Judged::Wait => {}
+            },
+            Ok(None) => {}
+            Err(_) => return Acquire::StoreDown,
+        }
+        if polled {
+            let attempt = store.try_lock_or_read(&keys.entry, &keys.lock, &token, lock_ttl, seen);
+            match attempt.await {
+                Ok(LockAttempt::Acquired) => {
+                    engine.stats.lock_takeovers(1);
+                    return Acquire::Lead(Lease::new(engine, keys, token));
+                }
+                Ok(LockAttempt::Found(value)) => return found(judge, value).await,
+                Ok(LockAttempt::Held) => {}
+                Err(_) => return Acquire::StoreDown,
+            }
+            poll = (poll * 2).min(max_poll);
+        }
+    }
+}
+
+/// A value found instead of the lock: a usable one is a finished fill; anything else is not
+/// worth waiting for.
+async fn found<J: Judge>(judge: &J, value: Bytes) -> Acquire<J::Value> {
+    match judge.judge(value).await {
+        Judged::Usable(value) => Acquire::Filled(value),
+        Judged::Wait | Judged::Load => Acquire::Load,
+    }
+}
+
+/// The held fill lock: extended while the caller loads, released by [`finish`] (or, if
+/// dropped unfinished, in a spawned task).
+pub(crate) struct Lease {
+    engine: Arc<Engine>,
+    lock: String,
+    token: String,
+    /// Keeps the lock alive while a slow load runs, so nobody else loads meanwhile.
+    _extender: AbortOnDrop,
+    finished: bool,
+}
+
+impl Lease {
+    fn new(engine: &Arc<Engine>, keys: &FillKeys, token: String) -> Self {
+        let extender = extend_while_held(Arc::clone(engine), keys.lock.clone(), token.clone());
+        Self {
+            engine: Arc::clone(engine),
+            lock: keys.lock.clone(),
+            token,
+            _extender: extender,
+            finished: false,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // The fill was abandoned (its task cancelled, its loader panicked): let the others go
+        // now rather than after the lock's expiry.
+        let (engine, lock, token) = (
+            Arc::clone(&self.engine),
+            std::mem::take(&mut self.lock),
+            std::mem::take(&mut self.token),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = engine.store.unlock(&lock, &token).await;
+            });
+        }
+    }
+}
+
+/// How a fill's value is written by [`finish`].
+#[derive(Debug)]
+pub(crate) struct FillWrite<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) value: Bytes,
+    /// How long the store keeps it.
+    pub(crate) keep: Duration,
+    /// Write only where nothing is stored (a hit-for-miss marker, which must never replace a
+    /// value others are served).
+    pub(crate) only_if_absent: bool,
+}
+
+impl<'a> FillWrite<'a> {
+    /// A value that replaces whatever the key holds.
+    pub(crate) fn value(key: &'a str, value: Bytes, keep: Duration) -> Self {
+        Self {
+            key,
+            value,
+            keep,
+            only_if_absent: false,
+        }
+    }
+}
+
+/// Ends a fill in one store call: the optional write, the notice to every waiter for `entry_key`, and the lease's release. Without a
+/// lease (the fill ran unlocked) there is nothing to release. When the call fails, the lock is
+/// still released on its own, so waiters go at once rather than at its expiry.
+pub(crate) async fn finish(
+    engine: &Engine,
+    lease: Option<Lease>,
+    write: Option<FillWrite<'_>>,
+    notice: (&str, FillNotice),
+) -> Result<(), StoreError> {
+    let only_if_absent = write.as_ref().is_some_and(|w| w.only_if_absent);
+    let end = FillEnd {
+        write: write.map(|w| (w.key, w.value, w.keep)),
+        only_if_absent,
+        notice,
+        unlock: lease
+            .as_ref()
+            .map(|lease| (lease.lock.as_str(), lease.token.as_str())),
+    };
+    let result = engine.store.finish_fill(end).await;
+    if let Some(mut lease) = lease {
+        if result.is_err() {
+            let _ = engine.store.unlock(&lease.lock, &lease.token).await;
+        }
+        lease.finished = true;
+    }
+    result
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Extends the lock every third of its ttl until dropped, or until the lock is lost.
+fn extend_while_held(engine: Arc<Engine>, lock: String, token: String) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let ttl = engine.fills.lock_ttl;
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            match engine.store.extend_lock(&lock, &token, ttl).await {
+                Ok(true) => {}
+                // Lost or unreachable: stop; the fill completes without the lock.
+                _ => break,
+            }
+        }
+    }))
+}
+
+/// A token no other lock holder has: per-process random keys mixed with a counter.
+pub(crate) fn lock_token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Relaxed);
+    let high = RandomState::new().hash_one(n);
+    let low = RandomState::new().hash_one((n, std::process::id()));
+    format!("{high:016x}{low:016x}")
+}

@@ -1,0 +1,103 @@
+//! The engine: keyed byte values with lifetimes, shared by both faces.
+//!
+//! Both faces (the HTTP layer and the typed [`Cache`](crate::Cache)) turn their own values into
+//! bytes under keys they derive; the engine owns what is common to them and knows nothing of
+//! HTTP or of serde: the store behind its fail-open guard (timeouts, circuit breaker, counting,
+//! the optional near tier), the counters, the work running off the caller's path, and the fill
+//! protocol ([`fill`]: one load per key across the fleet).
+//!
+//! An [`Engine`] is shared through an `Arc`, so a layer and a typed cache built from it share
+//! one connection pool, one lock protocol and one set of counters.
+
+pub(crate) mod background;
+pub(crate) mod fill;
+pub(crate) mod flight;
+
+use crate::engine::background::{Background, Running};
+use crate::stats::Counters;
+use crate::store::GuardedStore;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// A byte count as semaphore permits (saturating at the most a semaphore holds).
+fn permits(bytes: u64) -> usize {
+    usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// How fills coordinate across the fleet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillSettings {
+    /// How long a fill lock lives unless extended (it is extended every third of this while
+    /// its holder loads, so it only runs out when the holder died).
+    pub(crate) lock_ttl: Duration,
+    /// The longest a caller waits for another process's fill before loading itself.
+    pub(crate) lock_wait: Duration,
+}
+
+/// The core both faces call: a guarded store, counters, background work, fill settings.
+pub(crate) struct Engine {
+    /// Every store call goes through the guard, so the fail-open rules hold for both faces.
+    pub(crate) store: GuardedStore,
+    pub(crate) stats: Arc<Counters>,
+    /// Fills and refreshes running off the caller's path, so callers can wait for them.
+    pub(crate) background: Arc<Background>,
+    pub(crate) fills: FillSettings,
+    /// Bounds the store writes in flight, so a slow store cannot pile up buffered values.
+    pub(crate) writes: Arc<Semaphore>,
+    /// Bounds the bytes buffered by fills in flight (one permit per byte), so many large
+    /// fills at once (clients asking for many big URLs and hanging up) cannot make the
+    /// process hold more than the budget.
+    pub(crate) fill_bytes: Arc<Semaphore>,
+}
+
+/// The default of [`CacheLayerBuilder::max_fill_bytes`](crate::CacheLayerBuilder::max_fill_bytes):
+/// 256 MiB.
+pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
+
+/// The default bound on store writes in flight.
+pub(crate) const DEFAULT_PENDING_WRITES: usize = 1024;
+
+impl Engine {
+    pub(crate) fn new(
+        store: GuardedStore,
+        stats: Arc<Counters>,
+        background: Arc<Background>,
+        fills: FillSettings,
+    ) -> Self {
+        Self {
+            store,
+            stats,
+            background,
+            fills,
+            writes: Arc::new(Semaphore::new(DEFAULT_PENDING_WRITES)),
+            fill_bytes: Arc::new(Semaphore::new(permits(DEFAULT_MAX_FILL_BYTES))),
+        }
+    }
+
+    /// Sets the write and fill-byte budgets (validated by the caller: both positive).
+    pub(crate) fn with_budgets(mut self, writes: usize, fill_bytes: u64) -> Self {
+        self.writes = Arc::new(Semaphore::new(writes.min(Semaphore::MAX_PERMITS)));
+        self.fill_bytes = Arc::new(Semaphore::new(permits(fill_bytes)));
+        self
+    }
+
+    /// Runs `work` in its own task, counted as background work until it ends, inside the
+    /// caller's tracing span (else its events would not be counted towards that span).
+    pub(crate) fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let running: Running = self.background.start();
+        let work = async move {
+            let output = work.await;
+            drop(running);
+            output
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(work))
+    }
+}

@@ -1,0 +1,107 @@
+//! Reading what the store holds for a request: the entry, or the vary index and then the
+//! variant; decoding it (a value that does not decode is deleted and counted); and what a
+//! miss carries from the lookup to the fill.
+
+use crate::context::Shared;
+use crate::entry::{self, Entry, VaryIndex};
+use crate::headers::Fwd;
+use crate::key::{self, CacheKey};
+use crate::policy::RequestClass;
+use http::HeaderMap;
+use std::sync::Arc;
+
+/// What a miss carries from the lookup to the fill.
+pub(crate) struct MissContext {
+    /// What the request is, as classified once on arrival.
+    pub(crate) class: RequestClass,
+    /// A stored entry that may not be served as is: revalidated with the origin, and served
+    /// if the origin fails within its stale-if-error window.
+    pub(crate) stale: Option<Arc<Entry>>,
+    /// Why the request goes forward, for `Cache-Status`.
+    pub(crate) fwd: Fwd,
+    /// The resource's vary index, when it has one.
+    pub(crate) index: Option<VaryIndex>,
+}
+
+/// What the store holds for a request.
+pub(crate) enum Lookup {
+    Found(Entry),
+    HitForMiss,
+    Missing,
+    /// The resource varies, and nothing is stored for this request's variant.
+    VaryMiss,
+    /// The store failed, timed out or is skipped by the breaker.
+    Unavailable,
+}
+
+/// Finds the entry for a request: one read for a resource that does not vary, two (index,
+/// then variant) for one that does. Returns the key the entry lives under (the variant's key
+/// when the resource varies) and the index, if any.
+pub(crate) async fn resolve(
+    shared: &Shared,
+    key: CacheKey,
+    request: &HeaderMap,
+) -> (CacheKey, Option<VaryIndex>, Lookup) {
+    match read(shared, key.primary_key()).await {
+        Read::Index(index) => {
+            let variant = key::variant_hash(index.names.split(','), request);
+            let key = key.variant(index.generation, variant);
+            let found = match read(shared, key.entry_key()).await {
+                Read::Entry(entry) if entry.matches(request) => Lookup::Found(entry),
+                Read::HitForMiss => Lookup::HitForMiss,
+                Read::Unavailable => Lookup::Unavailable,
+                Read::Entry(_) | Read::Index(_) | Read::Missing => Lookup::VaryMiss,
+            };
+            (key, Some(index), found)
+        }
+        Read::Entry(entry) if entry.matches(request) => (key, None, Lookup::Found(entry)),
+        Read::Entry(_) => (key, None, Lookup::VaryMiss),
+        Read::HitForMiss => (key, None, Lookup::HitForMiss),
+        Read::Missing => (key, None, Lookup::Missing),
+        Read::Unavailable => (key, None, Lookup::Unavailable),
+    }
+}
+
+/// What one stored value is.
+pub(crate) enum Read {
+    Entry(Entry),
+    Index(VaryIndex),
+    HitForMiss,
+    Missing,
+    Unavailable,
+}
+
+/// Reads and decodes one value. A value that does not decode is deleted, counted as corrupt
+/// and reported missing, so one bad write cannot keep failing requests.
+pub(crate) async fn read(shared: &Shared, key: &str) -> Read {
+    match shared.engine.store.get(key).await {
+        Err(_) => Read::Unavailable,
+        Ok(None) => Read::Missing,
+        Ok(Some(bytes)) => interpret(shared, key, bytes).await,
+    }
+}
+
+/// What a value read from `key` is: an entry, a vary index, a hit-for-miss marker, or
+/// corrupt (then deleted, counted, and reported missing).
+pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -> Read {
+    if bytes == entry::HIT_FOR_MISS {
+        return Read::HitForMiss;
+    }
+    let decoded = if VaryIndex::is_index(&bytes) {
+        VaryIndex::decode(&bytes)
+            .map(Read::Index)
+            .ok_or(entry::DecodeError::InvalidHttp)
+    } else {
+        entry::decode(bytes).map(Read::Entry)
+    };
+    match decoded {
+        Ok(read) => read,
+        Err(error) => {
+            shared.engine.stats.corrupt(1);
+            tracing::warn!(key, %error, "deleting corrupt cache entry");
+            // Best effort: a failure is counted by the guard; the value is missing either way.
+            let _ = shared.engine.store.delete(key).await;
+            Read::Missing
+        }
+    }
+}
