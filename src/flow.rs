@@ -43,9 +43,12 @@ where
     );
     let (parts, body) = request.into_parts();
     let key = match class {
-        RequestClass::Unsafe => {
+        // An unsafe request naming two authorities is forwarded without invalidating: its
+        // invalidation could otherwise reach entries of a host the origin was not asked about.
+        RequestClass::Unsafe if policy::authority_agrees(&parts.uri, &parts.headers) => {
             return Box::pin(forward_and_invalidate(&shared, inner, parts, body)).await
         }
+        RequestClass::Unsafe => None,
         RequestClass::Bypass => None,
         _ => shared.keys.derive(&parts),
     };

@@ -1,7 +1,7 @@
 //! Canonical request keys (design §3).
 //!
-//! A request is reduced to `GET \n authority \n path \n query` (HEAD shares GET's class, so a
-//! HEAD is answered from the GET entry), hashed with xxh3-128 and laid out as
+//! A request is reduced to `GET \n scheme \n authority \n path \n ?query` (HEAD shares
+//! GET's class, so a HEAD is answered from the GET entry), hashed with xxh3-128 and laid out as
 //! `{prefix}:{<32 hex digits>}:e`. A fixed-length hex hash keeps user input (globs, separators,
 //! huge URLs) out of Redis key names, and the `{…}` hash tag puts an entry and its lock in one
 //! Redis Cluster slot so they can be used together in one script.
@@ -127,6 +127,13 @@ impl KeyMaker {
     fn canonical_hash(&self, parts: &Parts) -> u128 {
         let mut hasher = Xxh3::new();
         hasher.update(b"GET\n");
+        // The scheme the client used (an `https` page may differ from the `http` one, e.g. a
+        // redirect to https); an origin-form target counts as `http`.
+        update_lowercase(
+            &mut hasher,
+            parts.uri.scheme_str().unwrap_or("http").as_bytes(),
+        );
+        hasher.update(b"\n");
         let authority = parts
             .uri
             .authority()
@@ -137,9 +144,16 @@ impl KeyMaker {
         hasher.update(b"\n");
         hasher.update(parts.uri.path().as_bytes());
         hasher.update(b"\n");
+        // `?` marks a query, so `/x?` and `/x` stay apart.
         match parts.uri.query() {
-            Some(query) if self.normalize_query => update_sorted_query(&mut hasher, query),
-            Some(query) => hasher.update(query.as_bytes()),
+            Some(query) if self.normalize_query => {
+                hasher.update(b"?");
+                update_sorted_query(&mut hasher, query);
+            }
+            Some(query) => {
+                hasher.update(b"?");
+                hasher.update(query.as_bytes());
+            }
             None => {}
         }
         hasher.digest128()
@@ -155,22 +169,18 @@ fn update_lowercase(hasher: &mut Xxh3, bytes: &[u8]) {
     }
 }
 
-/// Hashes the query with its parameters sorted by name, then value, and empty ones dropped,
-/// so `?b=2&a=1` and `?a=1&b=2` name the same resource.
+/// Hashes the query with its parameters sorted by name, so `?b=2&a=1` and `?a=1&b=2` name the
+/// same resource. Nothing else is merged: the sort is stable, so repeated names keep their
+/// order (`?id=1&id=2` and `?id=2&id=1` can get different answers from a last-wins origin),
+/// and each parameter is hashed as written (`a` is not `a=`, an empty one is kept).
 fn update_sorted_query(hasher: &mut Xxh3, query: &str) {
-    let mut pairs: Vec<(&str, &str)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect();
-    pairs.sort_unstable();
-    for (i, (name, value)) in pairs.iter().enumerate() {
+    let mut pairs: Vec<&str> = query.split('&').collect();
+    pairs.sort_by_key(|pair| pair.split_once('=').map_or(*pair, |(name, _)| name));
+    for (i, pair) in pairs.iter().enumerate() {
         if i > 0 {
             hasher.update(b"&");
         }
-        hasher.update(name.as_bytes());
-        hasher.update(b"=");
-        hasher.update(value.as_bytes());
+        hasher.update(pair.as_bytes());
     }
 }
 
@@ -186,11 +196,23 @@ pub(crate) fn vary_names(headers: &http::HeaderMap) -> impl Iterator<Item = &str
         .filter(|n| !n.is_empty())
 }
 
+/// Request fields defined as comma-separated lists (RFC 9110), whose field lines may be
+/// combined and whose elements' surrounding whitespace carries no meaning.
+const LIST_FIELDS: [&str; 4] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+];
+
 /// A hash of the request's values for the headers a response varies on; 0 means "no Vary".
 ///
-/// Values are normalised only as RFC 9111 §4.1 allows for any field: all field lines are
-/// combined into one list and the optional whitespace around its elements is dropped, so
-/// `gzip, br` and `gzip,br` select the same variant; case and order are kept.
+/// For the list-based `Accept*` fields, values are normalised as RFC 9111 §4.1 allows: all
+/// field lines are combined into one list and the optional whitespace around its elements is
+/// dropped, so `gzip, br` and `gzip,br` select the same variant. Every other field is hashed
+/// line by line, exactly: a singleton field such as `User-Agent` or `Cookie` sent as two lines
+/// (which an origin reading only the first would answer differently) never hashes like the
+/// one line an innocent client sends. Case and order are kept.
 pub(crate) fn variant_hash<'a>(
     names: impl Iterator<Item = &'a str>,
     request: &http::HeaderMap,
@@ -200,10 +222,16 @@ pub(crate) fn variant_hash<'a>(
         let hasher = hasher.get_or_insert_with(Xxh3::new);
         update_lowercase(hasher, name.as_bytes());
         hasher.update(b":");
+        let list = LIST_FIELDS.iter().any(|l| l.eq_ignore_ascii_case(name));
         for value in request.get_all(name) {
-            for element in value.as_bytes().split(|b| *b == b',') {
-                hasher.update(element.trim_ascii());
-                hasher.update(b",");
+            if list {
+                for element in value.as_bytes().split(|b| *b == b',') {
+                    hasher.update(element.trim_ascii());
+                    hasher.update(b",");
+                }
+            } else {
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(value.as_bytes());
             }
         }
         hasher.update(b"\n");
@@ -272,6 +300,24 @@ mod tests {
         assert_ne!(
             key(&off, "GET", "/?a=1&b=2", None),
             key(&off, "GET", "/?b=2&a=1", None)
+        );
+        // Only the order of different names is normalised: nothing else is merged.
+        for (one, other) in [
+            ("/?id=1&id=2", "/?id=2&id=1"),
+            ("/?a", "/?a="),
+            ("/?a=1&&b=2", "/?a=1&b=2"),
+            ("/x?", "/x"),
+        ] {
+            assert_ne!(
+                key(&on, "GET", one, None),
+                key(&on, "GET", other, None),
+                "{one}"
+            );
+        }
+        assert_ne!(
+            key(&on, "GET", "https://a.example/", None),
+            key(&on, "GET", "http://a.example/", None),
+            "the scheme is keyed"
         );
     }
 

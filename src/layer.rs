@@ -353,10 +353,13 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// The most response bytes all fills in flight may buffer together (default 256 MiB).
-    /// A fill that would go past it stops buffering: its response streams through to its
-    /// client uncached (`Cache-Status: …; detail=fill-budget`, counted in
-    /// `fills_over_budget`). Bounds memory when many large misses run at once.
+    /// The most memory all fills in flight may hold together (default 256 MiB). Each byte a
+    /// fill buffers is counted three times, for the copies that exist at once at a fill's
+    /// peak (the body as read, the encoded entry, the store client's write buffer), so the
+    /// bytes of body buffered at once stay under a third of it. A fill that would go past it
+    /// stops buffering: its response streams through to its client uncached
+    /// (`Cache-Status: …; detail=fill-budget`, counted in `fills_over_budget`). Bounds memory
+    /// when many large misses run at once (clients asking for many big URLs and hanging up).
     pub fn max_fill_bytes(mut self, bytes: u64) -> Self {
         self.max_fill_bytes = bytes;
         self

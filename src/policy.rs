@@ -65,6 +65,16 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Request headers that make the origin answer something other than the representation
+/// (`412 Precondition Failed`, `417 Expectation Failed`): such an answer, stored, would be
+/// served to everyone. (`If-None-Match`/`If-Modified-Since`/`Range` are different: the cache
+/// removes them on a fill and answers them itself from the stored representation.)
+const ANSWER_CHANGING: [header::HeaderName; 3] = [
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::EXPECT,
+];
+
 pub(crate) fn classify_request(
     method: &Method,
     uri: &Uri,
@@ -105,9 +115,10 @@ pub(crate) fn classify_request(
 
 /// Whether everything that can change the origin's answer to this `GET`/`HEAD` is in the
 /// key. The key holds the method class, the authority and the target; a request that
-/// carries more (a body, a method override) or is ambiguous about its authority (two `Host`
-/// fields, or one that contradicts an absolute-form target) is not looked up and not stored,
-/// so it cannot place an answer where innocent requests would find it.
+/// carries more (a body, a method override, a precondition or expectation the origin would
+/// fail it on) or is ambiguous about its authority (two `Host` fields, or one that
+/// contradicts an absolute-form target) is not looked up and not stored, so it cannot place
+/// an answer where innocent requests would find it.
 fn keyable(uri: &Uri, headers: &HeaderMap) -> bool {
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers
@@ -118,9 +129,19 @@ fn keyable(uri: &Uri, headers: &HeaderMap) -> bool {
         || METHOD_OVERRIDES
             .iter()
             .any(|name| headers.contains_key(*name))
+        || ANSWER_CHANGING
+            .iter()
+            .any(|name| headers.contains_key(name))
     {
         return false;
     }
+    authority_agrees(uri, headers)
+}
+
+/// Whether the request names one authority: at most one `Host`, and the target's authority
+/// (absolute form) agreeing with it. Unsafe methods need this too: their invalidation must
+/// not reach entries of an authority the origin was not asked about.
+pub(crate) fn authority_agrees(uri: &Uri, headers: &HeaderMap) -> bool {
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => false,
@@ -439,6 +460,12 @@ impl ResponseLike for PolicyResponse<'_> {
     }
 }
 
+/// Statuses a client can draw from an origin by what it sends, not by what it asks for:
+/// `400`, `411`-`417`, `431` and every `5xx`.
+fn provokable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 411..=417 | 431 | 500..=599)
+}
+
 /// RFC 9111 freshness for a shared cache: (time to live from now, age already accrued).
 fn shared_freshness(
     config: &Config,
@@ -464,8 +491,15 @@ fn shared_freshness(
             Err(NoCacheReason::Status)
         };
     }
-    // Any final status may be stored when the origin says for how long (RFC 9111 §3); the
-    // crate only knows the classic list, so explicit freshness is evaluated as for a 200.
+    // Errors a client can provoke with the request alone (a malformed or oversized header, a
+    // failed precondition, a crash) are never shared, however fresh the origin says they are,
+    // unless the operator lists the status: stored, one client's bad request would be
+    // everyone's answer (cache-poisoned denial of service).
+    if provokable(status) && !config.statuses.contains(&status) {
+        return Err(NoCacheReason::Status);
+    }
+    // Any other final status may be stored when the origin says for how long (RFC 9111 §3);
+    // the crate only knows the classic list, so explicit freshness is evaluated as for a 200.
     let evaluated_status = if explicit { StatusCode::OK } else { status };
     let headers = normalized_for_policy(headers, cc);
     let now = SystemTime::now();
@@ -867,10 +901,17 @@ mod tests {
         );
         let declared = headers(&[("cache-control", "max-age=30")]);
         assert_eq!(
-            fresh(decide_for(&c, false, 500, &declared)),
+            fresh(decide_for(&c, false, 299, &declared)),
             Some(30),
             "any status may be stored with explicit freshness"
         );
+        for provokable in [400, 412, 417, 431, 500, 503] {
+            assert_eq!(
+                decide_for(&c, false, provokable, &declared),
+                Decision::Skip(NoCacheReason::Status),
+                "{provokable}: an error a client can provoke is not shared unless listed"
+            );
+        }
         assert_eq!(
             decide_for(&c, false, 500, &HeaderMap::new()),
             Decision::Skip(NoCacheReason::Status)

@@ -28,12 +28,65 @@ macro_rules! counters {
             }
         }
 
-        #[derive(Debug, Default)]
         pub(crate) struct Counters {
             $($field: AtomicU64,)*
-            /// The `cache` label of every metric.
-            #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-            name: CacheName,
+            /// The metric handles, registered once with the `cache` label, so an increment on
+            /// the hit path is an atomic add, not a registry lookup that builds a label set.
+            #[cfg(feature = "metrics")]
+            handles: Handles,
+        }
+
+        /// One registered handle per metric of a [`Counters`].
+        #[cfg(feature = "metrics")]
+        struct Handles {
+            $($field: metrics::Counter,)*
+            /// `requests_total`, by outcome (see [`outcome_index`]).
+            requests: [metrics::Counter; OUTCOMES.len()],
+            /// `request_seconds`, by outcome.
+            latency: [metrics::Histogram; OUTCOMES.len()],
+            fill: metrics::Histogram,
+            breaker: metrics::Gauge,
+            near: metrics::Gauge,
+        }
+
+        #[cfg(feature = "metrics")]
+        impl Handles {
+            fn register(name: &str) -> Self {
+                let label = || metrics::SharedString::from(std::sync::Arc::<str>::from(name));
+                Self {
+                    $($field: metrics::counter!(
+                        concat!("tower_redis_cache_", stringify!($field), "_total"),
+                        "cache" => label()
+                    ),)*
+                    requests: OUTCOMES.map(|outcome| metrics::counter!(
+                        "tower_redis_cache_requests_total",
+                        "cache" => label(),
+                        "outcome" => outcome
+                    )),
+                    latency: OUTCOMES.map(|outcome| metrics::histogram!(
+                        "tower_redis_cache_request_seconds",
+                        "cache" => label(),
+                        "outcome" => outcome
+                    )),
+                    fill: metrics::histogram!("tower_redis_cache_fill_seconds", "cache" => label()),
+                    breaker: metrics::gauge!("tower_redis_cache_breaker_open", "cache" => label()),
+                    near: metrics::gauge!("tower_redis_cache_near_bytes", "cache" => label()),
+                }
+            }
+        }
+
+        impl Counters {
+            /// Counters whose metrics are labelled `cache=<name>` (registered with the
+            /// recorder installed now: install it before building a layer or cache).
+            pub(crate) fn named(name: &str) -> Self {
+                #[cfg(not(feature = "metrics"))]
+                let _ = name;
+                Self {
+                    $($field: AtomicU64::new(0),)*
+                    #[cfg(feature = "metrics")]
+                    handles: Handles::register(name),
+                }
+            }
         }
 
         /// Registers the help text of every counter with the installed recorder.
@@ -58,11 +111,7 @@ macro_rules! counters {
                 pub(crate) fn $field(&self, n: u64) {
                     self.$field.fetch_add(n, Relaxed);
                     #[cfg(feature = "metrics")]
-                    metrics::counter!(
-                        concat!("tower_redis_cache_", stringify!($field), "_total"),
-                        "cache" => self.name.label()
-                    )
-                    .increment(n);
+                    self.handles.$field.increment(n);
                 }
             )*
         }
@@ -133,43 +182,38 @@ counters! {
     lock_wait_timeouts,
 }
 
-/// The name metrics are labelled with: cheap to clone into a label (an `Arc`).
-#[derive(Debug, Clone)]
-struct CacheName(std::sync::Arc<str>);
+/// The outcome labels, in the order of the handles registered for them.
+#[cfg(feature = "metrics")]
+const OUTCOMES: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
 
-impl Default for CacheName {
+/// Where `outcome` (an `X-Cache` value in lower or upper case) sits in [`OUTCOMES`].
+#[cfg(feature = "metrics")]
+fn outcome_index(outcome: &[u8]) -> usize {
+    OUTCOMES
+        .iter()
+        .position(|label| label.as_bytes().eq_ignore_ascii_case(outcome))
+        .unwrap_or(OUTCOMES.len() - 1)
+}
+
+impl Default for Counters {
     fn default() -> Self {
-        Self(std::sync::Arc::from("tower-redis-cache"))
+        Self::named("tower-redis-cache")
     }
 }
 
-#[cfg(feature = "metrics")]
-impl CacheName {
-    fn label(&self) -> metrics::SharedString {
-        metrics::SharedString::from(std::sync::Arc::clone(&self.0))
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
     }
 }
 
 impl Counters {
-    /// Counters whose metrics are labelled `cache=<name>`.
-    pub(crate) fn named(name: &str) -> Self {
-        Self {
-            name: CacheName(std::sync::Arc::from(name)),
-            ..Self::default()
-        }
-    }
-
     /// Counts a request by what the cache did with it (`metrics` feature only: [`Stats`]
     /// has a field per outcome).
     #[inline]
     pub(crate) fn request(&self, outcome: &'static str) {
         #[cfg(feature = "metrics")]
-        metrics::counter!(
-            "tower_redis_cache_requests_total",
-            "cache" => self.name.label(),
-            "outcome" => outcome
-        )
-        .increment(1);
+        self.handles.requests[outcome_index(outcome.as_bytes())].increment(1);
         let _ = outcome;
     }
 
@@ -177,34 +221,23 @@ impl Counters {
     /// histogram always agrees with what clients saw): `tower_redis_cache_request_seconds`.
     #[cfg(feature = "metrics")]
     pub(crate) fn record_latency(&self, headers: &http::HeaderMap, elapsed: std::time::Duration) {
-        let outcome = match headers.get(crate::headers::X_CACHE).map(|v| v.as_bytes()) {
-            Some(b"HIT") => "hit",
-            Some(b"STALE") => "stale",
-            Some(b"REVALIDATED") => "revalidated",
-            Some(b"MISS") => "miss",
-            _ => "bypass",
-        };
-        metrics::histogram!(
-            "tower_redis_cache_request_seconds",
-            "cache" => self.name.label(),
-            "outcome" => outcome
-        )
-        .record(elapsed.as_secs_f64());
+        let outcome = headers
+            .get(crate::headers::X_CACHE)
+            .map_or(&b"bypass"[..], |v| v.as_bytes());
+        self.handles.latency[outcome_index(outcome)].record(elapsed.as_secs_f64());
     }
 
     /// Records how long the origin took to answer a fill: `tower_redis_cache_fill_seconds`.
     #[cfg(feature = "metrics")]
     pub(crate) fn record_fill(&self, elapsed: std::time::Duration) {
-        metrics::histogram!("tower_redis_cache_fill_seconds", "cache" => self.name.label())
-            .record(elapsed.as_secs_f64());
+        self.handles.fill.record(elapsed.as_secs_f64());
     }
 
     /// Whether the store's circuit breaker is open (skipping the store): a gauge, 1 or 0.
     #[inline]
     pub(crate) fn breaker_open(&self, open: bool) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("tower_redis_cache_breaker_open", "cache" => self.name.label())
-            .set(if open { 1.0 } else { 0.0 });
+        self.handles.breaker.set(if open { 1.0 } else { 0.0 });
         let _ = open;
     }
 
@@ -212,15 +245,16 @@ impl Counters {
     #[inline]
     pub(crate) fn near_bytes(&self, bytes: u64) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("tower_redis_cache_near_bytes", "cache" => self.name.label())
-            .set(bytes as f64);
+        self.handles.near.set(bytes as f64);
         let _ = bytes;
     }
 }
 
 /// Registers a help text (and unit) for every metric this crate emits with the installed
 /// `metrics` recorder, so exporters print `# HELP` lines. Call it after installing the
-/// recorder; building a layer calls it too. Calling it again is harmless.
+/// recorder (and before building a layer or cache: their metric handles are registered with
+/// the recorder installed when they are built); building a layer calls it too. Calling it
+/// again is harmless.
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
     describe_counters();

@@ -419,3 +419,181 @@ async fn a_header_the_origin_varies_on_is_keyed() -> TestResult {
     assert_eq!(innocent.body, "theme ");
     Ok(())
 }
+
+/// A second naive origin, for the attacks an adversarial review found: it fails
+/// preconditions with a `412` it marks cacheable, reads only the first `User-Agent` line (as
+/// Go's `Header.Get` does), takes the last of repeated query parameters (as PHP does), and
+/// adds `Vary: Origin` only when asked with `Origin` (as CORS middleware does).
+async fn reviewed_origin(req: Request<ReqBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let response = Response::builder()
+        .header("cache-control", "public, max-age=600")
+        .header("etag", "\"v1\"");
+    let response = match req.uri().path() {
+        "/page" if header("if-match").is_some_and(|m| m != "\"v1\"") => {
+            response.status(412).body(Full::from("precondition failed"))
+        }
+        "/page" if header("if-unmodified-since").is_some() => {
+            response.status(412).body(Full::from("precondition failed"))
+        }
+        "/page" => response.body(Full::from("the page")),
+        "/ua" => {
+            let modern = header("user-agent").is_some_and(|ua| ua.contains("Chrome/"));
+            response
+                .header("vary", "User-Agent")
+                .body(Full::from(if modern {
+                    "modern site"
+                } else {
+                    "please upgrade your browser"
+                }))
+        }
+        "/q" => {
+            let query = req.uri().query().unwrap_or_default();
+            let last = query
+                .split('&')
+                .filter_map(|p| p.strip_prefix("id="))
+                .next_back()
+                .unwrap_or_default()
+                .to_owned();
+            response.body(Full::from(format!("item {last}")))
+        }
+        path => {
+            let vary = if req.headers().contains_key("origin") {
+                "Accept-Encoding, Origin"
+            } else {
+                "Accept-Encoding"
+            };
+            response
+                .header("vary", vary)
+                .body(Full::from(format!("{} {path}", req.method())))
+        }
+    };
+    Ok(response.expect("response"))
+}
+
+#[tokio::test]
+async fn preconditions_the_origin_fails_are_not_stored_for_everyone() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-412").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(reviewed_origin)),
+        b.layer(tower::service_fn(reviewed_origin)),
+    );
+    let uri = "http://site.example/page";
+    let attacks = [
+        ("if-match", "\"nope\""),
+        ("if-unmodified-since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+    ];
+    for (name, value) in attacks {
+        assert_eq!(
+            send(&svc_a, with("GET", uri, &[(name, value)]))
+                .await
+                .status,
+            412
+        );
+        settle(&a, &b).await;
+        let innocent = send(&svc_b, get(uri)).await;
+        assert_eq!(
+            (innocent.status.as_u16(), &innocent.body[..]),
+            (200, &b"the page"[..])
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_singleton_header_split_in_two_lines_is_another_variant() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-split-ua").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(reviewed_origin)),
+        b.layer(tower::service_fn(reviewed_origin)),
+    );
+    let uri = "http://site.example/ua";
+    let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                  Chrome/120.0 Safari/537.36";
+    let (first, second) = chrome.split_once(", ").expect("a comma");
+    send(
+        &svc_a,
+        with("GET", uri, &[("user-agent", first), ("user-agent", second)]),
+    )
+    .await;
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, with("GET", uri, &[("user-agent", chrome)])).await;
+    assert_eq!(innocent.body, "modern site");
+    Ok(())
+}
+
+#[tokio::test]
+async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-query").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(reviewed_origin)),
+        b.layer(tower::service_fn(reviewed_origin)),
+    );
+    send(&svc_a, get("http://site.example/q?id=1&id=2")).await;
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, get("http://site.example/q?id=2&id=1")).await;
+    assert_eq!(innocent.body, "item 1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_answer_varying_on_other_headers_does_not_orphan_the_variants() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-vary-list").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(reviewed_origin)),
+        b.layer(tower::service_fn(reviewed_origin)),
+    );
+    let uri = "http://site.example/api";
+    let innocent = || with("GET", uri, &[("accept-encoding", "gzip, br")]);
+    send(&svc_b, innocent()).await;
+    settle(&a, &b).await;
+    assert_eq!(send(&svc_b, innocent()).await.x_cache(), "HIT");
+    let attack = with(
+        "GET",
+        uri,
+        &[
+            ("accept-encoding", "x-junk"),
+            ("origin", "https://a.example"),
+        ],
+    );
+    send(&svc_a, attack).await;
+    settle(&a, &b).await;
+    let reply = send(&svc_b, innocent()).await;
+    assert_eq!(
+        (reply.x_cache(), &reply.body[..]),
+        ("HIT", &b"GET /api"[..])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unsafe_request_cannot_invalidate_another_hosts_entries() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-unsafe-host").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(reviewed_origin)),
+        b.layer(tower::service_fn(reviewed_origin)),
+    );
+    let innocent = || with("GET", "/home", &[("host", "site.example")]);
+    send(&svc_b, innocent()).await;
+    settle(&a, &b).await;
+    assert_eq!(send(&svc_b, innocent()).await.x_cache(), "HIT");
+    let attack = with(
+        "POST",
+        "http://site.example/home",
+        &[("host", "attacker.example")],
+    );
+    assert_eq!(send(&svc_a, attack).await.status, 200);
+    settle(&a, &b).await;
+    assert_eq!(send(&svc_b, innocent()).await.x_cache(), "HIT");
+    Ok(())
+}

@@ -538,3 +538,55 @@ async fn an_authorized_head_does_not_empty_the_get_entry() -> TestResult {
     assert_innocent_served_normally(&fleet, "/app.js").await;
     Ok(())
 }
+
+/// Issue 8 defect 5, end to end: requests that must not damage what others are served. After
+/// the innocent's entries are stored, an attacker on proxy A sends `Cache-Control: no-store`
+/// (which used to replace the entry with a hit-for-miss marker) and authorized GETs of the
+/// varied resource (which used to write a new vary generation, orphaning every variant); the
+/// innocent on proxy B must still be answered from the cache, with the ordinary bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cannot_replace_mark_or_orphan_what_others_are_served() -> TestResult {
+    let fleet = fleet("poison-state").await;
+    let path = "/state";
+    assert_innocent_served_normally(&fleet, path).await;
+    // The fills are written off the response path: wait until both variants are hits (a
+    // bounded poll; there is no event to await in another process).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for json in [false, true] {
+        while fleet.innocent(path, json).await.x_cache() != "HIT" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the entries were never stored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    for json in [false, true] {
+        for extra in [
+            "Cache-Control: no-store\r\n",
+            "Authorization: Basic YWxpY2U6c2VjcmV0\r\n",
+            "Authorization: Bearer x\r\nCache-Control: no-cache\r\n",
+        ] {
+            let status = fleet
+                .attack(&format!(
+                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{extra}\
+                     Connection: close\r\n\r\n",
+                    accept(json)
+                ))
+                .await;
+            assert_eq!(status, 200, "{extra}");
+        }
+    }
+    let mut problems = Vec::new();
+    for json in [false, true] {
+        let reply = fleet.innocent(path, json).await;
+        if reply.x_cache() != "HIT" {
+            problems.push(format!("json: {json}: {} instead of HIT", reply.x_cache()));
+        }
+        if let Some(problem) = wrong(&reply, path, json) {
+            problems.push(problem);
+        }
+    }
+    assert!(problems.is_empty(), "damaged:\n{}", problems.join("\n"));
+    Ok(())
+}
