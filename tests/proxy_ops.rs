@@ -516,32 +516,43 @@ fn parse_strict(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), S
         }
         samples.push((name.to_owned(), labels, value));
     }
+    // Each series of a histogram (its labels but `le`) has cumulative buckets ending in
+    // `+Inf`, which equals that series' `_count`.
     for (family, kind) in &types {
         if kind != "histogram" {
             continue;
         }
-        let buckets: Vec<&Sample> = samples
-            .iter()
-            .filter(|(n, _, _)| *n == format!("{family}_bucket"))
-            .collect();
-        let count = samples
-            .iter()
-            .find(|(n, _, _)| *n == format!("{family}_count"))
-            .map(|(_, _, v)| *v)
-            .ok_or(format!("{family}: no _count"))?;
-        let mut last = 0.0;
-        for (_, labels, value) in &buckets {
-            if !labels.contains_key("le") {
-                return Err(format!("{family}: bucket without le"));
+        let mut series: BTreeMap<BTreeMap<String, String>, Vec<(String, f64)>> = BTreeMap::new();
+        for (name, labels, value) in &samples {
+            if *name == format!("{family}_bucket") {
+                let mut key = labels.clone();
+                let le = key
+                    .remove("le")
+                    .ok_or(format!("{family}: bucket without le"))?;
+                series.entry(key).or_default().push((le, *value));
             }
-            if *value < last {
-                return Err(format!("{family}: buckets not cumulative"));
-            }
-            last = *value;
         }
-        match buckets.last() {
-            Some((_, labels, value)) if labels["le"] == "+Inf" && *value == count => {}
-            _ => return Err(format!("{family}: no +Inf bucket equal to _count")),
+        for (labels, buckets) in &series {
+            let count = samples
+                .iter()
+                .find(|(n, l, _)| *n == format!("{family}_count") && l == labels)
+                .map(|(_, _, v)| *v)
+                .ok_or(format!("{family}{labels:?}: no _count"))?;
+            let mut last = 0.0;
+            for (_, value) in buckets {
+                if *value < last {
+                    return Err(format!("{family}{labels:?}: buckets not cumulative"));
+                }
+                last = *value;
+            }
+            match buckets.last() {
+                Some((le, value)) if le == "+Inf" && *value == count => {}
+                _ => {
+                    return Err(format!(
+                        "{family}{labels:?}: no +Inf bucket equal to _count"
+                    ))
+                }
+            }
         }
     }
     Ok((samples, types))
@@ -554,8 +565,9 @@ fn parse_strict(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), S
 async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestResult {
     let calls = Calls::default();
     let upstream = small_origin(&calls).await;
-    let a = Proxy::start(&upstream, &["--admin-listen", "127.0.0.1:0"]).await;
-    let b = Proxy::start(&upstream, &["--admin-listen", "127.0.0.1:0"]).await;
+    let flags = ["--admin-listen", "127.0.0.1:0", "--cache-name", "edge-1"];
+    let a = Proxy::start(&upstream, &flags).await;
+    let b = Proxy::start(&upstream, &flags).await;
     let client = client();
     let mut histograms = Vec::new();
     for proxy in [&a, &b] {
@@ -566,20 +578,22 @@ async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestR
         let (samples, types) = parse_strict(&text).map_err(|e| format!("{e}\n{text}"))?;
         let hits: f64 = samples
             .iter()
-            .filter(|(n, l, _)| n == "tower_redis_cache_hits_total" && l["cache"] == "trc")
+            .filter(|(n, l, _)| n == "tower_redis_cache_hits_total" && l["cache"] == "edge-1")
             .map(|(_, _, v)| v)
             .sum();
         assert_eq!(hits, 1.0, "{text}");
         assert_eq!(
             types
-                .get("tower_redis_cache_hit_seconds")
+                .get("tower_redis_cache_request_seconds")
                 .map(String::as_str),
             Some("histogram"),
             "{text}"
         );
         let bounds: Vec<String> = samples
             .iter()
-            .filter(|(n, _, _)| n == "tower_redis_cache_hit_seconds_bucket")
+            .filter(|(n, l, _)| {
+                n == "tower_redis_cache_request_seconds_bucket" && l["outcome"] == "hit"
+            })
             .map(|(_, l, _)| l["le"].clone())
             .collect();
         assert!(bounds.len() > 5, "{bounds:?}");
@@ -591,7 +605,11 @@ async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestR
     let total_inf: f64 = histograms
         .iter()
         .flat_map(|(_, samples)| samples.iter())
-        .filter(|(n, l, _)| n == "tower_redis_cache_hit_seconds_bucket" && l["le"] == "+Inf")
+        .filter(|(n, l, _)| {
+            n == "tower_redis_cache_request_seconds_bucket"
+                && l["outcome"] == "hit"
+                && l["le"] == "+Inf"
+        })
         .map(|(_, _, v)| v)
         .sum();
     assert_eq!(total_inf, 2.0);
@@ -829,13 +847,11 @@ fn peak_rss(pid: u32) -> u64 {
 /// every entry that was stored is complete (checked through a second proxy on the same
 /// Redis).
 ///
-/// Ignored until the layer's budget covers what a fill really holds: measured on this
-/// machine, peak RSS is about 20 MiB at rest + 36 MiB (200 streaming connections) + 2.5 times
-/// `--max-fill-bytes` (a stored fill holds its collected chunks, the encoded entry and the
-/// store command at once, while the budget counts the body once): 76, 119 and 194 MiB for
-/// budgets of 16, 32 and 64 MiB. `TRC_FILL_BUDGET_MIB` sets the budget to measure others.
+/// Before the layer counted the copies a fill holds (body, encoded entry, store write
+/// buffer), peak RSS here was about 20 MiB at rest + 36 MiB + 2.5 times `--max-fill-bytes`
+/// (76, 119 and 194 MiB for 16, 32 and 64 MiB). `TRC_FILL_BUDGET_MIB` sets the budget to
+/// measure others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the layer's fill budget counts the encoded entry (issue 9); run with --ignored"]
 async fn fills_of_many_large_cold_urls_stay_within_the_byte_budget() -> TestResult {
     if !std::path::Path::new("/proc/self/status").exists() {
         return Ok(()); // VmHWM is Linux's

@@ -55,6 +55,10 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
     pub(crate) max_fill_bytes: u64,
 
+    /// This cache's name: in `Cache-Status` and as the `cache` label of every metric.
+    #[arg(long, value_name = "NAME", default_value = "tower-redis-cache")]
+    pub(crate) cache_name: String,
+
     /// Prefix of every cache key in the store.
     #[arg(long, value_name = "NAME", default_value = "trc")]
     pub(crate) prefix: String,

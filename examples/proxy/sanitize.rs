@@ -8,8 +8,9 @@
 //!
 //! - **One authority.** The authority in the key is the `Host` the origin is asked with. An
 //!   absolute-form target (`GET http://a.example/x`) or an HTTP/2 `:authority` wins over
-//!   `Host` (RFC 9112 §3.2.2): `Host` is set to it and the target made origin-form, so the
-//!   layer and the origin see the same thing. More than one `Host`, an invalid one, or none
+//!   `Host` (RFC 9112 §3.2.2): `Host` is set to it, and the target the layer keys on is
+//!   rewritten as `<proto>://<host><path>` with the scheme the proxy forwards in
+//!   `X-Forwarded-Proto`, so the layer and the origin see the same scheme and host. More than one `Host`, an invalid one, or none
 //!   on HTTP/1.1 is a `400` (RFC 9112 §3.2) that reaches neither the layer nor the origin.
 //!   Hosts are lowercased (they are case-insensitive, and the key lowercases them), so an
 //!   origin reflecting `Host` renders the same bytes for every spelling that shares an entry.
@@ -41,7 +42,7 @@
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{Either, Full};
@@ -177,14 +178,6 @@ pub(crate) fn sanitize(
         });
     }
     let host = resolve_host(parts, policy)?;
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let origin_form = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(origin_form);
-    }
     parts.headers.insert(header::HOST, host.clone());
 
     let upgrade = upgrade_request(parts);
@@ -232,11 +225,12 @@ pub(crate) fn sanitize(
     }
     parts
         .headers
-        .insert(HeaderName::from_static("x-forwarded-host"), host);
-    parts.headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        proto.unwrap_or(HeaderValue::from_static("http")),
-    );
+        .insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    let proto = proto.unwrap_or(HeaderValue::from_static("http"));
+    parts.uri = keyed_target(&parts.uri, &proto, &host)?;
+    parts
+        .headers
+        .insert(HeaderName::from_static("x-forwarded-proto"), proto);
 
     if has_content {
         parts.extensions.insert(CarriesContent);
@@ -260,6 +254,33 @@ fn upgrade_request(parts: &Parts) -> Option<UpgradeRequest> {
     let mut protocols = parts.headers.get_all(header::UPGRADE).iter();
     let protocol = protocols.next()?;
     (asks && protocols.next().is_none()).then(|| UpgradeRequest(protocol.clone()))
+}
+
+/// The target the layer keys on: `proto://host` and the path and query exactly as received.
+/// The layer keys on the URI's scheme and authority, and the forwarding service sends only
+/// the path and query, with `Host` and `X-Forwarded-Proto` saying the rest: one value each.
+/// `OPTIONS *` stays as it is (it names no resource).
+fn keyed_target(uri: &Uri, proto: &HeaderValue, host: &HeaderValue) -> Result<Uri, Refusal> {
+    let path_and_query = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if path_and_query.as_str() == "*" {
+        return Ok(uri.clone());
+    }
+    let scheme = if proto.as_bytes() == b"https" {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let authority =
+        Authority::try_from(host.as_bytes()).map_err(|_| Refusal::bad_request("invalid host"))?;
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Refusal::bad_request("invalid request target"))
 }
 
 /// The one authority of a request (module docs), lowercased, as a `Host` value.
@@ -602,7 +623,7 @@ mod tests {
                 .unwrap(),
         );
         sanitize(&mut p, false, peer(), &policy("")).unwrap();
-        assert_eq!(p.uri, "/x?q=1");
+        assert_eq!(p.uri, "http://victim.example/x?q=1");
         assert_eq!(p.headers["host"], "victim.example");
         assert_eq!(p.headers["x-forwarded-host"], "victim.example");
     }
@@ -704,6 +725,8 @@ mod tests {
             "203.0.113.9, 10.1.1.1, 10.2.3.4"
         );
         assert_eq!(p.headers["x-forwarded-proto"], "https");
+        // The scheme a trusted hop vouches for is keyed (the layer keys on the URI's).
+        assert_eq!(p.uri, "https://a.example/x");
         assert_eq!(p.headers["x-forwarded-host"], "a.example");
         // Unkeyed forwarding headers go even from a trusted peer; the scheme is keyed.
         assert!(!p.headers.contains_key("forwarded"));
@@ -746,7 +769,8 @@ mod tests {
         for target in ["/a/../b", "//a", "/%2e%2e/x", "/a%2Fb", "/./a?x=%2F"] {
             let mut p = parts(Request::get(target).header("host", "a").body(()).unwrap());
             sanitize(&mut p, false, peer(), &policy("")).unwrap();
-            assert_eq!(p.uri.to_string(), target);
+            assert_eq!(p.uri.path_and_query().map(|pq| pq.as_str()), Some(target));
+            assert_eq!(p.uri.authority().map(|a| a.as_str()), Some("a"));
         }
     }
 
