@@ -23,8 +23,6 @@ use tower_redis_cache::{CacheLayer, RedisStore, Stats};
 
 /// How long `/healthz` waits for Redis to answer `PING`.
 const PING_TIMEOUT: Duration = Duration::from_millis(250);
-/// How long `/readyz` looks at the store's readiness (it is a state, not a round trip).
-const READY_PEEK: Duration = Duration::from_millis(5);
 
 /// The store behind the cache, as the admin port reports it.
 #[derive(Clone)]
@@ -35,17 +33,11 @@ pub(crate) enum StoreKind {
 
 impl StoreKind {
     /// Whether the store is ready: always for memory; for Redis, every pooled connection up
-    /// and fill notices subscribed (`RedisStore::wait_connected`, peeked at).
+    /// and fill notices subscribed (`RedisStore::is_ready`).
     async fn ready(&self) -> bool {
         match self {
             StoreKind::Memory => true,
-            StoreKind::Redis(store) => {
-                store.is_connected()
-                    && matches!(
-                        tokio::time::timeout(READY_PEEK, store.wait_connected()).await,
-                        Ok(Ok(()))
-                    )
-            }
+            StoreKind::Redis(store) => store.is_ready(),
         }
     }
 }

@@ -361,6 +361,13 @@ impl RedisStore {
         self.inner.pool.is_connected()
     }
 
+    /// Whether the store is ready to coalesce across the fleet: every pooled connection up and
+    /// fill notices subscribed. The non-blocking form of [`wait_connected`](Self::wait_connected),
+    /// for readiness probes.
+    pub fn is_ready(&self) -> bool {
+        self.inner.pool.is_connected() && *self.inner.subscribed.borrow()
+    }
+
     /// Sends `PING`, for health checks: `Ok` when Redis answered.
     pub async fn ping(&self) -> Result<(), StoreError> {
         Ok(self
