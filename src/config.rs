@@ -3,6 +3,7 @@
 //! Kept apart from the builder so that the rules that read settings (policy, the request
 //! flow) depend on plain data, not on the layer that builds it.
 
+use crate::error::ConfigError;
 use http::StatusCode;
 use std::time::Duration;
 
@@ -38,4 +39,19 @@ pub(crate) struct Config {
     pub(crate) distributed_lock: bool,
     pub(crate) hit_for_miss_ttl: Duration,
     pub(crate) cache_name: String,
+}
+
+/// Checks a key prefix, for both faces (a layer's prefix is also its typed cache's, through
+/// `CacheLayer::cache`): not empty, and free of what the key layout reserves: `{`/`}` (Redis
+/// Cluster hash tags), the glob characters `*?[]\\` (`delete_prefix` matches with `SCAN`),
+/// `%` (the typed face's escape), whitespace and control characters.
+pub(crate) fn check_prefix(prefix: String) -> Result<String, ConfigError> {
+    if prefix.is_empty() {
+        return Err(ConfigError::EmptyPrefix);
+    }
+    let reserved = |c: char| "{}*?[]\\%".contains(c) || c.is_whitespace() || c.is_control();
+    if prefix.chars().any(reserved) {
+        return Err(ConfigError::InvalidPrefix(prefix));
+    }
+    Ok(prefix)
 }

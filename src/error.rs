@@ -40,7 +40,7 @@ pub enum ConfigError {
     /// The key prefix is empty, so the cache's keys could not be told apart from others'.
     EmptyPrefix,
     /// The key prefix contains a character that would break the key layout
-    /// (`{`, `}`, `*`, `?`, `[`, `]`, whitespace or a control character).
+    /// (`{`, `}`, `*`, `?`, `[`, `]`, `\`, `%`, whitespace or a control character).
     InvalidPrefix(String),
     /// A duration that must be positive is zero; the field names it.
     ZeroDuration(&'static str),
@@ -80,7 +80,7 @@ impl fmt::Display for ConfigError {
             Self::EmptyPrefix => f.write_str("the key prefix is empty"),
             Self::InvalidPrefix(p) => write!(
                 f,
-                "the key prefix {p:?} contains a character reserved by the key layout ({{ }} * ? [ ] whitespace, control)"
+                "the key prefix {p:?} contains a character reserved by the key layout ({{ }} * ? [ ] \\ % whitespace, control)"
             ),
             Self::ZeroDuration(field) => write!(f, "{field} is zero: it must be positive"),
             Self::LockWaitTooLong { wait, max } => {

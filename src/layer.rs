@@ -366,7 +366,7 @@ impl CacheLayerBuilder {
     }
 
     /// Checks the settings and builds the layer.
-    pub fn build(self) -> Result<CacheLayer, ConfigError> {
+    pub fn build(mut self) -> Result<CacheLayer, ConfigError> {
         if self.methods.is_empty() {
             return Err(ConfigError::NoCacheableMethods);
         }
@@ -397,16 +397,7 @@ impl CacheLayerBuilder {
         if self.max_body_bytes > u64::from(u32::MAX) {
             return Err(ConfigError::MaxBodyTooLarge(self.max_body_bytes));
         }
-        if self.prefix.is_empty() {
-            return Err(ConfigError::EmptyPrefix);
-        }
-        if self
-            .prefix
-            .chars()
-            .any(|c| "{}*?[]".contains(c) || c.is_whitespace() || c.is_control())
-        {
-            return Err(ConfigError::InvalidPrefix(self.prefix));
-        }
+        self.prefix = crate::config::check_prefix(self.prefix)?;
         for (field, value) in [
             ("read_timeout", self.read_timeout),
             ("write_timeout", self.write_timeout),

@@ -171,14 +171,8 @@ impl CacheBuilder {
     }
 
     /// Checks the settings and builds the cache.
-    pub fn build(self) -> Result<Cache, ConfigError> {
-        if self.prefix.is_empty() {
-            return Err(ConfigError::EmptyPrefix);
-        }
-        let reserved = |c: char| "{}*?[]\\%".contains(c) || c.is_whitespace() || c.is_control();
-        if self.prefix.chars().any(reserved) {
-            return Err(ConfigError::InvalidPrefix(self.prefix));
-        }
+    pub fn build(mut self) -> Result<Cache, ConfigError> {
+        self.prefix = crate::config::check_prefix(self.prefix)?;
         for (field, duration) in [
             ("read_timeout", self.read_timeout),
             ("write_timeout", self.write_timeout),
