@@ -164,7 +164,9 @@ pub struct VaryIndex {
     pub names: String,
 }
 
-const VARY_MAGIC: &[u8; 4] = b"TRV\x01";
+/// "TRI": not "TRV", which starts the typed face's values (whose version byte is also 1), so
+/// the two cannot be taken for each other.
+const VARY_MAGIC: &[u8; 4] = b"TRI\x01";
 
 impl VaryIndex {
     /// Encodes the index as a store value.

@@ -36,7 +36,7 @@ pub(crate) async fn miss<S, ReqBody, ResBody>(
     key: CacheKey,
     parts: Parts,
     body: ReqBody,
-    ctx: MissContext,
+    mut ctx: MissContext,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -48,6 +48,9 @@ where
 {
     match shared.flights.join(key.flight()) {
         Role::Follower(follower) => {
+            // This process's fill is led by another request, which may be waiting for the
+            // lock this one's lookup took: let go of it now, with a notice, so it takes it.
+            drop(ctx.lease.take());
             match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
                 Ok(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
                     shared.engine.stats.coalesced(1);
@@ -157,7 +160,7 @@ async fn lead<S, ReqBody, ResBody>(
     body: ReqBody,
     leader: Leader,
     respond: Option<oneshot::Sender<Reply<ResBody, S::Error>>>,
-    ctx: MissContext,
+    mut ctx: MissContext,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
@@ -168,8 +171,9 @@ async fn lead<S, ReqBody, ResBody>(
         lock: key.lock_key(),
         flight: key.flight(),
     };
-    let mut lease = None;
-    if shared.config.distributed_lock {
+    // The lookup may have taken the lock already (it found nothing).
+    let mut lease = ctx.lease.take();
+    if lease.is_none() && shared.config.distributed_lock {
         let judge = Judge {
             shared: &shared,
             key: &key,

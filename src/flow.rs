@@ -11,7 +11,7 @@ use crate::error::BoxError;
 use crate::fetch::fetch_and_store;
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
-use crate::lookup::{resolve, Lookup, MissContext};
+use crate::lookup::{resolve, resolve_or_lock, Lookup, MissContext};
 use crate::policy::{self, CacheControl, RequestClass, RequestDirectives};
 use crate::respond::{
     bypass, forward, forward_and_invalidate, from_entry, gateway_timeout, stale_verdict,
@@ -62,6 +62,7 @@ where
         stale: None,
         fwd: Fwd::UriMiss,
         index: None,
+        lease: None,
     };
     if class.is_authorized() {
         // Not answered from the cache; its answer is stored only if the origin says it may
@@ -107,7 +108,14 @@ where
             ));
         }
     }
-    let (key, index, found) = resolve(&shared, key, &parts.headers).await;
+    // A request that fills on a miss reads or takes the fill lock in one round trip.
+    let (key, index, found) = if !head && !wants.only_if_cached && shared.config.distributed_lock {
+        let (key, index, found, lease) = resolve_or_lock(&shared, key, &parts.headers).await;
+        ctx.lease = lease;
+        (key, index, found)
+    } else {
+        resolve(&shared, key, &parts.headers).await
+    };
     ctx.index = index;
     match found {
         Lookup::Unavailable => return bypass(&shared, inner, parts, body).await,

@@ -179,7 +179,10 @@ impl CacheLayerBuilder {
             breaker_cooldown: Duration::from_secs(1),
             max_pending_writes: 1024,
             max_fill_bytes: DEFAULT_MAX_FILL_BYTES,
-            near_cache: None,
+            near_cache: Some((
+                crate::engine::DEFAULT_NEAR_CACHE_BYTES,
+                crate::engine::DEFAULT_NEAR_CACHE_TTL,
+            )),
         }
     }
 
@@ -336,14 +339,19 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Keeps the values this process reads or writes in an in-process tier of at most
-    /// `max_bytes`, for at most `ttl`, in front of the shared store (default: off). Hits it
-    /// can answer cost no store round trip. Every write and delete announces itself to the
-    /// other instances, whose copies are dropped on the notice; a copy can outlive a change
-    /// made elsewhere only if that notice is lost, and never past `ttl`. Entries keep their
-    /// own freshness either way.
+    /// The near tier: copies of the values this process reads, in process memory, so hits
+    /// it can answer cost no store round trip (default: on, 64 MiB, copies kept at most 30 s).
+    /// `Duration::ZERO` as `ttl` turns it off.
+    ///
+    /// It is coherent with the fleet: every write and delete, by any instance, announces
+    /// itself in the same store call, and the copy goes everywhere; a read racing a change is
+    /// not kept; and copies are served only while the store's change feed has proven itself
+    /// current within [`NEAR_STALENESS_BOUND`](crate::store::NEAR_STALENESS_BOUND) (a
+    /// heartbeat through the same channel), else reads go to the store. A copy is never kept
+    /// past the entry's own freshness. Stores that cannot report changes (the
+    /// [`MemoryStore`](crate::MemoryStore), already in process) get no near tier.
     pub fn near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
-        self.near_cache = Some((max_bytes, ttl));
+        self.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
         self
     }
 
@@ -421,13 +429,8 @@ impl CacheLayerBuilder {
         if !crate::headers::is_sf_token(&self.cache_name) {
             return Err(ConfigError::InvalidCacheName(self.cache_name));
         }
-        if let Some((max_bytes, ttl)) = self.near_cache {
-            if max_bytes == 0 {
-                return Err(ConfigError::ZeroNearCache);
-            }
-            if ttl.is_zero() {
-                return Err(ConfigError::ZeroDuration("near_cache ttl"));
-            }
+        if let Some((0, _)) = self.near_cache {
+            return Err(ConfigError::ZeroNearCache);
         }
         if self.max_pending_writes == 0 {
             return Err(ConfigError::ZeroPendingWrites);
@@ -464,7 +467,9 @@ impl CacheLayerBuilder {
             Arc::clone(&stats),
         );
         let store = match self.near_cache {
-            Some((max_bytes, ttl)) => store.with_near_cache(max_bytes, ttl),
+            Some((max_bytes, ttl)) => {
+                store.with_near_tier(max_bytes, ttl, crate::engine::fresh_until)
+            }
             None => store,
         };
         let keys = KeyMaker {

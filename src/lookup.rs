@@ -3,6 +3,7 @@
 //! miss carries from the lookup to the fill.
 
 use crate::context::Shared;
+use crate::engine::fill::{lock_token, Lease};
 use crate::entry::{self, Entry, VaryIndex};
 use crate::headers::Fwd;
 use crate::key::{self, CacheKey};
@@ -21,6 +22,9 @@ pub(crate) struct MissContext {
     pub(crate) fwd: Fwd,
     /// The resource's vary index, when it has one.
     pub(crate) index: Option<VaryIndex>,
+    /// The fill lock, when the lookup took it (it found nothing, and read or locked in one
+    /// round trip): the fill then starts without asking for it again.
+    pub(crate) lease: Option<Lease>,
 }
 
 /// What the store holds for a request.
@@ -42,7 +46,49 @@ pub(crate) async fn resolve(
     key: CacheKey,
     request: &HeaderMap,
 ) -> (CacheKey, Option<VaryIndex>, Lookup) {
-    match read(shared, key.primary_key()).await {
+    let first = read(shared, key.primary_key()).await;
+    resolve_from(shared, key, request, first).await
+}
+
+/// [`resolve`] for a request that fills on a miss: when neither the near tier nor the store
+/// holds anything under the primary key, the same round trip takes the fill lock (returned as
+/// a lease), so an uncontended miss costs this call and the fill's closing one.
+pub(crate) async fn resolve_or_lock(
+    shared: &Shared,
+    key: CacheKey,
+    request: &HeaderMap,
+) -> (CacheKey, Option<VaryIndex>, Lookup, Option<Lease>) {
+    use crate::store::LockAttempt;
+    let token = lock_token();
+    let lock = key.lock_key();
+    let engine = &shared.engine;
+    let attempt = engine
+        .store
+        .read_or_lock(key.primary_key(), &lock, &token, engine.fills.lock_ttl)
+        .await;
+    match attempt {
+        Err(_) => (key, None, Lookup::Unavailable, None),
+        Ok(LockAttempt::Found(bytes)) => {
+            let first = interpret(shared, key.primary_key(), bytes).await;
+            let (key, index, found) = resolve_from(shared, key, request, first).await;
+            (key, index, found, None)
+        }
+        Ok(LockAttempt::Acquired) => {
+            let lease = Lease::held(engine, key.entry_key(), lock, token);
+            (key, None, Lookup::Missing, Some(lease))
+        }
+        Ok(LockAttempt::Held) => (key, None, Lookup::Missing, None),
+    }
+}
+
+/// The rest of a lookup, given what the primary key held.
+async fn resolve_from(
+    shared: &Shared,
+    key: CacheKey,
+    request: &HeaderMap,
+    first: Read,
+) -> (CacheKey, Option<VaryIndex>, Lookup) {
+    match first {
         Read::Index(index) => {
             let variant = key::variant_hash(index.names.split(','), request);
             let key = key.variant(index.generation, variant);

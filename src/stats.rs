@@ -131,8 +131,16 @@ counters! {
     refreshes,
     /// Entries deleted because an unsafe request to their URL succeeded.
     invalidations,
-    /// Store reads answered by the near cache, without a store round trip.
+    /// Store reads answered by the near tier, without a store round trip.
     near_hits,
+    /// Store reads the near tier could not answer (no copy, or its change feed not proven
+    /// current), which went to the store.
+    near_misses,
+    /// Near copies evicted to stay within the near tier's bytes.
+    near_evictions,
+    /// Times the near tier dropped every copy because changes may have been missed (the
+    /// store's change feed disconnected, reconnected or lagged).
+    near_flushes,
     /// Requests that did not use the cache (method, credentials, store unavailable).
     bypass,
     /// Followers answered by another request's fill, in this process or another.

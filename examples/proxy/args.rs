@@ -128,13 +128,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 256 * 1024 * 1024)]
     pub(crate) memory_bytes: u64,
 
-    /// With --redis: keep entries read or written lately in process for up to this long, in
-    /// milliseconds, so hot entries cost no Redis round trip (0: off). Changes made by other
-    /// instances drop the local copies through Redis pub/sub.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    /// With --redis: keep copies of the entries read lately in process for up to this long,
+    /// in milliseconds (never past their freshness), so hot entries cost no Redis round trip
+    /// (0: off). Coherent with the fleet: any instance's write or purge drops the copies
+    /// everywhere, and copies are served only while the change feed proves itself current
+    /// within 100 ms.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub(crate) near_cache_ms: u64,
 
-    /// Size of the near cache, in bytes.
+    /// Size of the near tier, in bytes.
     #[arg(long, value_name = "N", default_value_t = 64 * 1024 * 1024)]
     pub(crate) near_cache_bytes: u64,
 

@@ -149,11 +149,9 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("invalid --redis URL {}: {e}", redact(url)))?
                 .connect_lazy()
                 .map_err(|e| format!("cannot set up Redis at {}: {e}", redact(url)))?;
-            let mut builder = CacheLayer::builder(store.clone());
-            if args.near_cache_ms > 0 {
-                let ttl = Duration::from_millis(args.near_cache_ms);
-                builder = builder.near_cache(args.near_cache_bytes, ttl);
-            }
+            // `--near-cache-ms 0` is `Duration::ZERO`: the builder's "off".
+            let ttl = Duration::from_millis(args.near_cache_ms);
+            let builder = CacheLayer::builder(store.clone()).near_cache(args.near_cache_bytes, ttl);
             (StoreKind::Redis(store), builder)
         }
         None => {

@@ -132,6 +132,8 @@ pub(crate) async fn acquire_or_wait<J: Judge>(
         let polled = tokio::select! {
             notice = waiter.notice() => match notice {
                 FillNotice::NotStorable => return Acquire::Load,
+                // The holder let go without filling: try the lock now, not at the next tick.
+                FillNotice::Released => true,
                 FillNotice::Stored | FillNotice::Changed => false,
             },
             () = tokio::time::sleep(poll) => true,
@@ -180,6 +182,8 @@ pub(crate) struct Lease {
     engine: Arc<Engine>,
     lock: String,
     token: String,
+    /// Whose waiters hear of the lock's release when the lease is dropped unfinished.
+    entry: String,
     /// Keeps the lock alive while a slow load runs, so nobody else loads meanwhile.
     _extender: AbortOnDrop,
     finished: bool,
@@ -187,11 +191,18 @@ pub(crate) struct Lease {
 
 impl Lease {
     fn new(engine: &Arc<Engine>, keys: &FillKeys, token: String) -> Self {
-        let extender = extend_while_held(Arc::clone(engine), keys.lock.clone(), token.clone());
+        Self::held(engine, &keys.entry, keys.lock.clone(), token)
+    }
+
+    /// The lease on a lock taken with `token` for `entry` elsewhere (by a lookup that read
+    /// or locked in one round trip: `GuardedStore::read_or_lock`).
+    pub(crate) fn held(engine: &Arc<Engine>, entry: &str, lock: String, token: String) -> Self {
+        let extender = extend_while_held(Arc::clone(engine), lock.clone(), token.clone());
         Self {
             engine: Arc::clone(engine),
-            lock: keys.lock.clone(),
+            lock,
             token,
+            entry: entry.to_owned(),
             _extender: extender,
             finished: false,
         }
@@ -203,16 +214,18 @@ impl Drop for Lease {
         if self.finished {
             return;
         }
-        // The fill was abandoned (its task cancelled, its loader panicked): let the others go
-        // now rather than after the lock's expiry.
-        let (engine, lock, token) = (
+        // The fill was abandoned (its task cancelled, its loader panicked, or another
+        // request of this process leads it): let the others go now, and tell its waiters so
+        // they take the lock at once, rather than after the lock's expiry.
+        let (engine, lock, token, entry) = (
             Arc::clone(&self.engine),
             std::mem::take(&mut self.lock),
             std::mem::take(&mut self.token),
+            std::mem::take(&mut self.entry),
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = engine.store.unlock(&lock, &token).await;
+                let _ = engine.store.unlock(&lock, &token, Some(&entry)).await;
             });
         }
     }
@@ -263,7 +276,8 @@ pub(crate) async fn finish(
     let result = engine.store.finish_fill(end).await;
     if let Some(mut lease) = lease {
         if result.is_err() {
-            let _ = engine.store.unlock(&lease.lock, &lease.token).await;
+            let entry = Some(lease.entry.as_str());
+            let _ = engine.store.unlock(&lease.lock, &lease.token, entry).await;
         }
         lease.finished = true;
     }

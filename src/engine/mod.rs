@@ -58,6 +58,27 @@ pub(crate) struct Engine {
 /// 256 MiB.
 pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
 
+/// The near tier's default size: 64 MiB of copies per layer or cache.
+pub(crate) const DEFAULT_NEAR_CACHE_BYTES: u64 = 64 << 20;
+
+/// The near tier's default longest life of a copy (it is dropped sooner on any change, and
+/// never kept past the value's own freshness).
+pub(crate) const DEFAULT_NEAR_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// When a value in either face's format stops being fresh (Unix ms), for the near tier: HTTP
+/// entries (`TRC`) and typed values (`TRV`), both at version 1, keep their store stamp at
+/// bytes 4..12 and their freshness at 12..20 (see `crate::entry` and `crate::typed::codec`).
+/// Other values (vary indexes, hit-for-miss markers) carry none.
+pub(crate) fn fresh_until(value: &[u8]) -> Option<u64> {
+    let header = value.get(..20)?;
+    let tagged = (header.starts_with(b"TRC") || header.starts_with(b"TRV")) && header[3] == 1;
+    tagged.then(|| {
+        let mut until = [0; 8];
+        until.copy_from_slice(&header[12..20]);
+        u64::from_be_bytes(until)
+    })
+}
+
 /// The default bound on store writes in flight.
 pub(crate) const DEFAULT_PENDING_WRITES: usize = 1024;
 

@@ -7,14 +7,11 @@
 //! request. After the cool-down the next calls go through; one success closes the breaker,
 //! one failure reopens it at once.
 //!
-//! The optional near cache lives here too: an in-process [`MemoryStore`] holding the values
-//! this process read or wrote lately, for at most its TTL. Reads it can answer cost no store
-//! round trip. Writes and deletes go to the shared store first and then announce a
-//! [`FillNotice::Changed`], and every notice from any process drops the near copy of its key,
-//! so a copy outlives a change elsewhere only if the notice is lost, and never past the TTL.
-//! Entries carry their own freshness, so a near copy is never served past it.
+//! The near tier (`near`), when on, answers reads before the store and hears of every
+//! change the guard makes, at once, besides what the store's change feed reports.
 
-use super::{FillEnd, FillNotice, FillWaiter, LockAttempt, MemoryStore, Store, StoreFuture};
+use super::near::{FreshUntil, NearTier};
+use super::{FillEnd, FillWaiter, LockAttempt, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::stats::Counters;
 use bytes::Bytes;
@@ -28,15 +25,7 @@ pub(crate) struct GuardedStore {
     write_timeout: Duration,
     breaker: Breaker,
     stats: Arc<Counters>,
-    near: Option<NearCache>,
-}
-
-/// The near cache, and this layer's id in the change notices it sends.
-struct NearCache {
-    copies: Arc<MemoryStore>,
-    ttl: Duration,
-    /// Prefixes the key in this layer's `Changed` notices, so it can ignore its own.
-    sender: String,
+    near: Option<Arc<NearTier>>,
 }
 
 impl GuardedStore {
@@ -63,25 +52,29 @@ impl GuardedStore {
         }
     }
 
-    /// Adds a near cache of at most `max_bytes`, keeping copies for at most `ttl`.
-    pub(crate) fn with_near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
-        use std::hash::{BuildHasher, RandomState};
-        let copies = Arc::new(MemoryStore::new(max_bytes));
-        let sender = format!("{:016x}", RandomState::new().hash_one(std::process::id()));
-        let (listener, own) = (Arc::clone(&copies), sender.clone());
-        self.store.listen(Arc::new(move |key: &str, notice| {
-            // Only another layer's change matters: fill notices come with a `Changed` of
-            // their own from the writer, and this layer's own changes are already applied.
-            if notice != FillNotice::Changed || key.get(..own.len()) == Some(own.as_str()) {
-                return;
-            }
-            listener.delete_now(key.get(own.len()..).unwrap_or(key));
-        }));
-        self.near = Some(NearCache {
-            copies,
+    /// Adds a near tier of at most `max_bytes`, keeping copies for at most `ttl` (and never
+    /// past what `fresh_until` reads from a value), if the store reports every change made
+    /// to it; a store that cannot gets no near tier, as its copies could not be kept coherent.
+    pub(crate) fn with_near_tier(
+        mut self,
+        max_bytes: u64,
+        ttl: Duration,
+        fresh_until: FreshUntil,
+    ) -> Self {
+        let tier = Arc::new(NearTier::new(
+            max_bytes,
             ttl,
-            sender,
-        });
+            fresh_until,
+            Arc::clone(&self.stats),
+        ));
+        // Weak: a store outliving this layer (shared with others) must not keep its tier.
+        let watcher = Arc::downgrade(&tier);
+        let watched = self.store.watch_changes(Arc::new(move |change| {
+            if let Some(tier) = watcher.upgrade() {
+                tier.apply(change);
+            }
+        }));
+        self.near = watched.then_some(tier);
         self
     }
 
@@ -122,16 +115,53 @@ impl GuardedStore {
         let Some(near) = &self.near else {
             return self.call(self.read_timeout, self.store.get(key)).await;
         };
-        if let Some(value) = near.copies.get_now(key) {
-            self.stats.near_hits(1);
+        if let Some(value) = near.get(key) {
             return Ok(Some(value));
         }
+        let ticket = near.ticket(key);
         let value = self.call(self.read_timeout, self.store.get(key)).await?;
         if let Some(value) = &value {
-            near.copies.put_now(key, value.clone(), near.ttl);
-            self.stats.near_bytes(near.copies.weighted_size());
+            near.offer(key, value, ticket);
         }
         Ok(value)
+    }
+
+    /// Reads `entry_key` from the near tier if it holds a copy, else asks the store to read it
+    /// or, when it holds nothing, take the fill lock, in one round trip: what a miss needs
+    /// first, at the price of a read.
+    pub(crate) async fn read_or_lock(
+        &self,
+        entry_key: &str,
+        lock_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<LockAttempt, StoreError> {
+        let ticket = match &self.near {
+            Some(near) => match near.get(entry_key) {
+                Some(value) => return Ok(LockAttempt::Found(value)),
+                None => Some(near.ticket(entry_key)),
+            },
+            None => None,
+        };
+        let attempt = self
+            .store
+            .try_lock_or_read(entry_key, lock_key, token, ttl, None);
+        let attempt = self.call(self.read_timeout, attempt).await?;
+        if let (Some(near), Some(ticket), LockAttempt::Found(value)) =
+            (&self.near, ticket, &attempt)
+        {
+            near.offer(entry_key, value, ticket);
+        }
+        Ok(attempt)
+    }
+
+    /// Tells the near tier of a change this process made (or may have made: a call that timed
+    /// out may still have landed), so its next read goes to the store. Copies of one's own
+    /// writes are not kept: the write's announcement, arriving later, would void them anyway.
+    fn changed(&self, key: &str) {
+        if let Some(near) = &self.near {
+            near.changed(key);
+        }
     }
 
     pub(crate) async fn put(
@@ -140,63 +170,43 @@ impl GuardedStore {
         value: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let Some(near) = &self.near else {
-            return self
-                .call(self.write_timeout, self.store.put(key, value, ttl))
-                .await;
-        };
-        self.call(self.write_timeout, self.store.put(key, value.clone(), ttl))
-            .await?;
-        self.announce_change(near, key).await;
-        near.copies.put_now(key, value, ttl.min(near.ttl));
-        self.stats.near_bytes(near.copies.weighted_size());
-        Ok(())
+        let result = self
+            .call(self.write_timeout, self.store.put(key, value, ttl))
+            .await;
+        self.changed(key);
+        result
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let result = self.call(self.write_timeout, self.store.delete(key)).await;
-        if let Some(near) = &self.near {
-            near.copies.delete_now(key);
-            self.stats.near_bytes(near.copies.weighted_size());
-            self.announce_change(near, key).await;
-        }
+        self.changed(key);
         result
     }
 
-    /// Removes a value, saying whether there was one; near copies go too.
+    /// Removes a value, saying whether there was one.
     pub(crate) async fn remove(&self, key: &str) -> Result<bool, StoreError> {
         let result = self.call(self.write_timeout, self.store.remove(key)).await;
-        if let Some(near) = &self.near {
-            near.copies.delete_now(key);
-            self.stats.near_bytes(near.copies.weighted_size());
-            self.announce_change(near, key).await;
-        }
+        self.changed(key);
         result
     }
 
     /// Ends a fill (write, notice, unlock) in one call; see [`Store::finish_fill`].
     pub(crate) async fn finish_fill(&self, end: FillEnd<'_>) -> Result<(), StoreError> {
-        let near = self.near.as_ref();
-        // A conditional write may not have happened: keep no near copy of it.
-        let written = near
-            .filter(|_| !end.only_if_absent)
-            .and(end.write.as_ref())
-            .map(|(key, value, ttl)| (key.to_string(), value.clone(), *ttl));
-        self.call(self.write_timeout, self.store.finish_fill(end))
-            .await?;
-        if let (Some(near), Some((key, value, ttl))) = (near, written) {
-            self.announce_change(near, &key).await;
-            near.copies.put_now(&key, value, ttl.min(near.ttl));
-            self.stats.near_bytes(near.copies.weighted_size());
+        let written = end.write.as_ref().map(|(key, _, _)| *key);
+        let notice_key = end.notice.0;
+        let near = self.near.is_some();
+        let (written, notice_key) = if near {
+            (written.map(str::to_owned), Some(notice_key.to_owned()))
+        } else {
+            (None, None)
+        };
+        let result = self
+            .call(self.write_timeout, self.store.finish_fill(end))
+            .await;
+        for key in written.iter().chain(notice_key.iter()) {
+            self.changed(key);
         }
-        Ok(())
-    }
-
-    /// Tells the other layers' near caches to drop their copy of `key`.
-    async fn announce_change(&self, near: &NearCache, key: &str) {
-        let tagged = format!("{}{key}", near.sender);
-        let notice = self.store.publish_fill(&tagged, FillNotice::Changed);
-        let _ = self.call(self.write_timeout, notice).await;
+        result
     }
 
     pub(crate) async fn try_lock_or_read(
@@ -223,8 +233,13 @@ impl GuardedStore {
             .await
     }
 
-    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<(), StoreError> {
-        self.call(self.write_timeout, self.store.unlock(key, token))
+    pub(crate) async fn unlock(
+        &self,
+        key: &str,
+        token: &str,
+        entry_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.call(self.write_timeout, self.store.unlock(key, token, entry_key))
             .await
     }
 
@@ -250,26 +265,24 @@ impl GuardedStore {
                 .call(self.read_timeout, self.store.get_many(keys))
                 .await;
         };
-        let mut values: Vec<Option<Bytes>> = keys.iter().map(|k| near.copies.get_now(k)).collect();
-        let (wanted, missing): (Vec<usize>, Vec<String>) = keys
-            .iter()
-            .zip(&values)
-            .enumerate()
-            .filter(|(_, (_, value))| value.is_none())
-            .map(|(index, (key, _))| (index, key.clone()))
-            .unzip();
-        self.stats
-            .near_hits(u64::try_from(keys.len().saturating_sub(wanted.len())).unwrap_or(0));
+        let mut values: Vec<Option<Bytes>> = keys.iter().map(|k| near.get(k)).collect();
+        let mut wanted = Vec::new();
+        let mut missing = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            if values.get(index).is_some_and(Option::is_none) {
+                wanted.push((index, near.ticket(key)));
+                missing.push(key.clone());
+            }
+        }
         if wanted.is_empty() {
             return Ok(values);
         }
         let fetched = self
             .call(self.read_timeout, self.store.get_many(&missing))
             .await?;
-        for (index, value) in wanted.into_iter().zip(fetched) {
+        for ((index, ticket), value) in wanted.into_iter().zip(fetched) {
             if let (Some(value), Some(key)) = (&value, keys.get(index)) {
-                near.copies.put_now(key, value.clone(), near.ttl);
-                self.stats.near_bytes(near.copies.weighted_size());
+                near.offer(key, value, ticket);
             }
             if let Some(slot) = values.get_mut(index) {
                 *slot = value;
@@ -279,8 +292,8 @@ impl GuardedStore {
     }
 
     /// Deletes every key starting with `prefix`, bounded by `timeout` (a walk over the
-    /// keyspace outlasts any per-request bound). Near copies here go too; other processes'
-    /// near copies live out their (short) ttl.
+    /// keyspace outlasts any per-request bound). Near copies go too, here and (through the
+    /// store's announcement) everywhere.
     pub(crate) async fn delete_prefix(
         &self,
         prefix: &str,
@@ -288,7 +301,7 @@ impl GuardedStore {
     ) -> Result<u64, StoreError> {
         let deleted = self.call(timeout, self.store.delete_prefix(prefix)).await;
         if let Some(near) = &self.near {
-            near.copies.delete_prefix_now(prefix);
+            near.changed_prefix(prefix);
         }
         deleted
     }

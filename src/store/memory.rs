@@ -88,11 +88,6 @@ impl MemoryStore {
         self.entries.insert(key.to_owned(), Stored { value, ttl });
     }
 
-    /// About how many bytes of keys and values it holds (for the near tier's gauge).
-    pub(crate) fn weighted_size(&self) -> u64 {
-        self.entries.weighted_size()
-    }
-
     /// Removes a value without going through a future (for the near cache).
     pub(crate) fn delete_now(&self, key: &str) {
         self.entries.invalidate(key);
@@ -167,10 +162,22 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(held)))
     }
 
-    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
-        let mut locks = self.locks();
-        if locks.get(key).is_some_and(|(holder, _)| holder == token) {
-            locks.remove(key);
+    fn unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        entry_key: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
+        let released = {
+            let mut locks = self.locks();
+            let held = locks.get(key).is_some_and(|(holder, _)| holder == token);
+            if held {
+                locks.remove(key);
+            }
+            held
+        };
+        if let (true, Some(entry_key)) = (released, entry_key) {
+            self.notices.dispatch(entry_key, FillNotice::Released);
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -182,10 +189,6 @@ impl Store for MemoryStore {
 
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
         self.notices.register(entry_key)
-    }
-
-    fn listen(&self, listener: super::NoticeListener) {
-        self.notices.listen(listener);
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {

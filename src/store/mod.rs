@@ -6,11 +6,12 @@
 //! Everything smarter (timeouts, the circuit breaker, counting, the near tier) is done once,
 //! for every store, by the crate's guard around it, so a store implementation only talks to
 //! its backend. The notice and lock plumbing ([`FillNotice`], [`FillNotices`], [`FillEnd`],
-//! [`LockAttempt`], [`NoticeListener`]) lives here rather than at the crate root: only a
-//! custom store needs it.
+//! [`LockAttempt`], [`Change`], [`ChangeWatcher`]) lives here rather than at the crate root:
+//! only a custom store needs it.
 
 mod guard;
 mod memory;
+mod near;
 mod notices;
 mod redis;
 
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The future a [`Store`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -37,9 +38,49 @@ pub enum FillNotice {
     /// The origin's answer may not be shared: stop waiting and ask the origin yourself.
     NotStorable,
     /// The value under the key was written or deleted: drop any copy held in memory. Sent
-    /// when a layer keeps a near cache; waiters for a fill do not see it.
+    /// by every write and delete, in the same store call; waiters for a fill do not see it.
     Changed,
+    /// The fill lock was released without a fill (its holder gave up or handed over): a
+    /// waiter should try to take the lock at once rather than at its next poll.
+    Released,
 }
+
+/// What a store tells a near tier about the values every process of the fleet changes.
+///
+/// A near tier serves its copies only while the feed proves itself current: it needs a
+/// [`Change::UpTo`] at least every few tens of milliseconds, and drops every copy on
+/// [`Change::Lost`]. A store whose feed cannot give that (or has no feed) returns `false` from
+/// [`Store::watch_changes`], and the near tier stays off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change<'a> {
+    /// The value under this key was written or removed, by this process or another.
+    Key(&'a str),
+    /// Every key starting with this prefix may have changed.
+    Prefix(&'a str),
+    /// Changes may have been missed (the feed's connection dropped, was re-established, or
+    /// lagged behind): every copy must go, and copies read before now must not be kept.
+    Lost,
+    /// Every change whose store call completed before this instant (on this process's
+    /// clock) has been reported: the feed is current up to it. The store sends these as
+    /// heartbeats through the very channel that carries the changes, so one arriving proves
+    /// that every change before it arrived too.
+    UpTo(Instant),
+}
+
+/// How often a store that reports changes should report [`Change::UpTo`] (the Redis store
+/// sends a heartbeat round this often). A near tier stops serving when it has heard none for
+/// [`NEAR_STALENESS_BOUND`].
+pub const CHANGE_HEARTBEAT: Duration = Duration::from_millis(20);
+
+/// The longest a near tier serves a copy after the value changed elsewhere: a read from the
+/// near tier at time `t` reflects every change completed before `t - NEAR_STALENESS_BOUND`
+/// (five heartbeats, so a late one or two do not switch the tier off). Typically the gap is
+/// the pub/sub delivery time, well under a millisecond on one network.
+pub const NEAR_STALENESS_BOUND: Duration = Duration::from_millis(100);
+
+/// Receives a store's [`Change`]s; see [`Store::watch_changes`].
+pub type ChangeWatcher = Arc<dyn Fn(Change<'_>) + Send + Sync>;
 
 /// How a fill ends, for [`Store::finish_fill`]: at most one write, one notice, and the lock's
 /// release. All keys are in one cluster slot (they share the resource's `{hash}` tag).
@@ -66,9 +107,6 @@ pub enum LockAttempt {
     /// The entry key holds this value (and no lock was taken).
     Found(Bytes),
 }
-
-/// Told of every fill notice a store receives, from this process or another.
-pub type NoticeListener = Arc<dyn Fn(&str, FillNotice) + Send + Sync>;
 
 /// A place to keep encoded entries, shared by every instance that should share a cache.
 ///
@@ -117,8 +155,14 @@ pub trait Store: Send + Sync + 'static {
         token: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, bool>;
-    /// Releases the lock if `token` still holds it.
-    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()>;
+    /// Releases the lock if `token` still holds it. With `entry_key`, a released lock is
+    /// announced to that entry's waiters ([`FillNotice::Released`]), so they take it at once.
+    fn unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        entry_key: Option<&'a str>,
+    ) -> StoreFuture<'a, ()>;
     /// Tells every waiter for `entry_key`, in every process sharing the store, how its fill ended.
     fn publish_fill<'a>(&'a self, entry_key: &'a str, notice: FillNotice) -> StoreFuture<'a, ()>;
     /// Registers interest in the next fill notice for `entry_key`. Register before checking the
@@ -137,15 +181,20 @@ pub trait Store: Send + Sync + 'static {
             }
             self.publish_fill(end.notice.0, end.notice.1).await?;
             if let Some((key, token)) = end.unlock {
-                self.unlock(key, token).await?;
+                self.unlock(key, token, None).await?;
             }
             Ok(())
         })
     }
-    /// Calls `listener` with every notice this store receives, for any key. A store that
-    /// cannot deliver notices across processes may ignore it (the default).
-    fn listen(&self, listener: NoticeListener) {
-        let _ = listener;
+    /// Starts reporting every change made to the store, by any process, to `watcher`, and
+    /// returns `true`; see [`Change`]. A store that cannot report other processes' changes
+    /// returns `false` (the default), and no near tier is put in front of it: a copy that
+    /// nobody invalidates would be served after the value changed elsewhere. Every write and
+    /// delete of such a store must announce itself in the same call that makes it (a crash
+    /// between two calls would leave the other processes' copies stale).
+    fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
+        let _ = watcher;
+        false
     }
     /// Reads many values, answering in the order of `keys` (`None` for a missing one). The
     /// typed face's `get_many` rests on it, so a store should do it in as few round trips as
@@ -219,8 +268,13 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     ) -> StoreFuture<'a, bool> {
         (**self).extend_lock(key, token, ttl)
     }
-    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
-        (**self).unlock(key, token)
+    fn unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        entry_key: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
+        (**self).unlock(key, token, entry_key)
     }
     fn publish_fill<'a>(&'a self, entry_key: &'a str, notice: FillNotice) -> StoreFuture<'a, ()> {
         (**self).publish_fill(entry_key, notice)
@@ -241,8 +295,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     ) -> StoreFuture<'a, LockAttempt> {
         (**self).try_lock_or_read(entry_key, lock_key, token, ttl, seen)
     }
-    fn listen(&self, listener: NoticeListener) {
-        (**self).listen(listener)
+    fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
+        (**self).watch_changes(watcher)
     }
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         (**self).get_many(keys)

@@ -1,6 +1,6 @@
 //! In-process fan-out of fill notices to the requests waiting for them.
 
-use super::{FillNotice, NoticeListener};
+use super::FillNotice;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
@@ -10,7 +10,6 @@ use tokio::sync::watch;
 #[derive(Default)]
 pub struct FillNotices {
     waiters: Mutex<HashMap<String, Slot>>,
-    listeners: Mutex<Vec<NoticeListener>>,
 }
 
 impl std::fmt::Debug for FillNotices {
@@ -44,25 +43,9 @@ impl FillNotices {
         }
     }
 
-    /// Adds a listener told of every notice dispatched from now on.
-    pub fn listen(&self, listener: NoticeListener) {
-        self.listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(listener);
-    }
-
-    /// Delivers `notice` to the listeners, and (unless it is [`FillNotice::Changed`]) to every
-    /// waiter registered for `entry_key`.
+    /// Delivers `notice` (unless it is [`FillNotice::Changed`], which concerns near tiers,
+    /// not fills) to every waiter registered for `entry_key`.
     pub fn dispatch(&self, entry_key: &str, notice: FillNotice) {
-        for listener in self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            listener(entry_key, notice);
-        }
         if notice == FillNotice::Changed {
             return;
         }

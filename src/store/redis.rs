@@ -4,28 +4,53 @@
 //!   key keeps an entry and its lock in one cluster slot.
 //! - Locks are `SET NX PX <token>`; extend and release are compare-then-act Lua scripts run by
 //!   SHA (`EVALSHA`, loaded on `NOSCRIPT`), so a holder never touches a lock it lost.
-//! - Fill notices go over one pub/sub channel per store (`PUBLISH channel "S<entry key>"`).
-//!   Each process subscribes once and fans notices out to its waiters in memory, which costs
-//!   one subscription per process instead of one per waiting key.
+//! - Fill notices, changes (for near tiers) and heartbeats go over one pub/sub channel per
+//!   store (`PUBLISH channel "S<entry key>"`; see `feed`). Each process subscribes once and
+//!   fans notices out to its waiters in memory, which costs one subscription per process
+//!   instead of one per waiting key. Writes and deletes are scripts that publish their change
+//!   in the same step.
 //! - Commands fail fast while disconnected (fred's per-command `fail_fast`), while the
 //!   connections, the first one included, are retried in the background with an exponential
 //!   back-off: a store made while Redis is down starts caching when Redis comes up, and one
 //!   that loses Redis recovers by itself when it comes back.
 
-use super::{FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
+mod feed;
+
+use super::{ChangeWatcher, FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
 use bytes::Bytes;
+use feed::Feed;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Releases the lock if the token holds it, announcing the release when asked.
+/// KEYS: lock. ARGV: token channel message ('' for none).
 const UNLOCK_LUA: &str = r"
 if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
+  redis.call('del', KEYS[1])
+  if ARGV[3] ~= '' then
+    redis.call('publish', ARGV[2], ARGV[3])
+  end
+  return 1
 end
 return 0";
+
+/// Writes a value and announces the change, in one step (a crash cannot separate them).
+/// KEYS: key. ARGV: value ttl_ms channel message.
+const PUT_LUA: &str = r"
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+redis.call('publish', ARGV[3], ARGV[4])
+return 1";
+
+/// Removes a value and announces the change, in one step; returns how many keys went.
+/// KEYS: key. ARGV: channel message.
+const DELETE_LUA: &str = r"
+local removed = redis.call('unlink', KEYS[1])
+redis.call('publish', ARGV[1], ARGV[2])
+return removed";
 
 const EXTEND_LUA: &str = r"
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -36,12 +61,15 @@ return 0";
 /// Ends a fill in one round trip: the optional write, the notice, the compare-and-delete.
 /// KEYS: the written key (or the notice key), the lock key (or the notice key).
 /// ARGV: write? ('1': always, '2': only if the key is empty) value ttl_ms channel message
-/// unlock? token.
+/// unlock? token change ('' unless the written key is not the notice key: its change message).
 const FINISH_LUA: &str = r"
 if ARGV[1] == '1' then
   redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3])
 elseif ARGV[1] == '2' then
   redis.call('set', KEYS[1], ARGV[2], 'px', ARGV[3], 'nx')
+end
+if ARGV[8] ~= '' then
+  redis.call('publish', ARGV[4], ARGV[8])
 end
 redis.call('publish', ARGV[4], ARGV[5])
 if ARGV[6] == '1' and redis.call('get', KEYS[2]) == ARGV[7] then
@@ -64,6 +92,10 @@ return {3}";
 /// How often connection state is checked while waiting for it.
 const CONNECT_POLL: Duration = Duration::from_millis(10);
 
+/// Messages fred may hold for the notice task before it counts as lagging (fred's default is
+/// 32, which a burst of writes across a fleet overruns; a lag flushes every near tier).
+const BROADCAST_CAPACITY: usize = 4096;
+
 /// The default pub/sub channel for fill notices.
 pub const DEFAULT_NOTICE_CHANNEL: &str = "tower-redis-cache:fills";
 
@@ -78,12 +110,15 @@ struct Inner {
     /// Whether the store built the pool (and so closes it when dropped).
     owns_pool: bool,
     subscriber: SubscriberClient,
-    notices: Arc<FillNotices>,
+    /// Fill notices to this process's waiters, changes and heartbeats to its near tiers.
+    feed: Arc<Feed>,
     channel: String,
     unlock: Script,
     extend: Script,
     finish: Script,
     lock_or_read: Script,
+    put: Script,
+    delete: Script,
     fail_fast: Options,
     /// Becomes `true` once fill notices are subscribed to.
     subscribed: tokio::sync::watch::Receiver<bool>,
@@ -184,6 +219,7 @@ impl RedisStoreBuilder {
             .with_performance_config(|p| {
                 // The layer bounds each call more tightly; this stops fred queueing forever.
                 p.default_command_timeout = Duration::from_secs(5);
+                p.broadcast_channel_capacity = BROADCAST_CAPACITY;
             });
         let pool = builder.build_pool(self.pool_size)?;
         let subscriber = builder.build_subscriber_client()?;
@@ -236,7 +272,12 @@ impl RedisStore {
                     .unwrap_or_else(default_reconnect_policy),
             )
             .set_connection_config(client.connection_config().clone())
-            .set_performance_config(client.perf_config());
+            .set_performance_config({
+                let mut perf = client.perf_config();
+                perf.broadcast_channel_capacity =
+                    perf.broadcast_channel_capacity.max(BROADCAST_CAPACITY);
+                perf
+            });
         let subscriber = builder.build_subscriber_client()?;
         Ok(Self::start(
             pool,
@@ -255,64 +296,46 @@ impl RedisStore {
 
     fn start(pool: Pool, owns_pool: bool, subscriber: SubscriberClient, channel: String) -> Self {
         let notices = Arc::new(FillNotices::default());
-        let mut tasks = Vec::new();
+        let feed = Arc::new(Feed::new(Arc::clone(&notices)));
         if !pool.is_connected() {
             let _connection = ClientLike::connect(&pool);
         }
-        let mut reconnects = subscriber.reconnect_rx();
-        let mut messages = subscriber.message_rx();
-        let _connection = subscriber.connect();
-        let sub = subscriber.clone();
-        let sub_channel = channel.clone();
+        // Take the receivers before connecting, so no message or event is missed.
+        let delivery = feed::spawn_delivery(&subscriber, Arc::clone(&feed));
         let (subscribed, subscribed_rx) = tokio::sync::watch::channel(false);
-        // Subscribe once connected, then again on every reconnection: fred forgets
-        // subscriptions that failed while Redis was down.
-        tasks.push(tokio::spawn(async move {
-            loop {
-                if sub.is_connected() && sub.subscribe(sub_channel.clone()).await.is_ok() {
-                    subscribed.send_replace(true);
-                    break;
-                }
-                tokio::time::sleep(CONNECT_POLL).await;
-            }
-            while reconnects.recv().await.is_ok() {
-                if let Err(error) = sub.subscribe(sub_channel.clone()).await {
-                    tracing::warn!(%error, "could not subscribe to cache fill notices");
-                }
-            }
-        }));
-        let fan_out = Arc::clone(&notices);
-        tasks.push(tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match messages.recv().await {
-                    Ok(message) => {
-                        if let Some((key, notice)) = parse_notice(&message.value) {
-                            fan_out.dispatch(key, notice);
-                        }
-                    }
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        }));
+        let subscription = feed::spawn_subscription(
+            subscriber.clone(),
+            channel.clone(),
+            Arc::clone(&feed),
+            subscribed,
+        );
+        let _connection = subscriber.connect();
+        let heartbeat = feed::spawn_heartbeat(
+            pool.clone(),
+            channel.clone(),
+            Arc::clone(&feed),
+            subscribed_rx.clone(),
+            super::CHANGE_HEARTBEAT,
+        );
         let inner = Inner {
             pool,
             owns_pool,
             subscriber,
-            notices,
+            feed,
             channel,
             unlock: Script::from_lua(UNLOCK_LUA),
             extend: Script::from_lua(EXTEND_LUA),
             finish: Script::from_lua(FINISH_LUA),
             lock_or_read: Script::from_lua(LOCK_OR_READ_LUA),
+            put: Script::from_lua(PUT_LUA),
+            delete: Script::from_lua(DELETE_LUA),
             subscribed: subscribed_rx,
             fail_fast: Options {
                 fail_fast: true,
                 max_attempts: Some(1),
                 ..Options::default()
             },
-            tasks,
+            tasks: vec![delivery, subscription, heartbeat],
         };
         Self {
             inner: Arc::new(inner),
@@ -406,28 +429,6 @@ fn default_reconnect_policy() -> ReconnectPolicy {
     ReconnectPolicy::new_exponential(0, 50, 2_000, 2)
 }
 
-fn encode_notice(entry_key: &str, notice: FillNotice) -> String {
-    let mut message = String::with_capacity(entry_key.len() + 1);
-    message.push(match notice {
-        FillNotice::Stored => 'S',
-        FillNotice::NotStorable => 'N',
-        FillNotice::Changed => 'C',
-    });
-    message.push_str(entry_key);
-    message
-}
-
-fn parse_notice(value: &Value) -> Option<(&str, FillNotice)> {
-    let text = std::str::from_utf8(value.as_bytes()?).ok()?;
-    let notice = match text.as_bytes().first()? {
-        b'S' => FillNotice::Stored,
-        b'N' => FillNotice::NotStorable,
-        b'C' => FillNotice::Changed,
-        _ => return None,
-    };
-    Some((&text[1..], notice))
-}
-
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis())
         .unwrap_or(i64::MAX)
@@ -441,16 +442,22 @@ impl Store for RedisStore {
 
     fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let expire = Some(Expiration::PX(millis(ttl)));
-            Ok(self
-                .commands()
-                .set::<(), _, _>(key, value, expire, None, false)
-                .await?)
+            self.ensure_connected()?;
+            let args: Vec<Value> = vec![
+                Value::Bytes(value),
+                millis(ttl).into(),
+                self.inner.channel.as_str().into(),
+                feed::notice_message(key, FillNotice::Changed).into(),
+            ];
+            let _: i64 = self
+                .run(&self.inner.put, PUT_LUA, vec![key.to_owned()], args)
+                .await?;
+            Ok(())
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        Box::pin(async move { Ok(self.commands().unlink::<(), _>(key).await?) })
+        Box::pin(async move { self.remove(key).await.map(drop) })
     }
 
     fn try_lock<'a>(
@@ -485,16 +492,24 @@ impl Store for RedisStore {
         })
     }
 
-    fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
+    fn unlock<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        entry_key: Option<&'a str>,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.ensure_connected()?;
+            let message = entry_key.map_or_else(String::new, |entry| {
+                feed::notice_message(entry, FillNotice::Released)
+            });
+            let args: Vec<Value> = vec![
+                token.into(),
+                self.inner.channel.as_str().into(),
+                message.into(),
+            ];
             let _: i64 = self
-                .run(
-                    &self.inner.unlock,
-                    UNLOCK_LUA,
-                    vec![key.to_owned()],
-                    vec![token.into()],
-                )
+                .run(&self.inner.unlock, UNLOCK_LUA, vec![key.to_owned()], args)
                 .await?;
             Ok(())
         })
@@ -502,7 +517,7 @@ impl Store for RedisStore {
 
     fn publish_fill<'a>(&'a self, entry_key: &'a str, notice: FillNotice) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let message = encode_notice(entry_key, notice);
+            let message = feed::notice_message(entry_key, notice);
             let _: i64 = self
                 .inner
                 .pool
@@ -515,7 +530,7 @@ impl Store for RedisStore {
     }
 
     fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
-        self.inner.notices.register(entry_key)
+        self.inner.feed.notices.register(entry_key)
     }
 
     fn finish_fill<'a>(&'a self, end: super::FillEnd<'a>) -> StoreFuture<'a, ()> {
@@ -528,6 +543,14 @@ impl Store for RedisStore {
                 (Some(_), false) => "1",
                 (Some(_), true) => "2",
             };
+            // The written key's own change, when it is not the one the notice names (a
+            // variant, or an index, written for a request keyed on another).
+            let change = match end.write.as_ref() {
+                Some((key, _, _)) if *key != notice_key => {
+                    feed::notice_message(key, FillNotice::Changed)
+                }
+                _ => String::new(),
+            };
             let (write_key, value, ttl) = match end.write {
                 Some((key, value, ttl)) => (key, Value::Bytes(value), millis(ttl)),
                 None => (notice_key, Value::from(""), 0),
@@ -539,9 +562,10 @@ impl Store for RedisStore {
                 value,
                 ttl.into(),
                 self.inner.channel.as_str().into(),
-                encode_notice(notice_key, notice).into(),
+                feed::notice_message(notice_key, notice).into(),
                 flag(end.unlock.is_some()),
                 token.into(),
+                change.into(),
             ];
             let _: i64 = self.run(&self.inner.finish, FINISH_LUA, keys, args).await?;
             Ok(())
@@ -586,8 +610,9 @@ impl Store for RedisStore {
         })
     }
 
-    fn listen(&self, listener: super::NoticeListener) {
-        self.inner.notices.listen(listener);
+    fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
+        self.inner.feed.watch(watcher);
+        true
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
@@ -654,12 +679,30 @@ impl Store for RedisStore {
                 deleted = deleted.saturating_add(u64::try_from(page_deleted).unwrap_or(0));
                 page.next();
             }
+            // Near tiers drop what they hold under the prefix.
+            let _: i64 = self
+                .inner
+                .pool
+                .next()
+                .with_options(&self.inner.fail_fast)
+                .publish(self.inner.channel.as_str(), feed::prefix_message(prefix))
+                .await?;
             Ok(deleted)
         })
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(async move { Ok(self.commands().unlink::<i64, _>(key).await? > 0) })
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let args: Vec<Value> = vec![
+                self.inner.channel.as_str().into(),
+                feed::notice_message(key, FillNotice::Changed).into(),
+            ];
+            let removed: i64 = self
+                .run(&self.inner.delete, DELETE_LUA, vec![key.to_owned()], args)
+                .await?;
+            Ok(removed > 0)
+        })
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {

@@ -97,6 +97,7 @@ pub struct CacheBuilder {
     lock_wait: Duration,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    near_cache: Option<(u64, Duration)>,
 }
 
 impl std::fmt::Debug for CacheBuilder {
@@ -170,8 +171,21 @@ impl CacheBuilder {
         self
     }
 
+    /// The near tier: copies of the values this process reads, in process memory (default:
+    /// on, 64 MiB, at most 30 s); `Duration::ZERO` as `ttl` turns it off. Coherent with the
+    /// fleet as the layer's is (see
+    /// [`CacheLayerBuilder::near_cache`](crate::CacheLayerBuilder::near_cache)); a copy never
+    /// outlives the value's fresh time.
+    pub fn near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
+        self.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
+        self
+    }
+
     /// Checks the settings and builds the cache.
     pub fn build(mut self) -> Result<Cache, ConfigError> {
+        if let Some((0, _)) = self.near_cache {
+            return Err(ConfigError::ZeroNearCache);
+        }
         self.prefix = crate::config::check_prefix(self.prefix)?;
         for (field, duration) in [
             ("read_timeout", self.read_timeout),
@@ -197,6 +211,12 @@ impl CacheBuilder {
             self.breaker_cooldown,
             Arc::clone(&stats),
         );
+        let store = match self.near_cache {
+            Some((max_bytes, ttl)) => {
+                store.with_near_tier(max_bytes, ttl, crate::engine::fresh_until)
+            }
+            None => store,
+        };
         let fills = FillSettings {
             lock_ttl: self.lock_ttl,
             lock_wait: self.lock_wait,
@@ -271,6 +291,10 @@ impl Cache {
             lock_wait: Duration::from_secs(10),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
+            near_cache: Some((
+                crate::engine::DEFAULT_NEAR_CACHE_BYTES,
+                crate::engine::DEFAULT_NEAR_CACHE_TTL,
+            )),
         }
     }
 
@@ -665,8 +689,13 @@ mod tests {
         ) -> StoreFuture<'a, bool> {
             self.0.extend_lock(key, token, ttl)
         }
-        fn unlock<'a>(&'a self, key: &'a str, token: &'a str) -> StoreFuture<'a, ()> {
-            self.0.unlock(key, token)
+        fn unlock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            entry_key: Option<&'a str>,
+        ) -> StoreFuture<'a, ()> {
+            self.0.unlock(key, token, entry_key)
         }
         fn publish_fill<'a>(
             &'a self,
