@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/sbin:/sbin"   # nginx lives in /usr/sbin
 BEGAN=$SECONDS
-CMDLINE="$(env | grep -E '^LOAD_[A-Z_]+=' | sort | tr '\n' ' ')$0${*:+ $*}"
+CMDLINE="$(env | { grep -E '^LOAD_[A-Z_]+=' || true; } | sort | tr '\n' ' ')$0${*:+ $*}"
 SECS=${LOAD_SECS:-6} ROUNDS=${LOAD_ROUNDS:-3} CONNS=${LOAD_CONNS:-64} KEYS=${LOAD_STORM_KEYS:-50}
 IFS=, read -ra SCENARIOS <<<"${LOAD_SCENARIOS:-hit1k,hit64k,miss,storm}"
 IFS=, read -ra SERVERS <<<"${LOAD_SERVERS:-nginx,proxy,proxy-redis,thc}"
