@@ -143,9 +143,7 @@ impl GuardedStore {
             },
             None => None,
         };
-        let attempt = self
-            .store
-            .try_lock_or_read(entry_key, lock_key, token, ttl, None);
+        let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
         let attempt = self.call(self.read_timeout, attempt).await?;
         if let (Some(near), Some(ticket), LockAttempt::Found(value)) =
             (&self.near, ticket, &attempt)

@@ -148,6 +148,20 @@ pub trait Store: Send + Sync + 'static {
             })
         })
     }
+    /// Reads `entry_key` or, when it holds nothing, takes the lock `lock_key`, in one round
+    /// trip if the store can: a lookup that fills on a miss calls it instead of [`get`]
+    /// (`Self::get`), so an uncontended miss needs no separate lock call. The value must come
+    /// back as stored (a large value copied through a script costs the store more than the
+    /// read itself). The default is [`try_lock_or_read`](Self::try_lock_or_read).
+    fn read_or_lock<'a>(
+        &'a self,
+        entry_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, LockAttempt> {
+        self.try_lock_or_read(entry_key, lock_key, token, ttl, None)
+    }
     /// Extends the lock to `ttl` from now if `token` still holds it; `false` when it does not.
     fn extend_lock<'a>(
         &'a self,
@@ -297,6 +311,15 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
         (**self).watch_changes(watcher)
+    }
+    fn read_or_lock<'a>(
+        &'a self,
+        entry_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, LockAttempt> {
+        (**self).read_or_lock(entry_key, lock_key, token, ttl)
     }
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         (**self).get_many(keys)
