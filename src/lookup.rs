@@ -59,9 +59,15 @@ pub(crate) async fn resolve_or_lock(
     request: &HeaderMap,
 ) -> (CacheKey, Option<VaryIndex>, Lookup, Option<Lease>) {
     use crate::store::LockAttempt;
+    let engine = &shared.engine;
+    // A near copy answers without a round trip, and without making a token and lock key.
+    if let Some(bytes) = engine.store.near_copy(key.primary_key()) {
+        let first = interpret(shared, key.primary_key(), bytes).await;
+        let (key, index, found) = resolve_from(shared, key, request, first).await;
+        return (key, index, found, None);
+    }
     let token = lock_token();
     let lock = key.lock_key();
-    let engine = &shared.engine;
     let attempt = engine
         .store
         .read_or_lock(key.primary_key(), &lock, &token, engine.fills.lock_ttl)

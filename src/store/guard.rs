@@ -126,9 +126,15 @@ impl GuardedStore {
         Ok(value)
     }
 
-    /// Reads `entry_key` from the near tier if it holds a copy, else asks the store to read it
-    /// or, when it holds nothing, take the fill lock, in one round trip: what a miss needs
-    /// first, at the price of a read.
+    /// The near tier's copy of `key`, if it holds one it may serve.
+    pub(crate) fn near_copy(&self, key: &str) -> Option<Bytes> {
+        self.near.as_ref()?.get(key)
+    }
+
+    /// Asks the store to read `entry_key` or, when it holds nothing, take the fill lock, in
+    /// one round trip: what a miss needs first, at the price of a read. The near tier is not
+    /// asked (the caller did, with [`near_copy`](Self::near_copy), before making a token);
+    /// a value found is offered to it.
     pub(crate) async fn read_or_lock(
         &self,
         entry_key: &str,
@@ -136,13 +142,7 @@ impl GuardedStore {
         token: &str,
         ttl: Duration,
     ) -> Result<LockAttempt, StoreError> {
-        let ticket = match &self.near {
-            Some(near) => match near.get(entry_key) {
-                Some(value) => return Ok(LockAttempt::Found(value)),
-                None => Some(near.ticket(entry_key)),
-            },
-            None => None,
-        };
+        let ticket = self.near.as_ref().map(|near| near.ticket(entry_key));
         let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
         let attempt = self.call(self.read_timeout, attempt).await?;
         if let (Some(near), Some(ticket), LockAttempt::Found(value)) =
