@@ -149,8 +149,8 @@ pub trait Store: Send + Sync + 'static {
         })
     }
     /// Reads `entry_key` or, when it holds nothing, takes the lock `lock_key`, in one round
-    /// trip if the store can: a lookup that fills on a miss calls it instead of [`get`]
-    /// (`Self::get`), so an uncontended miss needs no separate lock call. The value must come
+    /// trip if the store can: a lookup that fills on a miss calls it instead of
+    /// [`get`](Self::get), so an uncontended miss needs no separate lock call. The value must come
     /// back as stored (a large value copied through a script costs the store more than the
     /// read itself). The default is [`try_lock_or_read`](Self::try_lock_or_read).
     fn read_or_lock<'a>(
