@@ -147,6 +147,7 @@ async fn run(args: Args) -> Result<(), String> {
         Some(url) => {
             let store = RedisStore::builder(url)
                 .map_err(|e| format!("invalid --redis URL {}: {e}", redact(url)))?
+                .pool_size(usize::from(args.redis_pool_size))
                 .connect_lazy()
                 .map_err(|e| format!("cannot set up Redis at {}: {e}", redact(url)))?;
             // `--near-cache-ms 0` is `Duration::ZERO`: the builder's "off".

@@ -29,6 +29,7 @@
 //! the closing `finish_fill` with its unlock fallback. Counted the same: `lock_waits`,
 //! `lock_timeouts`, `lock_takeovers`.
 
+use super::keeper::Keeper;
 use super::Engine;
 use crate::error::StoreError;
 use crate::store::{FillEnd, FillNotice, LockAttempt};
@@ -184,8 +185,9 @@ pub(crate) struct Lease {
     token: String,
     /// Whose waiters hear of the lock's release when the lease is dropped unfinished.
     entry: String,
-    /// Keeps the lock alive while a slow load runs, so nobody else loads meanwhile.
-    _extender: AbortOnDrop,
+    /// The lock's place in the engine's keeper, which extends it while a slow load runs, so
+    /// nobody else loads meanwhile.
+    kept: u64,
     finished: bool,
 }
 
@@ -197,13 +199,13 @@ impl Lease {
     /// The lease on a lock taken with `token` for `entry` elsewhere (by a lookup that read
     /// or locked in one round trip: `GuardedStore::read_or_lock`).
     pub(crate) fn held(engine: &Arc<Engine>, entry: &str, lock: String, token: String) -> Self {
-        let extender = extend_while_held(Arc::clone(engine), lock.clone(), token.clone());
+        let kept = Keeper::keep(engine, &lock, &token);
         Self {
             engine: Arc::clone(engine),
             lock,
             token,
             entry: entry.to_owned(),
-            _extender: extender,
+            kept,
             finished: false,
         }
     }
@@ -211,6 +213,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.engine.keeper.release(self.kept);
         if self.finished {
             return;
         }
@@ -282,30 +285,6 @@ pub(crate) async fn finish(
         lease.finished = true;
     }
     result
-}
-
-/// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Extends the lock every third of its ttl until dropped, or until the lock is lost.
-fn extend_while_held(engine: Arc<Engine>, lock: String, token: String) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
-        let ttl = engine.fills.lock_ttl;
-        loop {
-            tokio::time::sleep(ttl / 3).await;
-            match engine.store.extend_lock(&lock, &token, ttl).await {
-                Ok(true) => {}
-                // Lost or unreachable: stop; the fill completes without the lock.
-                _ => break,
-            }
-        }
-    }))
 }
 
 /// A token no other lock holder has: per-process random keys mixed with a counter.

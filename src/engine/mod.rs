@@ -12,6 +12,7 @@
 pub(crate) mod background;
 pub(crate) mod fill;
 pub(crate) mod flight;
+pub(crate) mod keeper;
 
 use crate::engine::background::{Background, Running};
 use crate::stats::Counters;
@@ -52,6 +53,8 @@ pub(crate) struct Engine {
     /// fills at once (clients asking for many big URLs and hanging up) cannot make the
     /// process hold more than the budget.
     pub(crate) fill_bytes: Arc<Semaphore>,
+    /// Extends the fill locks this process holds while their loads run.
+    pub(crate) keeper: keeper::Keeper,
 }
 
 /// The default of [`CacheLayerBuilder::max_fill_bytes`](crate::CacheLayerBuilder::max_fill_bytes):
@@ -96,6 +99,7 @@ impl Engine {
             fills,
             writes: Arc::new(Semaphore::new(DEFAULT_PENDING_WRITES)),
             fill_bytes: Arc::new(Semaphore::new(permits(DEFAULT_MAX_FILL_BYTES))),
+            keeper: keeper::Keeper::default(),
         }
     }
 

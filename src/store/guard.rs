@@ -11,6 +11,7 @@
 //! change the guard makes, at once, besides what the store's change feed reports.
 
 use super::near::{FreshUntil, NearTier};
+use super::presence::Presence;
 use super::{FillEnd, FillWaiter, LockAttempt, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::stats::Counters;
@@ -26,6 +27,8 @@ pub(crate) struct GuardedStore {
     breaker: Breaker,
     stats: Arc<Counters>,
     near: Option<Arc<NearTier>>,
+    /// Which keys lately held a value, so their lookups read before trying to lock.
+    presence: Presence,
 }
 
 impl GuardedStore {
@@ -49,6 +52,7 @@ impl GuardedStore {
             breaker,
             stats,
             near: None,
+            presence: Presence::new(),
         }
     }
 
@@ -134,7 +138,7 @@ impl GuardedStore {
     /// Asks the store to read `entry_key` or, when it holds nothing, take the fill lock, in
     /// one round trip: what a miss needs first, at the price of a read. The near tier is not
     /// asked (the caller did, with [`near_copy`](Self::near_copy), before making a token);
-    /// a value found is offered to it.
+    /// a value found is offered to it. A key that lately held a value is read first.
     pub(crate) async fn read_or_lock(
         &self,
         entry_key: &str,
@@ -143,12 +147,32 @@ impl GuardedStore {
         ttl: Duration,
     ) -> Result<LockAttempt, StoreError> {
         let ticket = self.near.as_ref().map(|near| near.ticket(entry_key));
-        let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
-        let attempt = self.call(self.read_timeout, attempt).await?;
-        if let (Some(near), Some(ticket), LockAttempt::Found(value)) =
-            (&self.near, ticket, &attempt)
-        {
-            near.offer(entry_key, value, ticket);
+        // A key lately seen holding a value is most likely a hit: a plain read costs the store
+        // a third of the script (see `presence`); finding nothing, it falls back to the script.
+        let attempt = match self.presence.likely_present(entry_key) {
+            true => match self
+                .call(self.read_timeout, self.store.get(entry_key))
+                .await?
+            {
+                Some(value) => LockAttempt::Found(value),
+                None => {
+                    let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
+                    self.call(self.read_timeout, attempt).await?
+                }
+            },
+            false => {
+                let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
+                self.call(self.read_timeout, attempt).await?
+            }
+        };
+        match &attempt {
+            LockAttempt::Found(value) => {
+                self.presence.present(entry_key);
+                if let (Some(near), Some(ticket)) = (&self.near, ticket) {
+                    near.offer(entry_key, value, ticket);
+                }
+            }
+            LockAttempt::Acquired | LockAttempt::Held => self.presence.absent(entry_key),
         }
         Ok(attempt)
     }
@@ -178,6 +202,7 @@ impl GuardedStore {
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let result = self.call(self.write_timeout, self.store.delete(key)).await;
         self.changed(key);
+        self.presence.absent(key);
         result
     }
 
@@ -185,25 +210,26 @@ impl GuardedStore {
     pub(crate) async fn remove(&self, key: &str) -> Result<bool, StoreError> {
         let result = self.call(self.write_timeout, self.store.remove(key)).await;
         self.changed(key);
+        self.presence.absent(key);
         result
     }
 
     /// Ends a fill (write, notice, unlock) in one call; see [`Store::finish_fill`].
     pub(crate) async fn finish_fill(&self, end: FillEnd<'_>) -> Result<(), StoreError> {
+        // The keys borrow from the caller, not from `end`: no copies are needed to name them
+        // after the call.
         let written = end.write.as_ref().map(|(key, _, _)| *key);
         let notice_key = end.notice.0;
-        let near = self.near.is_some();
-        let (written, notice_key) = if near {
-            (written.map(str::to_owned), Some(notice_key.to_owned()))
-        } else {
-            (None, None)
-        };
         let result = self
             .call(self.write_timeout, self.store.finish_fill(end))
             .await;
-        for key in written.iter().chain(notice_key.iter()) {
+        if let Some(key) = written {
             self.changed(key);
+            if result.is_ok() {
+                self.presence.present(key);
+            }
         }
+        self.changed(notice_key);
         result
     }
 

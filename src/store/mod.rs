@@ -13,6 +13,7 @@ mod guard;
 mod memory;
 mod near;
 mod notices;
+mod presence;
 mod redis;
 
 pub(crate) use guard::GuardedStore;
