@@ -125,14 +125,15 @@ pub(crate) fn mark(
     age_secs: Option<u64>,
 ) {
     headers.insert(X_CACHE, HeaderValue::from_static(verdict.outcome.as_str()));
-    let mut status = String::with_capacity(cache_name.len() + 48);
-    status.push_str(cache_name);
+    // Written straight into the buffer the header value keeps (one allocation, no copy).
+    let mut status = bytes::BytesMut::with_capacity(cache_name.len() + 48);
+    status.extend_from_slice(cache_name.as_bytes());
     let served_from_entry = matches!(verdict.outcome, CacheOutcome::Hit | CacheOutcome::Stale)
         && verdict.detail != Some("stale-if-error");
     if served_from_entry {
-        status.push_str("; hit");
+        status.extend_from_slice(b"; hit");
     }
-    // Writing to a String cannot fail.
+    // Writing to a BytesMut cannot fail.
     if let Some((fwd, fwd_status)) = verdict.fwd {
         let _ = write!(status, "; fwd={}", fwd.as_str());
         if let Some(code) = fwd_status {
@@ -140,7 +141,7 @@ pub(crate) fn mark(
         }
     }
     if verdict.stored {
-        status.push_str("; stored");
+        status.extend_from_slice(b"; stored");
     }
     if let Some(ttl) = verdict.ttl {
         let _ = write!(status, "; ttl={ttl}");
@@ -148,7 +149,7 @@ pub(crate) fn mark(
     if let Some(detail) = verdict.detail {
         let _ = write!(status, "; detail={detail}");
     }
-    if let Ok(value) = HeaderValue::from_str(&status) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(status.freeze()) {
         headers.append(CACHE_STATUS, value);
     }
     if let Some(age) = age_secs {

@@ -66,6 +66,18 @@ pub(crate) async fn resolve_or_lock(
         let (key, index, found) = resolve_from(shared, key, request, first).await;
         return (key, index, found, None);
     }
+    // A key lately seen holding a value is most likely a hit: a plain read costs the store a
+    // third of the script (see `store::presence`), and needs no token; finding nothing, the
+    // lookup goes on to the script.
+    if engine.store.likely_present(key.primary_key()) {
+        match read(shared, key.primary_key()).await {
+            Read::Missing => {}
+            first => {
+                let (key, index, found) = resolve_from(shared, key, request, first).await;
+                return (key, index, found, None);
+            }
+        }
+    }
     let token = lock_token();
     let lock = key.lock_key();
     let attempt = engine

@@ -552,3 +552,53 @@ async fn an_uncontended_miss_is_two_redis_round_trips() -> TestResult {
     );
     Ok(())
 }
+
+/// Issue 13: a hit through Redis (near tier off) on a key this process saw filled is one
+/// plain `GET`, not the read-or-lock script: 100 hits add 100 `GET` calls and no `EVALSHA`
+/// (Redis's own `INFO commandstats`).
+#[tokio::test]
+async fn a_hit_on_a_key_seen_filled_is_one_plain_get() -> TestResult {
+    let server = RedisServer::start().await;
+    let layer = support::builder(redis_store(&server).await, "plain-get")
+        .near_cache(1 << 20, Duration::ZERO)
+        .build()?;
+    let calls = Calls::default();
+    let svc = layer.layer(counting_origin(&calls));
+    assert_eq!(
+        send(&svc, get("http://example.test/hot")).await.x_cache(),
+        "MISS"
+    );
+    layer.wait_for_writes().await;
+    let raw = raw_client(&server).await;
+    let calls_of = |name: &'static str| {
+        let raw = raw.clone();
+        async move {
+            use fred::prelude::ClientLike;
+            let command = fred::types::CustomCommand::new_static(
+                "INFO",
+                fred::types::ClusterHash::Random,
+                false,
+            );
+            let info: String = raw
+                .custom(command, vec!["commandstats"])
+                .await
+                .expect("INFO commandstats");
+            info.lines()
+                .find_map(|line| {
+                    line.strip_prefix(&format!("cmdstat_{name}:calls="))
+                        .map(str::to_owned)
+                })
+                .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let (gets, scripts) = (calls_of("get").await, calls_of("evalsha").await);
+    for _ in 0..100 {
+        let reply = send(&svc, get("http://example.test/hot")).await;
+        assert_eq!(reply.x_cache(), "HIT");
+    }
+    assert_eq!(calls.get(), 1, "one origin call");
+    assert_eq!(calls_of("get").await - gets, 100, "one GET per hit");
+    assert_eq!(calls_of("evalsha").await - scripts, 0, "no script on a hit");
+    Ok(())
+}

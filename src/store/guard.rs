@@ -117,17 +117,34 @@ impl GuardedStore {
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let Some(near) = &self.near else {
-            return self.call(self.read_timeout, self.store.get(key)).await;
+            let value = self.call(self.read_timeout, self.store.get(key)).await?;
+            self.saw(key, value.is_some());
+            return Ok(value);
         };
         if let Some(value) = near.get(key) {
             return Ok(Some(value));
         }
         let ticket = near.ticket(key);
         let value = self.call(self.read_timeout, self.store.get(key)).await?;
+        self.saw(key, value.is_some());
         if let Some(value) = &value {
             near.offer(key, value, ticket);
         }
         Ok(value)
+    }
+
+    /// Whether `key` lately held a value, as far as this process saw: its lookup then reads
+    /// before it tries to lock (see `presence`).
+    pub(crate) fn likely_present(&self, key: &str) -> bool {
+        self.presence.likely_present(key)
+    }
+
+    /// Remembers whether `key` held a value when last read.
+    fn saw(&self, key: &str, present: bool) {
+        match present {
+            true => self.presence.present(key),
+            false => self.presence.absent(key),
+        }
     }
 
     /// The near tier's copy of `key`, if it holds one it may serve.
@@ -138,7 +155,7 @@ impl GuardedStore {
     /// Asks the store to read `entry_key` or, when it holds nothing, take the fill lock, in
     /// one round trip: what a miss needs first, at the price of a read. The near tier is not
     /// asked (the caller did, with [`near_copy`](Self::near_copy), before making a token);
-    /// a value found is offered to it. A key that lately held a value is read first.
+    /// a value found is offered to it.
     pub(crate) async fn read_or_lock(
         &self,
         entry_key: &str,
@@ -147,24 +164,8 @@ impl GuardedStore {
         ttl: Duration,
     ) -> Result<LockAttempt, StoreError> {
         let ticket = self.near.as_ref().map(|near| near.ticket(entry_key));
-        // A key lately seen holding a value is most likely a hit: a plain read costs the store
-        // a third of the script (see `presence`); finding nothing, it falls back to the script.
-        let attempt = match self.presence.likely_present(entry_key) {
-            true => match self
-                .call(self.read_timeout, self.store.get(entry_key))
-                .await?
-            {
-                Some(value) => LockAttempt::Found(value),
-                None => {
-                    let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
-                    self.call(self.read_timeout, attempt).await?
-                }
-            },
-            false => {
-                let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
-                self.call(self.read_timeout, attempt).await?
-            }
-        };
+        let attempt = self.store.read_or_lock(entry_key, lock_key, token, ttl);
+        let attempt = self.call(self.read_timeout, attempt).await?;
         match &attempt {
             LockAttempt::Found(value) => {
                 self.presence.present(entry_key);
