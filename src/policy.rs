@@ -65,6 +65,18 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "x-method-override",
 ];
 
+/// Whether `name` is a method-override header, reading `_` as `-`: CGI-style origins (WSGI,
+/// PHP) see `X_HTTP_Method_Override` as the same variable as `X-HTTP-Method-Override`.
+fn is_method_override(name: &str) -> bool {
+    METHOD_OVERRIDES.iter().any(|listed| {
+        name.len() == listed.len()
+            && name
+                .bytes()
+                .zip(listed.bytes())
+                .all(|(x, y)| x == y || (x == b'_' && y == b'-'))
+    })
+}
+
 /// Request headers that make the origin answer something other than the representation
 /// (`412 Precondition Failed`, `417 Expectation Failed`): such an answer, stored, would be
 /// served to everyone. (`If-None-Match`/`If-Modified-Since`/`Range` are different: the cache
@@ -126,9 +138,7 @@ fn keyable(uri: &Uri, headers: &HeaderMap) -> bool {
             .iter()
             .any(|len| len.as_bytes() != b"0");
     if has_body
-        || METHOD_OVERRIDES
-            .iter()
-            .any(|name| headers.contains_key(*name))
+        || headers.keys().any(|name| is_method_override(name.as_str()))
         || ANSWER_CHANGING
             .iter()
             .any(|name| headers.contains_key(name))
@@ -847,6 +857,11 @@ mod tests {
         assert_eq!(
             class("/x", &[("x-method-override", "PUT")]),
             RequestClass::Bypass
+        );
+        assert_eq!(
+            class("/x", &[("x_http_method_override", "DELETE")]),
+            RequestClass::Bypass,
+            "CGI-style origins read `_` as `-`"
         );
         let mut two_hosts = headers(&[("host", "victim.example")]);
         two_hosts.append(header::HOST, "evil.example".parse().unwrap());

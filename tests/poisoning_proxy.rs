@@ -35,10 +35,27 @@ struct Origin {
     calls: Calls,
 }
 
-/// The first comma-separated element of a header, trimmed.
+/// The first comma-separated element of a header, trimmed. Names are read as a CGI-style
+/// framework (WSGI, PHP) reads them: `_` and `-` alike, so `X_Forwarded_Prefix` is
+/// `X-Forwarded-Prefix`.
 fn first<'a>(request: &'a AxumRequest<Body>, name: &str) -> Option<&'a str> {
-    let value = request.headers().get(name)?.to_str().ok()?;
-    value.split(',').next().map(str::trim)
+    let same = |found: &str| {
+        found.len() == name.len()
+            && found
+                .bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    let (_, value) = request
+        .headers()
+        .iter()
+        .find(|(found, _)| same(found.as_str()))?;
+    value.to_str().ok()?.split(',').next().map(str::trim)
+}
+
+/// The first of `names` the request carries, as [`first`] reads it.
+fn first_of<'a>(request: &'a AxumRequest<Body>, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|name| first(request, name))
 }
 
 /// A parameter (`host`, `proto`) of the first `Forwarded` element.
@@ -64,6 +81,11 @@ async fn reflect(
     .iter()
     .find_map(|name| first(&request, name))
     .map_or_else(|| request.method().to_string(), str::to_owned);
+    // A protocol switch that reached the origin: it would answer in another protocol.
+    let method = match first(&request, "upgrade") {
+        Some(protocol) => format!("{method} upgrading to {protocol}"),
+        None => method,
+    };
     // Frameworks that trust proxies take the last Host when there are several.
     let host_header = request
         .headers()
@@ -80,12 +102,20 @@ async fn reflect(
         let name = host.split(':').next().unwrap_or("").to_owned();
         host = format!("{name}:{port}");
     }
-    let proto = first(&request, "x-forwarded-proto")
-        .or_else(|| first(&request, "x-forwarded-scheme"))
-        .or_else(|| forwarded_param(&request, "proto"))
-        .unwrap_or("http")
-        .to_owned();
-    let prefix = first(&request, "x-forwarded-prefix")
+    let proto = first_of(
+        &request,
+        &[
+            "x-forwarded-proto",
+            "x-forwarded-scheme",
+            "x-forwarded-protocol",
+            "x-scheme",
+            "x-url-scheme",
+        ],
+    )
+    .or_else(|| forwarded_param(&request, "proto"))
+    .unwrap_or("http")
+    .to_owned();
+    let prefix = first_of(&request, &["x-forwarded-prefix", "x-forwarded-path"])
         .unwrap_or("")
         .to_owned();
     let path = first(&request, "x-original-url")
@@ -99,10 +129,29 @@ async fn reflect(
             },
             str::to_owned,
         );
-    let client = first(&request, "x-real-ip")
-        .or_else(|| first(&request, "x-forwarded-for"))
-        .unwrap_or("nobody")
-        .to_owned();
+    let mut client = first_of(
+        &request,
+        &[
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "x-cluster-client-ip",
+            "cf-connecting-ip",
+            "x-forwarded-for",
+        ],
+    )
+    .unwrap_or("nobody")
+    .to_owned();
+    // Who the hop in front says authenticated the client, and with what certificate.
+    for name in [
+        "x-forwarded-user",
+        "x-remote-user",
+        "x-forwarded-client-cert",
+    ] {
+        if let Some(user) = first(&request, name) {
+            client = format!("{client} ({user})");
+        }
+    }
     let json = first(&request, "accept").is_some_and(|a| a.contains("application/json"));
     let content = request
         .into_body()
@@ -373,6 +422,83 @@ async fn client_supplied_forwarding_headers_do_not_reach_the_origin() -> TestRes
     Ok(())
 }
 
+/// Issue 18 (4) and (6): forwarding headers spelled with underscores (CGI-style origins read
+/// them as dashes), and the family's names beyond the classic list, sent by an attacker
+/// with an otherwise ordinary request; the innocent client gets the ordinary page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_family_headers_in_any_spelling_do_not_reach_the_origin() -> TestResult {
+    let fleet = fleet("poison-forwarding-family").await;
+    let attacks = [
+        ("X_Forwarded_Prefix", "/evil"),
+        ("X_Forwarded_Host", "evil.example"),
+        ("x_forwarded_proto", "https"),
+        ("X-Forwarded-Path", "/evil"),
+        ("X-Forwarded-Protocol", "https"),
+        ("X-Forwarded-Client-Cert", "Hash=evil"),
+        ("X-Forwarded-User", "admin"),
+        ("X-Scheme", "https"),
+        ("X-Url-Scheme", "https"),
+        ("True-Client-IP", "6.6.6.6"),
+        ("X-Client-IP", "6.6.6.6"),
+        ("X-Cluster-Client-IP", "6.6.6.6"),
+        ("CF-Connecting-IP", "6.6.6.6"),
+        ("X_Real_IP", "6.6.6.6"),
+        ("X-Remote-User", "admin"),
+    ];
+    let mut problems = Vec::new();
+    for (i, (name, value)) in attacks.iter().enumerate() {
+        let path = format!("/family/{i}");
+        for json in [false, true] {
+            let status = fleet
+                .attack(&format!(
+                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{name}: {value}\r\n\
+                     Connection: close\r\n\r\n",
+                    accept(json)
+                ))
+                .await;
+            if status != 200 {
+                problems.push(format!("{name}: the attacker got {status}"));
+            }
+        }
+        for json in [false, true] {
+            let reply = fleet.innocent(&path, json).await;
+            if let Some(problem) = wrong(&reply, &path, json) {
+                problems.push(format!("{name}: {problem}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
+    Ok(())
+}
+
+/// Only listed protocols are tunnelled: an `Upgrade: h2c` (or any unlisted token) is an
+/// ordinary request, cached like one, and the origin never sees the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_upgrades_are_tunnelled() -> TestResult {
+    let fleet = fleet("poison-upgrade").await;
+    for (i, protocol) in ["h2c", "evil/1.0"].iter().enumerate() {
+        let path = format!("/upgrade/{i}");
+        let reply = raw_response(
+            fleet.a.addr,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: text/html\r\n\
+                 Connection: Upgrade, close\r\nUpgrade: {protocol}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(reply.status, 200, "{protocol}: not switched, not refused");
+        assert_eq!(
+            reply.body,
+            normal_page(&path, false).as_bytes(),
+            "{protocol}: the origin saw the upgrade"
+        );
+        assert_innocent_served_normally(&fleet, &path).await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_named_in_connection_is_gone_before_the_variant_is_chosen() -> TestResult {
     let fleet = fleet("poison-connection").await;
@@ -395,6 +521,9 @@ async fn method_override_headers_cannot_turn_a_get_into_another_method() -> Test
         ("x-http-method-override", "POST"),
         ("x-http-method", "DELETE"),
         ("x-method-override", "PUT"),
+        // Issue 18 (5): CGI-style origins read `_` as `-`.
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("x_method_override", "PUT"),
     ];
     let mut problems = Vec::new();
     for (i, (name, method)) in attacks.iter().enumerate() {

@@ -18,18 +18,19 @@
 //!   not after the layer: otherwise the layer would pick a `Vary` variant from an `Accept`
 //!   that `Connection: accept` then strips, and store the origin's default answer under the
 //!   variant of another.
-//! - **Forwarding headers** (`X-Forwarded-*`, `Forwarded`) are the client's word about hops
-//!   in front of us; an origin that builds URLs from them renders a page for the attacker's
-//!   host that the cache then serves to everyone. All of them are removed; from a peer in
-//!   `--trusted-proxies` only the `X-Forwarded-For` chain and `X-Forwarded-Proto` are read
-//!   first. `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL` and the method-override headers
-//!   (`X-HTTP-Method-Override` and kin, which make frameworks run a `DELETE` for a cached
-//!   `GET`) always go. The proxy then sets `X-Forwarded-For` (the trusted chain plus the
-//!   peer, or just the peer), `X-Forwarded-Host` (the host it keyed on) and
-//!   `X-Forwarded-Proto` (the trusted scheme, else `http`) itself; the scheme is part of the
-//!   key (an `https` request reaches the layer in absolute form), so an `http` answer (say a
-//!   redirect to https) is never served to `https` clients.
-//! - **Upgrades** (`Connection: upgrade`, `Upgrade: websocket`) are marked
+//! - **Forwarding headers** (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `True-Client-IP`,
+//!   `X-Original-URL`, `X-Scheme`, the method overrides and the rest of that family; see
+//!   [`is_forwarding`]) are the client's word about hops in front of us; an origin that builds
+//!   URLs from them renders a page for the attacker's host that the cache then serves to
+//!   everyone. They are recognised by family and with `_` read as `-` (CGI-style origins do
+//!   the same), and of the whole family the origin sees only what the proxy sets itself:
+//!   `X-Forwarded-For` (the trusted chain plus the peer, or just the peer), `X-Forwarded-Host`
+//!   (the host it keyed on) and `X-Forwarded-Proto` (the trusted scheme, else `http`). From a
+//!   peer in `--trusted-proxies` only the `X-Forwarded-For` chain and `X-Forwarded-Proto` are
+//!   read first. The scheme is part of the key (an `https` request reaches the layer in
+//!   absolute form), so an `http` answer (say a redirect to https) is never served to `https`
+//!   clients.
+//! - **Upgrades** to a listed protocol (`Connection: upgrade`, `Upgrade: websocket`) are marked
 //!   [`UpgradeRequest`] before their headers go: the layer bypasses them and the forwarding
 //!   service tunnels them.
 //! - **Content on GET or HEAD** has no defined meaning (RFC 9110 §9.3.1) but some frameworks
@@ -55,35 +56,80 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
 
-/// Forwarding headers: read from a trusted peer (its `X-Forwarded-For` chain and
-/// `X-Forwarded-Proto`), then removed from every request and rebuilt by the proxy.
-const FORWARDING: [&str; 10] = [
+/// Headers that speak for the hops in front of the origin: the client's address, the host,
+/// port, scheme, path prefix or URL it asked for, its certificate or user, or the method it
+/// "really" meant. Frameworks trust them without a `Vary`, so each can change the origin's
+/// answer while the key stays the same. They are recognised by family, not by a list of
+/// known names: a name matches when, read with `_` as `-` (WSGI, CGI and PHP origins turn
+/// `X_Forwarded_Prefix` into the same variable as `X-Forwarded-Prefix`), it equals one of
+/// [`FORWARDING_NAMES`] or starts with one of [`FORWARDING_PREFIXES`]. Of this family the
+/// origin sees only what [`sanitize`] sets itself (the allowlist): `X-Forwarded-For`,
+/// `X-Forwarded-Host` and `X-Forwarded-Proto`, rebuilt from the connection, the keyed host and
+/// the keyed scheme. A trusted peer's `X-Forwarded-For` chain and `X-Forwarded-Proto` are read
+/// before the family goes.
+const FORWARDING_NAMES: [&str; 22] = [
     "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-forwarded-scheme",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "x-forwarded-uri",
+    "x-forwarded",
+    "x-host",
+    "x-scheme",
+    "x-url-scheme",
+    "x-proto",
+    "front-end-https",
+    "x-https",
+    "true-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "akamai-origin-hop",
+    "x-proxyuser-ip",
+    "x-cluster-client-ip",
+    "x-arr-ssl",
+    "x-arr-clientcert",
+    "x-ssl-client-cert",
+    "ssl-client-cert",
+    "x-remote-user",
+    "remote-user",
+    "x-authenticated-user",
 ];
 
-/// Headers frameworks read as the client's address, the original URL, the scheme or the
-/// method, that no client (trusted hop or not) gets to set through this proxy.
-const ALWAYS_DROPPED: [&str; 10] = [
-    "x-real-ip",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-host",
-    "x-host",
-    "front-end-https",
-    "x-url-scheme",
-    "x-http-method-override",
+/// Name prefixes of the forwarding family (see [`FORWARDING_NAMES`]), including the
+/// method-override headers (`X-HTTP-Method-Override` and kin make frameworks run a `DELETE`
+/// for a cached `GET`).
+const FORWARDING_PREFIXES: [&str; 9] = [
+    "x-forwarded-",
+    "x-original-",
+    "x-rewrite-",
+    "x-real-",
+    "x-client-",
     "x-http-method",
-    "x-method-override",
+    "x-method-",
+    "x-remote-",
+    "x-envoy-",
 ];
+
+/// Whether `name` (lowercase, as `http` stores it) is in the forwarding family.
+fn is_forwarding(name: &str) -> bool {
+    let name = name.as_bytes();
+    FORWARDING_NAMES
+        .iter()
+        .any(|listed| name.len() == listed.len() && same_bytes(name, listed.as_bytes()))
+        || FORWARDING_PREFIXES.iter().any(|prefix| {
+            name.get(..prefix.len())
+                .is_some_and(|start| same_bytes(start, prefix.as_bytes()))
+        })
+}
+
+/// `a` equals `b` (of the same length) when every `_` of `a` is read as `-`.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
+}
+
+/// The `Upgrade` protocols tunnelled to the origin (uncached). Any other token is refused
+/// rather than passed through: `h2c` or an unknown protocol would let a client speak to the
+/// origin past the sanitiser.
+const TUNNELLED_UPGRADES: [&str; 1] = ["websocket"];
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, plus the
 /// proxy-only ones): never forwarded in either direction.
@@ -204,10 +250,7 @@ pub(crate) fn sanitize(
     let dropped: Vec<HeaderName> = parts
         .headers
         .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            ALWAYS_DROPPED.contains(&name) || FORWARDING.contains(&name)
-        })
+        .filter(|name| is_forwarding(name.as_str()))
         .cloned()
         .collect();
     for name in dropped {
@@ -249,8 +292,9 @@ pub(crate) fn sanitize(
     Ok(())
 }
 
-/// An HTTP/1.1 `GET` with `Connection: upgrade` and one `Upgrade` value: a protocol switch
-/// (WebSocket) to tunnel. HTTP/2 has no such handshake (RFC 9113 §8.6).
+/// An HTTP/1.1 `GET` with `Connection: upgrade` and one `Upgrade` value that is listed in
+/// [`TUNNELLED_UPGRADES`]: a protocol switch (WebSocket) to tunnel. Any other upgrade is an
+/// ordinary request (its `Upgrade` and `Connection` headers are hop-by-hop and removed). HTTP/2 has no such handshake (RFC 9113 §8.6).
 fn upgrade_request(parts: &Parts) -> Option<UpgradeRequest> {
     if parts.method != Method::GET || parts.version != Version::HTTP_11 {
         return None;
@@ -264,7 +308,10 @@ fn upgrade_request(parts: &Parts) -> Option<UpgradeRequest> {
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
     let mut protocols = parts.headers.get_all(header::UPGRADE).iter();
     let protocol = protocols.next()?;
-    (asks && protocols.next().is_none()).then(|| UpgradeRequest(protocol.clone()))
+    let listed = TUNNELLED_UPGRADES
+        .iter()
+        .any(|listed| protocol.as_bytes().eq_ignore_ascii_case(listed.as_bytes()));
+    (asks && listed && protocols.next().is_none()).then(|| UpgradeRequest(protocol.clone()))
 }
 
 /// The target the layer keys on: `proto://host` and the path and query exactly as received.
@@ -608,6 +655,34 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn forwarding_family_is_recognised_in_any_spelling() {
+        for name in [
+            "forwarded",
+            "x-forwarded-for",
+            "x_forwarded_prefix",
+            "x-forwarded-path",
+            "x-forwarded-client-cert",
+            "x_real_ip",
+            "true-client-ip",
+            "x-scheme",
+            "x_http_method_override",
+            "x-original-url",
+        ] {
+            assert!(is_forwarding(name), "{name}");
+        }
+        for name in [
+            "accept",
+            "x-request-id",
+            "x-forwardedness",
+            "cookie",
+            "x-scheme-version",
+        ] {
+            assert!(!is_forwarding(name), "{name}");
+        }
+    }
+
     use super::*;
 
     fn policy(trusted: &str) -> Policy {
