@@ -173,15 +173,57 @@ fn update_lowercase(hasher: &mut Xxh3, bytes: &[u8]) {
 /// same resource. Nothing else is merged: the sort is stable, so repeated names keep their
 /// order (`?id=1&id=2` and `?id=2&id=1` can get different answers from a last-wins origin),
 /// and each parameter is hashed as written (`a` is not `a=`, an empty one is kept).
+///
+/// Names are compared as an origin may read them: percent-decoded, `+` as a space, and
+/// ASCII case ignored (ASP.NET's names are case-insensitive). Names equal under that reading
+/// are "repeated" and keep their order, so `?%61=evil&a=good` and `?a=good&%61=evil` (both
+/// `a` to the origin, in opposite orders) never share a key.
 fn update_sorted_query(hasher: &mut Xxh3, query: &str) {
     let mut pairs: Vec<&str> = query.split('&').collect();
-    pairs.sort_by_key(|pair| pair.split_once('=').map_or(*pair, |(name, _)| name));
+    pairs.sort_by_cached_key(|pair| {
+        origin_name(pair.split_once('=').map_or(*pair, |(name, _)| name))
+    });
     for (i, pair) in pairs.iter().enumerate() {
         if i > 0 {
             hasher.update(b"&");
         }
         hasher.update(pair.as_bytes());
     }
+}
+
+/// A query parameter's name as an origin may read it (see [`update_sorted_query`]); borrowed
+/// when it needs no decoding and is lowercase already.
+fn origin_name(name: &str) -> std::borrow::Cow<'_, [u8]> {
+    let bytes = name.as_bytes();
+    if !bytes
+        .iter()
+        .any(|b| matches!(b, b'%' | b'+') || b.is_ascii_uppercase())
+    {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = match bytes[i] {
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(high), Some(low)) => {
+                    i += 2;
+                    // Two hex digits make one byte: `high * 16 + low` is at most 255.
+                    u8::try_from(high * 16 + low).unwrap_or(b'%')
+                }
+                _ => b'%',
+            },
+            b'+' => b' ',
+            other => other,
+        };
+        decoded.push(byte.to_ascii_lowercase());
+        i += 1;
+    }
+    std::borrow::Cow::Owned(decoded)
 }
 
 /// The header names listed by a response's `Vary` fields (`*` included, for the caller to
@@ -313,6 +355,11 @@ mod tests {
             ("/?a", "/?a="),
             ("/?a=1&&b=2", "/?a=1&b=2"),
             ("/x?", "/x"),
+            // Issue 18 (9): names equal once decoded (or case-folded) are repeated names,
+            // and keep their order.
+            ("/?%61=evil&a=good", "/?a=good&%61=evil"),
+            ("/?A=evil&a=good", "/?a=good&A=evil"),
+            ("/?a+b=1&a%20b=2", "/?a%20b=2&a+b=1"),
         ] {
             assert_ne!(
                 key(&on, "GET", one, None),

@@ -462,6 +462,19 @@ async fn reviewed_origin(req: Request<ReqBody>) -> Result<Response<Full<Bytes>>,
                 .to_owned();
             response.body(Full::from(format!("item {last}")))
         }
+        "/decoded" => {
+            // A framework that percent-decodes names and lets the last `a` win.
+            let query = req.uri().query().unwrap_or_default();
+            let last = query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .filter(|(name, _)| name.replace("%61", "a") == "a")
+                .map(|(_, value)| value)
+                .next_back()
+                .unwrap_or_default()
+                .to_owned();
+            response.body(Full::from(format!("a is {last}")))
+        }
         path => {
             let vary = if req.headers().contains_key("origin") {
                 "Accept-Encoding, Origin"
@@ -541,6 +554,25 @@ async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
     settle(&a, &b).await;
     let innocent = send(&svc_b, get("http://site.example/q?id=2&id=1")).await;
     assert_eq!(innocent.body, "item 1");
+    Ok(())
+}
+
+/// Issue 18 (9): names an origin decodes alike are the same parameter, whose order the key
+/// keeps: the attacker's `?a=good&%61=evil` (last `a` is "evil") and the innocent's
+/// `?%61=evil&a=good` (last `a` is "good") never share an entry.
+#[tokio::test]
+async fn percent_encoded_names_are_ordered_as_the_origin_reads_them() -> TestResult {
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-query-decoded").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(reviewed_origin)),
+        b.layer(tower::service_fn(reviewed_origin)),
+    );
+    let attacked = send(&svc_a, get("http://site.example/decoded?a=good&%61=evil")).await;
+    assert_eq!(attacked.body, "a is evil");
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, get("http://site.example/decoded?%61=evil&a=good")).await;
+    assert_eq!(innocent.body, "a is good");
     Ok(())
 }
 
