@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: u64,
     pub(crate) respect_cache_control: bool,
     pub(crate) share_authorized: bool,
+    /// Whether the default ttl applies to responses to requests with cookies.
+    pub(crate) ttl_with_cookies: bool,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
     pub(crate) lock_ttl: Duration,

@@ -123,6 +123,7 @@ pub struct CacheLayerBuilder {
     respect_cache_control: bool,
     normalize_query: bool,
     share_authorized: bool,
+    ttl_with_cookies: bool,
     prefix: String,
     key_fn: Option<Arc<KeyFn>>,
     bypass: Option<Arc<BypassFn>>,
@@ -163,6 +164,7 @@ impl CacheLayerBuilder {
             respect_cache_control: true,
             normalize_query: true,
             share_authorized: false,
+            ttl_with_cookies: false,
             prefix: "trc".to_owned(),
             key_fn: None,
             bypass: None,
@@ -241,6 +243,19 @@ impl CacheLayerBuilder {
     /// response never depends on who asks.
     pub fn share_authorized(mut self, on: bool) -> Self {
         self.share_authorized = on;
+        self
+    }
+
+    /// Applies the default [`ttl`](Self::ttl) (and `negative_ttl`) to responses that declare
+    /// no freshness of their own even when the request carried a `Cookie` (default off: such
+    /// a response is forwarded and not stored, `Cache-Status: …; detail=cookie`). A page
+    /// without caching headers asked for with a session cookie is most likely that session's
+    /// own; stored for the default ttl it would be served to everyone. Responses that say how
+    /// long they are fresh (`max-age`, `s-maxage`, `Expires`, or heuristically from
+    /// `Last-Modified` in shared mode) are stored as they say, cookies or not. Turn on only
+    /// when no response depends on the request's cookies.
+    pub fn ttl_with_cookies(mut self, on: bool) -> Self {
+        self.ttl_with_cookies = on;
         self
     }
 
@@ -450,6 +465,7 @@ impl CacheLayerBuilder {
             max_body_bytes: self.max_body_bytes,
             respect_cache_control: self.respect_cache_control,
             share_authorized: self.share_authorized,
+            ttl_with_cookies: self.ttl_with_cookies,
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
             lock_ttl: self.lock_ttl,

@@ -223,6 +223,10 @@ pub(crate) enum NoCacheReason {
     Status,
     /// RFC 9111 rules (as `http-cache-semantics` reads them) forbid storing it.
     NotStorable,
+    /// It declares no freshness of its own and answers a request with cookies: the default
+    /// ttl is not applied to it (a session's page would be everyone's), unless
+    /// `ttl_with_cookies` says so.
+    Cookie,
 }
 
 impl NoCacheReason {
@@ -239,6 +243,7 @@ impl NoCacheReason {
             Self::ZeroTtl => "zero-ttl",
             Self::Status => "status",
             Self::NotStorable => "not-storable",
+            Self::Cookie => "cookie",
         }
     }
 }
@@ -375,7 +380,7 @@ pub(crate) fn decide(
             Ok(freshness) => freshness,
             Err(reason) => return Decision::Skip(reason),
         },
-        _ => match application_freshness(config, status, &cc) {
+        _ => match application_freshness(config, request, status, &cc) {
             Ok(fresh) => (fresh, Duration::ZERO),
             Err(reason) => return Decision::Skip(reason),
         },
@@ -420,6 +425,7 @@ pub(crate) fn decide(
 
 fn application_freshness(
     config: &Config,
+    request: &RequestHead<'_>,
     status: StatusCode,
     cc: &CacheControl,
 ) -> Result<Duration, NoCacheReason> {
@@ -433,13 +439,23 @@ fn application_freshness(
     if cc.no_cache && config.respect_cache_control {
         return Ok(Duration::ZERO);
     }
-    let mut fresh = negative.unwrap_or(config.ttl);
     if config.respect_cache_control {
         if let Some(secs) = cc.s_maxage.or(cc.max_age) {
-            fresh = Duration::from_secs(secs);
+            return Ok(Duration::from_secs(secs));
         }
     }
-    Ok(fresh)
+    default_ttl(config, request)?;
+    Ok(negative.unwrap_or(config.ttl))
+}
+
+/// The configured ttl, for a response that declares no freshness of its own: refused when the
+/// request carried cookies (unless `ttl_with_cookies`), since such a page is likely the
+/// session's own, and the origin did not say it may be shared (Varnish's default too).
+fn default_ttl(config: &Config, request: &RequestHead<'_>) -> Result<Duration, NoCacheReason> {
+    if request.headers.contains_key(header::COOKIE) && !config.ttl_with_cookies {
+        return Err(NoCacheReason::Cookie);
+    }
+    Ok(config.ttl)
 }
 
 struct PolicyRequest<'a>(&'a RequestHead<'a>);
@@ -498,7 +514,7 @@ fn shared_freshness(
     if !explicit && !heuristic {
         // No freshness information at all: the operator's default, for the listed statuses.
         return if config.statuses.contains(&status) {
-            Ok((config.ttl, Duration::ZERO))
+            default_ttl(config, request).map(|ttl| (ttl, Duration::ZERO))
         } else {
             Err(NoCacheReason::Status)
         };

@@ -557,6 +557,55 @@ async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
     Ok(())
 }
 
+/// Issue 18 (8): a page without caching headers, asked for with a session cookie, is the
+/// session's own: the default ttl does not make it everyone's (unless `ttl_with_cookies`).
+#[tokio::test]
+async fn a_cookie_requests_page_without_freshness_is_not_stored_for_the_default_ttl() -> TestResult
+{
+    async fn account(req: Request<ReqBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let who = req
+            .headers()
+            .get("cookie")
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.strip_prefix("session="))
+            .unwrap_or("anonymous")
+            .to_owned();
+        Ok(Response::new(Full::from(format!("hello {who}"))))
+    }
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-cookie-ttl").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(account)),
+        b.layer(tower::service_fn(account)),
+    );
+    let uri = "http://site.example/account";
+    let attacked = send(&svc_a, with("GET", uri, &[("cookie", "session=alice")])).await;
+    assert_eq!(attacked.body, "hello alice");
+    assert!(
+        attacked.headers["cache-status"]
+            .to_str()?
+            .contains("detail=cookie"),
+        "{:?}",
+        attacked.headers["cache-status"]
+    );
+    settle(&a, &b).await;
+    let innocent = send(&svc_b, get(uri)).await;
+    assert_eq!(innocent.body, "hello anonymous");
+
+    // Opted in, the default ttl applies to it like any other.
+    let layer = builder(redis_store(&server).await, "poison-cookie-ttl-on")
+        .key_prefix(unique_prefix("poison-cookie-ttl-on"))
+        .mode(CacheMode::Shared)
+        .ttl(Duration::from_secs(60))
+        .ttl_with_cookies(true)
+        .build()?;
+    let svc = layer.layer(tower::service_fn(account));
+    send(&svc, with("GET", uri, &[("cookie", "session=alice")])).await;
+    layer.wait_for_writes().await;
+    assert_eq!(send(&svc, get(uri)).await.body, "hello alice");
+    Ok(())
+}
+
 /// Issue 18 (9): names an origin decodes alike are the same parameter, whose order the key
 /// keeps: the attacker's `?a=good&%61=evil` (last `a` is "evil") and the innocent's
 /// `?%61=evil&a=good` (last `a` is "good") never share an entry.

@@ -25,9 +25,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "URL", env = "REDIS_URL")]
     pub(crate) redis: Option<String>,
 
-    /// Freshness, in seconds, of responses whose origin gives none.
+    /// Freshness, in seconds, of responses whose origin gives none (not applied to answers
+    /// to requests with cookies unless --ttl-with-cookies).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub(crate) ttl: u64,
+
+    /// Apply --ttl also to responses to requests that carry a `Cookie` (by default such a
+    /// response without freshness of its own is not stored: it is likely the session's own).
+    #[arg(long)]
+    pub(crate) ttl_with_cookies: bool,
 
     /// Seconds past freshness during which a stale entry is served while it is refreshed.
     #[arg(long, value_name = "SECS", default_value_t = 0)]

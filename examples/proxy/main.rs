@@ -163,6 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
     let layer = builder
         .mode(args.mode.into())
         .ttl(Duration::from_secs(args.ttl))
+        .ttl_with_cookies(args.ttl_with_cookies)
         .stale_while_revalidate(Duration::from_secs(args.stale_while_revalidate))
         .stale_if_error(Duration::from_secs(args.stale_if_error))
         .lock_ttl(Duration::from_millis(args.lock_ttl_ms))
