@@ -208,9 +208,11 @@ impl Entry {
     /// Whether this entry answers a request with `request_headers`: always when the response
     /// has no `Vary`, else when the varied request headers hash the same as the stored ones.
     pub fn matches(&self, request_headers: &HeaderMap) -> bool {
-        self.meta.variant == 0
-            || crate::key::variant_hash(crate::key::vary_names(&self.headers), request_headers)
-                == self.meta.variant
+        // Variant 0 answers every request only if the entry really does not vary: one whose
+        // headers name a `Vary` must match by its hash (an entry written otherwise, by an older
+        // release, then misses instead of answering for others).
+        let names = crate::key::vary_names(&self.headers);
+        crate::key::variant_hash(names, request_headers) == self.meta.variant
     }
 }
 

@@ -236,7 +236,11 @@ fn revalidated<B, E>(
         ttl,
         detail: None,
     };
-    let variant = stale.meta.variant;
+    // The variant the merged headers select for this request: a `304` that adds or changes
+    // `Vary` must not leave the entry answering every request (variant 0) with headers chosen
+    // for this one (a CORS answer for one `Origin` served to all). With a new `Vary` the entry
+    // is written as a variant under a new index, like any fill that varies.
+    let variant = key::variant_hash(key::vary_names(&headers), request.headers);
     let filled = match policy::decide(&shared.config, request, stale.status, &headers) {
         Decision::Store(lifetime) => encode_filled(
             stale.status,

@@ -557,6 +557,65 @@ async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
     Ok(())
 }
 
+/// Issue 18 (3): a `304` that adds `Vary` to an entry that did not vary (a CORS answer for
+/// the attacker's `Origin`) does not become every client's answer.
+#[tokio::test]
+async fn a_304_adding_vary_does_not_answer_for_everyone() -> TestResult {
+    async fn cors(req: Request<ReqBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let origin = req.headers().get("origin").cloned();
+        let revalidating = req.headers().contains_key("if-none-match");
+        let response = Response::builder().header("etag", "\"v1\"");
+        let response = match (revalidating, origin) {
+            // The first answer: no `Vary`, to be revalidated on every use.
+            (false, _) => response
+                .header("cache-control", "public, max-age=0")
+                .body(Full::from("data")),
+            // Revalidated with an `Origin`: a CORS answer for it, now varying, long fresh.
+            (true, Some(origin)) => response
+                .status(304)
+                .header("cache-control", "public, max-age=600")
+                .header("vary", "Origin")
+                .header("access-control-allow-origin", origin)
+                .body(Full::default()),
+            (true, None) => response
+                .status(304)
+                .header("cache-control", "public, max-age=0")
+                .body(Full::default()),
+        };
+        Ok(response.expect("response"))
+    }
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-304-vary").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(cors)),
+        b.layer(tower::service_fn(cors)),
+    );
+    let uri = "http://site.example/api";
+    assert_eq!(send(&svc_b, get(uri)).await.body, "data");
+    settle(&a, &b).await;
+    let attacked = send(
+        &svc_a,
+        with("GET", uri, &[("origin", "https://evil.example")]),
+    )
+    .await;
+    assert_eq!(attacked.status, 200);
+    assert_eq!(
+        attacked.headers["access-control-allow-origin"],
+        "https://evil.example"
+    );
+    settle(&a, &b).await;
+    for svc in [&svc_b, &svc_a] {
+        let innocent = send(svc, get(uri)).await;
+        assert_eq!(innocent.body, "data");
+        assert!(
+            !innocent.headers.contains_key("access-control-allow-origin"),
+            "the attacker's CORS answer reached an innocent client: {:?}",
+            innocent.headers
+        );
+    }
+    Ok(())
+}
+
 /// Issue 18 (8): a page without caching headers, asked for with a session cookie, is the
 /// session's own: the default ttl does not make it everyone's (unless `ttl_with_cookies`).
 #[tokio::test]
