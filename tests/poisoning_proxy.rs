@@ -782,3 +782,91 @@ async fn an_http_redirect_is_never_served_to_https_clients() -> TestResult {
     );
     Ok(())
 }
+
+/// An origin that writes a body after its answer to `HEAD` (late, as a slow framework that
+/// streams it would: when the next request on the connection arrives): a whole second
+/// response, which a pooled connection hands to that next request as its answer. `GET`s get
+/// a small page naming their path.
+async fn desyncing_origin() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind the origin");
+    let address = listener.local_addr().expect("origin address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut late_body = false;
+                loop {
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                    buffer.drain(..end + 4);
+                    let mut line = head.lines().next().unwrap_or("").split(' ');
+                    let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+                    let page = format!("page {path}");
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\n\
+                         Content-Length: {}\r\n\r\n",
+                        page.len()
+                    );
+                    if std::mem::take(&mut late_body) {
+                        answer.insert_str(
+                            0,
+                            "HTTP/1.1 200 OK\r\nCache-Control: public, max-age=600\r\n\
+                             Content-Length: 4\r\n\r\nEVIL",
+                        );
+                    }
+                    if method == "HEAD" {
+                        late_body = true;
+                    } else {
+                        answer.push_str(&page);
+                    }
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+/// Issue 18 (2): a `HEAD` miss never leaves a pooled upstream connection that the origin
+/// desynchronised by writing a body: the next request's stored answer is the origin's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_answered_with_a_body_cannot_desync_the_next_answer() -> TestResult {
+    let redis = RedisServer::start().await;
+    let upstream = desyncing_origin().await;
+    let proxy = Proxy::start_redis_with(
+        &upstream,
+        redis.url(),
+        &unique_prefix("poison-head-desync"),
+        &[],
+    )
+    .await;
+    let client = client();
+    for round in 0..3 {
+        let head = Request::head(proxy.url(&format!("/attack/{round}")))
+            .header("host", VICTIM)
+            .body(Full::default())?;
+        assert_eq!(send(&client, head).await.status, StatusCode::OK);
+        let path = format!("/victim/{round}");
+        for _ in 0..2 {
+            let innocent = Request::get(proxy.url(&path))
+                .header("host", VICTIM)
+                .body(Full::default())?;
+            let reply = send(&client, innocent).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.text(), format!("page {path}"), "round {round}");
+        }
+    }
+    Ok(())
+}

@@ -82,6 +82,15 @@ impl Forward {
         });
         parts.uri = target;
         parts.version = Version::HTTP_11;
+        // A `HEAD` goes over a connection of its own that is closed after the answer: an
+        // origin that writes a body anyway (at once or late) would otherwise leave those
+        // bytes on a pooled connection, where the next request, another client's, would read
+        // them as its answer and the cache would store them.
+        if method == http::Method::HEAD {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let request = Request::from_parts(parts, body);
 
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
