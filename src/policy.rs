@@ -487,11 +487,13 @@ impl ResponseLike for PolicyResponse<'_> {
 }
 
 /// Statuses a client can draw from an origin with headers the key does not hold (an
-/// oversized or malformed header, a length or expectation the origin refuses): `400`,
-/// `411`-`413`, `415`-`417`, `431`. (A `414` answers a target, which is keyed; a `5xx` takes
-/// a failing origin, not a crafted request, and stays storable when the origin says so.)
+/// oversized or malformed header, a length or expectation the origin refuses, a header value
+/// the application fails on): `400`, `411`-`413`, `415`-`417`, `431`, and `500`, which is what
+/// frameworks answer when a request makes the application throw. (A `414` answers a target,
+/// which is keyed; `502`-`504` describe the origin's or a gateway's own state and stay
+/// storable when the origin says so.)
 fn provokable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 411..=413 | 415..=417 | 431)
+    matches!(status.as_u16(), 400 | 411..=413 | 415..=417 | 431 | 500)
 }
 
 /// RFC 9111 freshness for a shared cache: (time to live from now, age already accrued).

@@ -557,6 +557,41 @@ async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
     Ok(())
 }
 
+/// Issue 18 (7): an origin that marks every answer `public, max-age` and throws (`500`) on a
+/// header value it cannot parse: the attacker's provoked `500` is not stored for everyone.
+#[tokio::test]
+async fn a_header_provoked_500_is_not_stored_for_everyone() -> TestResult {
+    async fn fragile(req: Request<ReqBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let response = Response::builder().header("cache-control", "public, max-age=600");
+        let locale = req.headers().get("x-locale").map(|v| v.to_str().is_ok());
+        let response = match locale {
+            // A value the application fails to parse: an unhandled error.
+            Some(false) => response.status(500).body(Full::from("internal error")),
+            _ => response.body(Full::from("the page")),
+        };
+        Ok(response.expect("response"))
+    }
+    let server = RedisServer::start().await;
+    let (a, b) = fleet(&server, "poison-500").await;
+    let (svc_a, svc_b) = (
+        a.layer(tower::service_fn(fragile)),
+        b.layer(tower::service_fn(fragile)),
+    );
+    let uri = "http://site.example/page";
+    let mut attack = get(uri);
+    attack
+        .headers_mut()
+        .insert("x-locale", http::HeaderValue::from_bytes(b"\xff\xfe")?);
+    assert_eq!(send(&svc_a, attack).await.status, 500);
+    settle(&a, &b).await;
+    for svc in [&svc_b, &svc_a] {
+        let innocent = send(svc, get(uri)).await;
+        assert_eq!(innocent.status, 200);
+        assert_eq!(innocent.body, "the page");
+    }
+    Ok(())
+}
+
 /// Issue 18 (3): a `304` that adds `Vary` to an entry that did not vary (a CORS answer for
 /// the attacker's `Origin`) does not become every client's answer.
 #[tokio::test]
