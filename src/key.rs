@@ -1,7 +1,8 @@
 //! Canonical request keys (design §3).
 //!
 //! A request is reduced to `GET \n scheme \n authority \n path \n ?query` (HEAD shares
-//! GET's class, so a HEAD is answered from the GET entry), hashed with xxh3-128 and laid out as
+//! GET's class, so a HEAD is answered from the GET entry), hashed with SHA-256 (its first 128
+//! bits) and laid out as
 //! `{prefix}:{<32 hex digits>}:e`. A fixed-length hex hash keeps user input (globs, separators,
 //! huge URLs) out of Redis key names, and the `{…}` hash tag puts an entry and its lock in one
 //! Redis Cluster slot so they can be used together in one script.
@@ -10,11 +11,17 @@
 //! varies, the primary key `…:e` holds a [`VaryIndex`](crate::entry::VaryIndex) naming the
 //! varied headers, and each variant lives at `…:e:<hex>`, named by the index's generation and
 //! a hash of the request's values for those headers. Resources that do not vary cost one read.
+//!
+//! Both hashes are SHA-256, not a fast non-cryptographic hash: a key or variant that a client
+//! could make collide with another's would let it replace what the other is served (a value
+//! hashing like a victim's `Accept-Language` under 64-bit xxh3 is found in microseconds).
+//! Finding a second request with the same truncated SHA-256 is out of reach, and with the
+//! CPU's SHA extensions one key costs well under a microsecond.
 
 use http::request::Parts;
+use sha2::{Digest, Sha256};
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
-use xxhash_rust::xxh3::Xxh3;
 
 /// A user-supplied replacement for the canonical key material. Returning `None` makes the
 /// request bypass the cache. The returned string is hashed and prefixed like the canonical one.
@@ -101,7 +108,7 @@ impl KeyMaker {
             return None;
         }
         let hash = match &self.custom {
-            Some(custom) => xxhash_rust::xxh3::xxh3_128(custom(parts)?.as_bytes()),
+            Some(custom) => first_128(Sha256::digest(custom(parts)?.as_bytes())),
             None => self.canonical_hash(parts),
         };
         Some(self.key_from_hash(hash))
@@ -125,7 +132,7 @@ impl KeyMaker {
     }
 
     fn canonical_hash(&self, parts: &Parts) -> u128 {
-        let mut hasher = Xxh3::new();
+        let mut hasher = Sha256::new();
         hasher.update(b"GET\n");
         // The scheme the client used (an `https` page may differ from the `http` one, e.g. a
         // redirect to https); an origin-form target counts as `http`.
@@ -156,14 +163,14 @@ impl KeyMaker {
             }
             None => {}
         }
-        hasher.digest128()
+        first_128(hasher.finalize())
     }
 }
 
 /// Hosts are case-insensitive; hash them lowercased without allocating for the common case.
-fn update_lowercase(hasher: &mut Xxh3, bytes: &[u8]) {
+fn update_lowercase(hasher: &mut Sha256, bytes: &[u8]) {
     if bytes.iter().any(u8::is_ascii_uppercase) {
-        hasher.update(&bytes.to_ascii_lowercase());
+        hasher.update(bytes.to_ascii_lowercase());
     } else {
         hasher.update(bytes);
     }
@@ -178,7 +185,7 @@ fn update_lowercase(hasher: &mut Xxh3, bytes: &[u8]) {
 /// ASCII case ignored (ASP.NET's names are case-insensitive). Names equal under that reading
 /// are "repeated" and keep their order, so `?%61=evil&a=good` and `?a=good&%61=evil` (both
 /// `a` to the origin, in opposite orders) never share a key.
-fn update_sorted_query(hasher: &mut Xxh3, query: &str) {
+fn update_sorted_query(hasher: &mut Sha256, query: &str) {
     let mut pairs: Vec<&str> = query.split('&').collect();
     pairs.sort_by_cached_key(|pair| {
         origin_name(pair.split_once('=').map_or(*pair, |(name, _)| name))
@@ -260,9 +267,9 @@ pub(crate) fn variant_hash<'a>(
     names: impl Iterator<Item = &'a str>,
     request: &http::HeaderMap,
 ) -> u64 {
-    let mut hasher: Option<Xxh3> = None;
+    let mut hasher: Option<Sha256> = None;
     for name in names {
-        let hasher = hasher.get_or_insert_with(Xxh3::new);
+        let hasher = hasher.get_or_insert_with(Sha256::new);
         update_lowercase(hasher, name.as_bytes());
         hasher.update(b":");
         let list = LIST_FIELDS.iter().any(|l| l.eq_ignore_ascii_case(name));
@@ -285,7 +292,19 @@ pub(crate) fn variant_hash<'a>(
         hasher.update(b"\n");
     }
     // 0 is reserved for "no Vary", so a real hash that happens to be 0 becomes 1.
-    hasher.map_or(0, |h| h.digest().max(1))
+    hasher.map_or(0, |h| {
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first).max(1)
+    })
+}
+
+/// The first 128 bits of a SHA-256 digest.
+fn first_128(digest: impl AsRef<[u8]>) -> u128 {
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_be_bytes(first)
 }
 
 #[cfg(test)]
@@ -308,6 +327,20 @@ mod tests {
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
         maker.derive(&parts).unwrap()
+    }
+
+    /// Issue 18 (1): keys and variants are named by SHA-256, which no request can be crafted
+    /// to collide with another's (known answers, computed independently).
+    #[test]
+    fn keys_and_variants_are_truncated_sha256() {
+        let k = key(&maker(true), "GET", "http://example.test/x?a=1", None);
+        assert_eq!(k.entry_key(), "p:{68960406f7f1bd2ace2fce95e9aa1b21}:e");
+        let mut request = http::HeaderMap::new();
+        request.insert("accept-language", "en-GB".parse().unwrap());
+        assert_eq!(
+            variant_hash(["Accept-Language"].into_iter(), &request),
+            0x290b_52bf_0941_0a8b
+        );
     }
 
     #[test]
