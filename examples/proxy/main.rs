@@ -77,6 +77,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tower::Layer;
+use tower_redis_cache::store::DEFAULT_NOTICE_CHANNEL;
 use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore};
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -148,6 +149,9 @@ async fn run(args: Args) -> Result<(), String> {
             let store = RedisStore::builder(url)
                 .map_err(|e| format!("invalid --redis URL {}: {e}", redact(url)))?
                 .pool_size(usize::from(args.redis_pool_size))
+                // One channel per cache (per key prefix): proxies of other caches on the same
+                // Redis neither wake on nor pay for each other's fill and change notices.
+                .notice_channel(format!("{DEFAULT_NOTICE_CHANNEL}:{}", args.prefix))
                 .connect_lazy()
                 .map_err(|e| format!("cannot set up Redis at {}: {e}", redact(url)))?;
             // `--near-cache-ms 0` is `Duration::ZERO`: the builder's "off".
