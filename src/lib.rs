@@ -74,8 +74,13 @@
 //! - `engine::fill`: one fill per key across the fleet (lock, wait, takeover, extension).
 //! - `engine::flight`: in-process single flight, one leader per key.
 //! - `engine::background`: work run off the caller's path, for `wait_for_writes`.
+//! - `engine::keeper`: one task per engine that extends the fill locks this process holds.
 //! - [`store`]: the [`Store`] trait, [`RedisStore`], [`MemoryStore`], notices.
 //! - `store::guard`: timeouts, the circuit breaker and the near tier around any store.
+//! - `store::near`: the near tier, in-process copies kept coherent by the change feed.
+//! - `store::presence`: which keys lately held a value (a plain read before the lock script).
+//! - `store::notices`: fill notices fanned out to the waiters of one process.
+//! - `store::redis::feed`: the Redis notice channel: subscription, heartbeats, change feed.
 //! - `stats`: the counters behind [`Stats`].
 //! - `error`: typed errors.
 //!
