@@ -7,7 +7,7 @@ use crate::error::ConfigError;
 use http::StatusCode;
 use std::time::Duration;
 
-/// Whose rules decide what is stored and for how long (design §5).
+/// Whose rules decide what is stored and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CacheMode {

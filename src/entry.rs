@@ -4,7 +4,7 @@
 //! property tests and codec benchmarks can reach it from outside the crate. Its layout may
 //! change with any release.
 //!
-//! Layout (all integers big-endian), design §4 with the checksum moved before the body:
+//! Layout (all integers big-endian):
 //!
 //! ```text
 //! "TRC" | version u8 | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 |

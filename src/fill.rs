@@ -1,5 +1,5 @@
 //! The HTTP miss path: followers of a fill in this process, the leader's fill (on the
-//! engine's fleet-wide protocol), and background refreshes (design §6).
+//! engine's fleet-wide protocol), and background refreshes.
 //!
 //! In this process, the first request for a key leads and the rest follow it (`engine::flight`).
 //! The leader's fill runs in its own task, so a client that hangs up does not cancel it for

@@ -1,4 +1,4 @@
-//! The request flow (design §1): classify, look up, answer from an entry, or hand a miss to
+//! The request flow: classify, look up, answer from an entry, or hand a miss to
 //! `fill`. Reading entries (and their vary indexes) lives here too.
 //!
 //! Every branch that cannot use the store forwards the request to the inner service, so a

@@ -1,4 +1,4 @@
-//! Canonical request keys (design §3).
+//! Canonical request keys.
 //!
 //! A request is reduced to `GET \n scheme \n authority \n path \n ?query` (HEAD shares
 //! GET's class, so a HEAD is answered from the GET entry), hashed with SHA-256 (its first 128

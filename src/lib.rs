@@ -42,7 +42,7 @@
 //!
 //! # Layout
 //!
-//! One engine, two faces (design §1). Imports go one way: faces → engine → store.
+//! One engine, two faces. Imports go one way: faces → engine → store.
 //!
 //! The HTTP face:
 //! - `layer`: [`CacheLayer`] and its builder, which validates every setting.

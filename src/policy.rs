@@ -1,4 +1,4 @@
-//! What may be looked up, what may be stored, and for how long (design §5).
+//! What may be looked up, what may be stored, and for how long.
 //!
 //! This is the one module that reads `Cache-Control`, `Pragma`, `Expires`, `Vary`,
 //! `Set-Cookie` and `Authorization`, so every rule that keeps one user's response from
@@ -21,7 +21,7 @@ use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike}
 use std::time::{Duration, SystemTime};
 
 /// How the cache treats a request before anything is looked up: decided once, in
-/// [`classify_request`], and honoured by every path after it (design §11).
+/// [`classify_request`], and honoured by every path after it (README, Security).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestClass {
     /// A cacheable `GET`: look it up, fill on a miss.

@@ -2,7 +2,7 @@
 //! [`CacheLayer`](tower_redis_cache::CacheLayer) sees the request.
 //!
 //! A shared cache serves one client's answer to others, so anything that can change the
-//! origin's answer must either be in the key or never reach the origin (design.md §11). The
+//! origin's answer must either be in the key or never reach the origin (README, Security). The
 //! layer keys on method class, authority, path and query, and on the headers a response
 //! `Vary`s on; this step makes the forwarded request agree with exactly that:
 //!

@@ -1,5 +1,5 @@
 //! One fill per key across the fleet: the fill lock, waiting for another's fill, takeover,
-//! extension while loading, and the fill's end in one store call (design §6).
+//! extension while loading, and the fill's end in one store call.
 //!
 //! The protocol, for callers that already lead the fill in their own process (in-process
 //! single flight, `crate::engine::flight`, comes first and is the caller's):

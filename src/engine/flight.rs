@@ -1,4 +1,4 @@
-//! In-process single flight: one leader per key per process (design §6.1).
+//! In-process single flight: one leader per key per process.
 //!
 //! The first request for a missing key becomes the leader and runs the fill; the others follow
 //! and await the leader's outcome. Followers only ever receive a *stored* entry, never the
