@@ -67,7 +67,7 @@ use tower::Service;
 /// `X-Forwarded-Host` and `X-Forwarded-Proto`, rebuilt from the connection, the keyed host and
 /// the keyed scheme. A trusted peer's `X-Forwarded-For` chain and `X-Forwarded-Proto` are read
 /// before the family goes.
-const FORWARDING_NAMES: [&str; 22] = [
+const FORWARDING_NAMES: [&str; 24] = [
     "forwarded",
     "x-forwarded",
     "x-host",
@@ -90,17 +90,20 @@ const FORWARDING_NAMES: [&str; 22] = [
     "x-remote-user",
     "remote-user",
     "x-authenticated-user",
+    "x-client-ip",
+    "x-client-cert",
 ];
 
 /// Name prefixes of the forwarding family (see [`FORWARDING_NAMES`]), including the
 /// method-override headers (`X-HTTP-Method-Override` and kin make frameworks run a `DELETE`
-/// for a cached `GET`).
-const FORWARDING_PREFIXES: [&str; 9] = [
+/// for a cached `GET`). Only prefixes no application header is likely to share: `X-Client-`
+/// is not one (`X-Client-Version` is an application's own), so its forwarding members are
+/// listed by name.
+const FORWARDING_PREFIXES: [&str; 8] = [
     "x-forwarded-",
     "x-original-",
     "x-rewrite-",
     "x-real-",
-    "x-client-",
     "x-http-method",
     "x-method-",
     "x-remote-",
