@@ -49,9 +49,15 @@ where
     match shared.flights.join(key.flight()) {
         Role::Follower(follower) => {
             // This process's fill is led by another request, which may be waiting for the
-            // lock this one's lookup took: let go of it now, with a notice, so it takes it.
-            drop(ctx.lease.take());
-            match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
+            // lock this one's lookup took: leave it for that leader (released, with a notice,
+            // when this wait ends and the leader did not take it).
+            let deposit = ctx
+                .lease
+                .take()
+                .map(|lease| shared.engine.handoffs.deposit(lease));
+            let outcome = tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await;
+            drop(deposit);
+            match outcome {
                 Ok(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
                     shared.engine.stats.coalesced(1);
                     return Ok(served_by_fill(&shared, &entry, &parts.headers));

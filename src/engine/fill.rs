@@ -111,6 +111,9 @@ pub(crate) async fn acquire_or_wait<J: Judge>(
     } = request;
     let store = &engine.store;
     let lock_ttl = engine.fills.lock_ttl;
+    if let Some(lease) = engine.handoffs.take(&keys.lock, None) {
+        return Acquire::Lead(lease);
+    }
     let token = lock_token();
     // Subscribe before trying the lock, so a notice sent in between is not missed.
     let mut waiter = store.subscribe_fill(&keys.entry);
@@ -143,6 +146,11 @@ pub(crate) async fn acquire_or_wait<J: Judge>(
                 return Acquire::Load;
             }
         };
+        // The lock may be this process's own, taken by a lookup whose request then followed
+        // this fill: it is handed over here rather than let go to the rest of the fleet.
+        if let Some(lease) = engine.handoffs.take(&keys.lock, None) {
+            return Acquire::Lead(lease);
+        }
         match store.get(&keys.entry).await {
             Ok(Some(value)) => match judge.judge(value).await {
                 Judged::Usable(value) => return Acquire::Filled(value),
@@ -231,6 +239,63 @@ impl Drop for Lease {
                 let _ = engine.store.unlock(&lock, &token, Some(&entry)).await;
             });
         }
+    }
+}
+
+/// Fill locks this process's lookups took for requests that then followed another request's
+/// fill of the same key in this process (the lock goes to whoever reads first; the flight to
+/// whoever gets there first). Released, such a lock would go to another process's waiter and
+/// this process's leader would wait for that process's fill; deposited here, it is taken by
+/// this process's leader ([`acquire_or_wait`] looks here first and on every wake), and what
+/// nobody took is released when its depositor's wait ends.
+#[derive(Default)]
+pub(crate) struct Handoffs {
+    /// A std mutex: held for one map operation, never across an await.
+    leases: std::sync::Mutex<std::collections::HashMap<String, Lease>>,
+}
+
+impl Handoffs {
+    fn leases(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lease>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Leaves `lease` for this process's leader; the returned guard releases it (with a
+    /// notice to waiters) when dropped, unless the leader took it.
+    pub(crate) fn deposit(&self, lease: Lease) -> Deposit<'_> {
+        let (lock, token) = (lease.lock.clone(), lease.token.clone());
+        let replaced = self.leases().insert(lock.clone(), lease);
+        drop(replaced);
+        Deposit {
+            handoffs: self,
+            lock,
+            token,
+        }
+    }
+
+    /// The lease deposited for `lock` (only the one with `token`, when given).
+    fn take(&self, lock: &str, token: Option<&str>) -> Option<Lease> {
+        let mut leases = self.leases();
+        let matches = leases
+            .get(lock)
+            .is_some_and(|lease| token.is_none_or(|token| lease.token == token));
+        matches.then(|| leases.remove(lock)).flatten()
+    }
+}
+
+/// A deposited lease's release: see [`Handoffs::deposit`].
+pub(crate) struct Deposit<'a> {
+    handoffs: &'a Handoffs,
+    lock: String,
+    token: String,
+}
+
+impl Drop for Deposit<'_> {
+    fn drop(&mut self) {
+        // Dropped outside the map's lock: a lease's drop releases its lock.
+        let untaken = self.handoffs.take(&self.lock, Some(&self.token));
+        drop(untaken);
     }
 }
 

@@ -55,6 +55,8 @@ pub(crate) struct Engine {
     pub(crate) fill_bytes: Arc<Semaphore>,
     /// Extends the fill locks this process holds while their loads run.
     pub(crate) keeper: keeper::Keeper,
+    /// Fill locks taken by lookups, left for this process's leader of the key's fill.
+    pub(crate) handoffs: fill::Handoffs,
 }
 
 /// The default of [`CacheLayerBuilder::max_fill_bytes`](crate::CacheLayerBuilder::max_fill_bytes):
@@ -100,6 +102,7 @@ impl Engine {
             writes: Arc::new(Semaphore::new(DEFAULT_PENDING_WRITES)),
             fill_bytes: Arc::new(Semaphore::new(permits(DEFAULT_MAX_FILL_BYTES))),
             keeper: keeper::Keeper::default(),
+            handoffs: fill::Handoffs::default(),
         }
     }
 
