@@ -19,23 +19,20 @@
 //! curl -i localhost:3000/api/products/1    # x-cache: HIT, age: 0, the origin was not called
 //! curl -i -X PUT localhost:3000/api/products/1 \
 //!      -H 'content-type: application/json' -d '{"name":"Teapot","price_cents":2500}'
-//! curl -i localhost:3000/api/products/1    # x-cache: MISS again: the PUT invalidated it
+//! curl -i localhost:3000/api/products/1    # x-cache: MISS again: the PUT purged its tag
 //! curl -s localhost:3000/stats             # cache counters and origin calls
 //! ```
 //!
 //! The data source sleeps 150 ms per read to stand in for a slow database. `GET` responses are
-//! cached for 30 s, `404`s for 5 s. A `PUT` writes the product and removes the cached `GET`s it
-//! made stale (the product and the list) with [`CacheLayer::invalidate`]. (The layer also drops
-//! the entry for the URL of any successful `PUT`/`POST`/`DELETE`/`PATCH` by itself, but only an
-//! application knows which other URLs, like the list, show the data that changed.)
+//! cached for 30 s, `404`s for 5 s. Each response is tagged with what it shows (a
+//! [`CacheTags`] extension: `product:<id>`, and `products` for the list), and a `PUT` writes the
+//! product and purges its tag with [`CacheLayer::purge_tag`], on every instance: the product's
+//! page and every list showing it, however many there are (the layer alone would drop only the
+//! `PUT`'s own URL).
 
 use axum::{
     extract::{Path, State},
-    http::{
-        header::{CACHE_CONTROL, HOST},
-        uri::PathAndQuery,
-        HeaderMap, HeaderValue, Request, StatusCode, Uri,
-    },
+    http::{header::CACHE_CONTROL, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -51,7 +48,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::RwLock;
-use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore};
+use tower_redis_cache::{CacheLayer, CacheTags, MemoryStore, RedisStore};
 
 /// How long one read of the data source takes.
 const ORIGIN_LATENCY: Duration = Duration::from_millis(150);
@@ -109,26 +106,36 @@ struct App {
     cache: CacheLayer,
 }
 
-async fn list_products(State(app): State<App>) -> Json<Vec<Product>> {
+async fn list_products(State(app): State<App>) -> Response {
     tracing::info!("origin: listing products");
     let products = app.catalog.slow_read().await;
-    Json(products.values().cloned().collect())
+    // The list shows every product: tagged with each, a write to any purges it.
+    let tags = products.keys().map(|id| format!("product:{id}"));
+    let tags = CacheTags(std::iter::once("products".to_owned()).chain(tags).collect());
+    let mut response = Json(products.values().cloned().collect::<Vec<_>>()).into_response();
+    response.extensions_mut().insert(tags);
+    response
 }
 
 async fn get_product(State(app): State<App>, Path(id): Path<u32>) -> Response {
     tracing::info!(id, "origin: reading product");
-    match app.catalog.slow_read().await.get(&id) {
+    let mut response = match app.catalog.slow_read().await.get(&id) {
         Some(product) => Json(product.clone()).into_response(),
         None => (StatusCode::NOT_FOUND, format!("no product {id}\n")).into_response(),
-    }
+    };
+    // A 404 is tagged too: creating the product must purge "no product 7".
+    response.extensions_mut().insert(CacheTags(vec![
+        format!("product:{id}"),
+        "products".to_owned(),
+    ]));
+    response
 }
 
-/// Creates or replaces a product, then drops the cached responses that now show old data.
+/// Creates or replaces a product, then purges every cached response tagged with it (its page
+/// and the list), fleet-wide; a new product also purges the list, which did not show it yet.
 async fn put_product(
     State(app): State<App>,
     Path(id): Path<u32>,
-    uri: Uri,
-    headers: HeaderMap,
     Json(update): Json<ProductUpdate>,
 ) -> Json<Product> {
     let product = Product {
@@ -136,34 +143,23 @@ async fn put_product(
         name: update.name,
         price_cents: update.price_cents,
     };
-    app.catalog
+    let created = app
+        .catalog
         .products
         .write()
         .await
-        .insert(id, product.clone());
-    // The cache keys a response by host, path and query: rebuild the GETs this write made
-    // stale with the same host as this request. The product's own URL would also be dropped
-    // by the layer once this handler succeeds; the list would not.
-    for path in [uri.path(), "/api/products"] {
-        let stale_get = get_request(&uri, &headers, path);
-        match app.cache.invalidate(&stale_get).await {
-            Ok(()) => tracing::info!(path, "invalidated"),
-            Err(error) => tracing::warn!(path, %error, "could not invalidate"),
-        }
+        .insert(id, product.clone())
+        .is_none();
+    let tag = if created {
+        "products".to_owned()
+    } else {
+        format!("product:{id}")
+    };
+    match app.cache.purge_tag(&tag).await {
+        Ok(()) => tracing::info!(tag, "purged"),
+        Err(error) => tracing::warn!(tag, %error, "could not purge"),
     }
     Json(product)
-}
-
-/// A `GET` of `path` on the host `uri` and `headers` were addressed to.
-fn get_request(uri: &Uri, headers: &HeaderMap, path: &str) -> Request<()> {
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path).expect("a matched route path"));
-    let uri = Uri::from_parts(parts).expect("the request's own URI with another path");
-    let mut request = Request::get(uri).body(()).expect("a valid GET");
-    if let Some(host) = headers.get(HOST) {
-        request.headers_mut().insert(HOST, host.clone());
-    }
-    request
 }
 
 /// The cache's counters and the data source's reads. Marked `no-store`, so the cache never
@@ -241,7 +237,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("  curl -i {base}/api/products");
     println!(
         "  curl -i -X PUT {base}/api/products/1 -H 'content-type: application/json' \
-         -d '{{\"name\":\"Teapot\",\"price_cents\":2500}}'   # invalidates, next GET is a MISS"
+         -d '{{\"name\":\"Teapot\",\"price_cents\":2500}}'   # purges its tag, next GET is a MISS"
     );
     println!("  curl -s {base}/stats");
 

@@ -41,6 +41,8 @@ pub(crate) struct Config {
     pub(crate) distributed_lock: bool,
     pub(crate) hit_for_miss_ttl: Duration,
     pub(crate) cache_name: String,
+    /// Where response tags come from, and whether their headers reach clients.
+    pub(crate) tagging: crate::tags::Tagging,
 }
 
 /// Checks a key prefix, for both faces (a layer's prefix is also its typed cache's, through

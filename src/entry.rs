@@ -7,10 +7,18 @@
 //! Layout (all integers big-endian):
 //!
 //! ```text
-//! "TRC" | version u8 | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 |
-//! error_until_ms u64 | variant u64 | status u16 | n_headers u16 |
-//! (name_len u16, name, value_len u32, value)* | body_len u32 |
-//! checksum u32 (low 32 bits of xxh3-64 of everything before it) | body
+//! "TRC" | version u8 (2) | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 |
+//! error_until_ms u64 | variant u64 | filled_at_ms u64 | status u16 | n_headers u16 |
+//! (name_len u16, name, value_len u32, value)* | url_len u16 | url | tags_len u16 | tags |
+//! body_len u32 | checksum u32 (low 32 bits of xxh3-64 of everything before it) | body
+//! ```
+//!
+//! The URL and the tags (space-separated) are what purges by prefix and by tag compare with,
+//! and `filled_at_ms` (when the fill began, on the store's clock) says which purges came
+//! after the entry's content was asked for: those do not apply to it. Version 1 (without
+//! them) is no longer read: such a value is corrupt to this build, deleted and refilled once.
+//!
+//! ```text
 //! ```
 //!
 //! The encoding is binary rather than JSON because the hit path decodes it on every request:
@@ -34,9 +42,13 @@ use http::{HeaderMap, StatusCode};
 use std::fmt;
 
 const MAGIC: &[u8; 3] = b"TRC";
-const VERSION: u8 = 1;
-/// Bytes before the first header: magic, version, five u64 timestamps/hashes, status, count.
-const PREAMBLE_LEN: usize = 3 + 1 + 8 * 5 + 2 + 2;
+const VERSION: u8 = 2;
+/// Bytes before the first header: magic, version, six u64 timestamps/hashes, status, count.
+const PREAMBLE_LEN: usize = 3 + 1 + 8 * 6 + 2 + 2;
+/// The longest URL an entry records (its length field is 16 bits).
+pub const MAX_URL_LEN: usize = u16::MAX as usize;
+/// The most bytes of tags an entry records (its length field is 16 bits).
+pub const MAX_TAGS_LEN: usize = u16::MAX as usize;
 const CHECKSUM_LEN: usize = 4;
 /// The smallest a header can be on the wire: two length fields and a one-byte name.
 const MIN_HEADER_LEN: usize = 2 + 1 + 4;
@@ -55,6 +67,11 @@ pub struct Entry {
     pub body: Bytes,
     /// Timing and variant data.
     pub meta: EntryMeta,
+    /// The URL the entry answers (`scheme://authority/path?query`, scheme and host in lower
+    /// case), which purges by URL prefix compare with.
+    pub url: Bytes,
+    /// The entry's tags, separated by single spaces, which purges by tag compare with.
+    pub tags: Bytes,
 }
 
 /// When an entry was stored, how long it is fresh and usable stale, and which variant it is.
@@ -72,6 +89,9 @@ pub struct EntryMeta {
     pub error_until_ms: u64,
     /// Hash of the request headers named by the response's `Vary` (0 when it has none).
     pub variant: u64,
+    /// Unix time in milliseconds, on the store's clock, when the fill that stored the entry
+    /// began (before the origin was asked): a purge at or after it applies to the entry.
+    pub filled_at_ms: u64,
 }
 
 impl EntryMeta {
@@ -242,8 +262,24 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
-/// Encodes an entry into one buffer. The body is copied once, into that buffer.
+/// Encodes an entry without a URL or tags (see [`encode_with`]).
 pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: EntryMeta) -> Bytes {
+    encode_with(status, headers, body, meta, b"", b"")
+}
+
+/// Encodes an entry into one buffer, with the URL and tags purges compare with (cut to
+/// [`MAX_URL_LEN`] and [`MAX_TAGS_LEN`]; callers check first). The body is copied once, into
+/// that buffer.
+pub fn encode_with(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[Bytes],
+    meta: EntryMeta,
+    url: &[u8],
+    tags: &[u8],
+) -> Bytes {
+    let url = &url[..url.len().min(MAX_URL_LEN)];
+    let tags = &tags[..tags.len().min(MAX_TAGS_LEN)];
     let has_connection = headers.contains_key(http::header::CONNECTION);
     let stored = |name: &HeaderName| {
         !(is_unstorable_header(name) || (has_connection && named_by_connection(headers, name)))
@@ -254,7 +290,9 @@ pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: Ent
         .filter(|(n, _)| stored(n))
         .map(|(n, v)| 2 + n.as_str().len() + 4 + v.len())
         .sum();
-    let mut buf = BytesMut::with_capacity(PREAMBLE_LEN + headers_len + 4 + body_len + CHECKSUM_LEN);
+    let mut buf = BytesMut::with_capacity(
+        PREAMBLE_LEN + headers_len + 4 + url.len() + tags.len() + 4 + body_len + CHECKSUM_LEN,
+    );
     buf.put_slice(MAGIC);
     buf.put_u8(VERSION);
     buf.put_u64(meta.stored_at_ms);
@@ -262,6 +300,7 @@ pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: Ent
     buf.put_u64(meta.stale_until_ms);
     buf.put_u64(meta.error_until_ms);
     buf.put_u64(meta.variant);
+    buf.put_u64(meta.filled_at_ms);
     buf.put_u16(status.as_u16());
     let count_at = buf.len();
     buf.put_u16(0);
@@ -279,6 +318,10 @@ pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[Bytes], meta: Ent
         buf.put_slice(value.as_bytes());
     }
     buf[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
+    buf.put_u16(url.len() as u16);
+    buf.put_slice(url);
+    buf.put_u16(tags.len() as u16);
+    buf.put_slice(tags);
     buf.put_u32(body_len as u32);
     let checksum = checksum(&buf);
     buf.put_u32(checksum);
@@ -354,7 +397,7 @@ impl Reader {
 
 /// Decodes a value written by [`encode`]. Header values and the body share `bytes`.
 pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
-    if bytes.len() < PREAMBLE_LEN + 4 + CHECKSUM_LEN {
+    if bytes.len() < PREAMBLE_LEN + 2 + 2 + 4 + CHECKSUM_LEN {
         return Err(
             if bytes.starts_with(MAGIC) || MAGIC.starts_with(&bytes[..bytes.len().min(3)]) {
                 DecodeError::Truncated
@@ -379,6 +422,7 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         stale_until_ms: reader.u64()?,
         error_until_ms: reader.u64()?,
         variant: reader.u64()?,
+        filled_at_ms: reader.u64()?,
     };
     let status = reader.u16()?;
     let count = reader.u16()? as usize;
@@ -396,6 +440,10 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         let value_len = reader.u32()? as usize;
         reader.skip(value_len)?;
     }
+    let url_len = reader.u16()? as usize;
+    let url = reader.take(url_len)?;
+    let tags_len = reader.u16()? as usize;
+    let tags = reader.take(tags_len)?;
     let body_len = reader.u32()? as usize;
     let checked_len = reader.pos;
     let sum = reader.u32()?;
@@ -429,6 +477,8 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         headers,
         body,
         meta,
+        url,
+        tags,
     })
 }
 
@@ -465,8 +515,19 @@ mod tests {
             stale_until_ms: 3,
             error_until_ms: 4,
             variant: 5,
+            filled_at_ms: 6,
         };
-        let entry = decode(encode(StatusCode::CREATED, &headers, &body, meta)).unwrap();
+        let encoded = encode_with(
+            StatusCode::CREATED,
+            &headers,
+            &body,
+            meta,
+            b"http://h/p",
+            b"a b",
+        );
+        let entry = decode(encoded).unwrap();
+        assert_eq!(&entry.url[..], b"http://h/p");
+        assert_eq!(&entry.tags[..], b"a b");
         assert_eq!(entry.status, StatusCode::CREATED);
         assert_eq!(entry.meta, meta);
         assert_eq!(&entry.body[..], b"hello \0world\xff");
@@ -480,7 +541,14 @@ mod tests {
     #[test]
     fn every_truncation_and_metadata_bit_flip_is_an_error() {
         let (headers, body) = sample();
-        let bytes = encode(StatusCode::OK, &headers, &body, EntryMeta::default());
+        let bytes = encode_with(
+            StatusCode::OK,
+            &headers,
+            &body,
+            EntryMeta::default(),
+            b"u",
+            b"t",
+        );
         for len in 0..bytes.len() {
             assert!(decode(bytes.slice(..len)).is_err(), "truncated to {len}");
         }
@@ -499,12 +567,14 @@ mod tests {
             DecodeError::BadMagic
         );
         let (headers, body) = sample();
-        let mut v2 = encode(StatusCode::OK, &headers, &body, EntryMeta::default()).to_vec();
-        v2[3] = 2;
-        assert_eq!(
-            decode(Bytes::from(v2)).unwrap_err(),
-            DecodeError::UnsupportedVersion(2)
-        );
+        for version in [1, 3] {
+            let mut other = encode(StatusCode::OK, &headers, &body, EntryMeta::default()).to_vec();
+            other[3] = version;
+            assert_eq!(
+                decode(Bytes::from(other)).unwrap_err(),
+                DecodeError::UnsupportedVersion(version)
+            );
+        }
     }
 
     #[test]

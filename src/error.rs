@@ -59,6 +59,8 @@ pub enum ConfigError {
     ZeroNearCache,
     /// `max_fill_bytes` is zero: no fill could buffer a response.
     ZeroFillBytes,
+    /// `purge_records` is 0: no purge by tag or prefix could be kept.
+    ZeroPurgeRecords,
 }
 
 impl fmt::Display for ConfigError {
@@ -88,6 +90,7 @@ impl fmt::Display for ConfigError {
             }
             Self::ZeroPendingWrites => f.write_str("max_pending_writes is 0: no miss could be stored"),
             Self::ZeroFillBytes => f.write_str("max_fill_bytes is 0: no fill could buffer a response"),
+            Self::ZeroPurgeRecords => f.write_str("purge_records is 0: no purge by tag or prefix could be kept"),
             Self::ZeroNearCache => f.write_str("near_cache has 0 bytes: give it room or leave it off"),
             Self::InvalidCacheName(name) => write!(
                 f,
@@ -98,6 +101,51 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Why a purge did not happen.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PurgeError {
+    /// The tag is empty, longer than [`MAX_TAG_LEN`](crate::MAX_TAG_LEN), or holds a byte a
+    /// tag cannot (whitespace, a comma, anything but visible ASCII): no entry can carry it.
+    InvalidTag(String),
+    /// The prefix is not `http://` or `https://` followed by a host (and an optional path
+    /// prefix), or (for the typed face) is empty.
+    InvalidPrefix(String),
+    /// The store did not record the purge.
+    Store(StoreError),
+}
+
+impl fmt::Display for PurgeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidTag(tag) => write!(
+                f,
+                "{tag:?} is not a tag (1 to 1024 bytes of visible ASCII, no comma)"
+            ),
+            Self::InvalidPrefix(prefix) => write!(
+                f,
+                "{prefix:?} is not a purge prefix (expected http(s)://host[/path prefix])"
+            ),
+            Self::Store(error) => write!(f, "the store did not record the purge: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for PurgeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for PurgeError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
 
 /// What went wrong talking to a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

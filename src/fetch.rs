@@ -61,6 +61,8 @@ where
 {
     let request_headers = parts.headers.clone();
     let uri = parts.uri.clone();
+    // Before the origin is asked: a purge recorded from here on covers what this fill stores.
+    let filled_at_ms = shared.engine.purges().stamp();
     conditional::strip_client_validators(&mut parts.headers);
     if let Some(stale) = &ctx.stale {
         conditional::add_validators(&mut parts.headers, &stale.headers);
@@ -121,11 +123,19 @@ where
     };
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stale) = &ctx.stale {
-            return revalidated(shared, stale, &parts.headers, &request, ctx.fwd);
+            return revalidated(
+                shared,
+                stale,
+                &parts.headers,
+                &request,
+                ctx.fwd,
+                filled_at_ms,
+            );
         }
     }
     let decision = policy::decide(&shared.config, &request, parts.status, &parts.headers);
-    let verdict = |stored| Verdict::forwarded(outcome, ctx.fwd, parts.status, stored);
+    let status = parts.status;
+    let verdict = |stored| Verdict::forwarded(outcome, ctx.fwd, status, stored);
     let lifetime = match decision {
         Decision::Store(lifetime) => lifetime,
         Decision::Skip(reason) => {
@@ -177,8 +187,28 @@ where
     };
     let body_len: usize = chunks.iter().map(Bytes::len).sum();
     let variant = key::variant_hash(key::vary_names(&parts.headers), &request_headers);
-    let filled = entry::fits_entry(&parts.headers, body_len as u64)
-        .then(|| encode_filled(parts.status, &parts.headers, &chunks, lifetime, variant))
+    let (tags, dropped) = shared.config.tagging.collect(&uri, &mut parts);
+    if dropped > 0 {
+        shared.engine.stats.tags_dropped(dropped);
+    }
+    let url = key::url_of(&uri, &request_headers);
+    let provenance = Provenance {
+        filled_at_ms,
+        url: &url,
+        tags: &tags,
+    };
+    let filled = (entry::fits_entry(&parts.headers, body_len as u64)
+        && url.len() <= entry::MAX_URL_LEN)
+        .then(|| {
+            encode_filled(
+                parts.status,
+                &parts.headers,
+                &chunks,
+                lifetime,
+                variant,
+                &provenance,
+            )
+        })
         .flatten();
     let Some(mut filled) = filled else {
         // Not representable as an entry (too many headers): hand back what was read.
@@ -227,8 +257,20 @@ fn revalidated<B, E>(
     update: &HeaderMap,
     request: &RequestHead<'_>,
     fwd: Fwd,
+    filled_at_ms: u64,
 ) -> Fetched<B, E> {
-    let headers = conditional::merge_not_modified(&stale.headers, update);
+    let mut headers = conditional::merge_not_modified(&stale.headers, update);
+    // The entry keeps the tags it was stored with; a `304`'s tag headers are not stored.
+    shared.config.tagging.strip(&mut headers);
+    let (url, tags) = (
+        String::from_utf8_lossy(&stale.url),
+        String::from_utf8_lossy(&stale.tags),
+    );
+    let provenance = Provenance {
+        filled_at_ms,
+        url: &url,
+        tags: &tags,
+    };
     let verdict = |stored, ttl| Verdict {
         outcome: CacheOutcome::Revalidated,
         fwd: Some((fwd, Some(StatusCode::NOT_MODIFIED))),
@@ -248,6 +290,7 @@ fn revalidated<B, E>(
             std::slice::from_ref(&stale.body),
             lifetime,
             variant,
+            &provenance,
         ),
         Decision::Skip(_) => None,
     };
@@ -273,6 +316,8 @@ fn revalidated<B, E>(
                 headers,
                 body: stale.body.clone(),
                 meta: stale.meta,
+                url: stale.url.clone(),
+                tags: stale.tags.clone(),
             };
             let reply = Ok(from_entry(
                 shared,
@@ -290,12 +335,20 @@ fn revalidated<B, E>(
     }
 }
 
+/// What an entry records for purges: when its fill began, its URL, its tags.
+struct Provenance<'a> {
+    filled_at_ms: u64,
+    url: &'a str,
+    tags: &'a str,
+}
+
 fn encode_filled(
     status: StatusCode,
     headers: &HeaderMap,
     body: &[Bytes],
     lifetime: Lifetime,
     variant: u64,
+    provenance: &Provenance<'_>,
 ) -> Option<Filled> {
     let now = entry::unix_now_ms();
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -306,8 +359,16 @@ fn encode_filled(
         stale_until_ms: fresh_until_ms.saturating_add(ms(lifetime.stale)),
         error_until_ms: fresh_until_ms.saturating_add(ms(lifetime.error)),
         variant,
+        filled_at_ms: provenance.filled_at_ms,
     };
-    let encoded = entry::encode(status, headers, body, meta);
+    let encoded = entry::encode_with(
+        status,
+        headers,
+        body,
+        meta,
+        provenance.url.as_bytes(),
+        provenance.tags.as_bytes(),
+    );
     let entry = entry::decode(encoded.clone()).ok()?;
     Some(Filled {
         entry: Arc::new(entry),
@@ -417,7 +478,9 @@ async fn authorized_target(
                 .entry_key()
                 .to_owned(),
         ),
-        (Read::Entry(_) | Read::Missing | Read::HitForMiss, None) => Some(primary.to_owned()),
+        (Read::Entry(_) | Read::Purged(_) | Read::Missing | Read::HitForMiss, None) => {
+            Some(primary.to_owned())
+        }
         (Read::Missing | Read::HitForMiss, Some(new)) => {
             let index = VaryIndex {
                 generation: new_generation(filled),

@@ -194,7 +194,8 @@ async fn lead<S, ReqBody, ResBody>(
                 seen: ctx
                     .stale
                     .as_ref()
-                    .map(|stale| stale.meta.stored_at_ms.to_be_bytes()),
+                    .map(|stale| stale.meta.stored_at_ms.to_be_bytes())
+                    .or(ctx.purged),
                 judge: &judge,
             },
         );
@@ -308,14 +309,16 @@ impl fill::Judge for Judge<'_> {
         match lookup::interpret(self.shared, self.key.entry_key(), value).await {
             Read::Entry(entry) if usable(&entry) => Judged::Usable(entry),
             Read::Entry(_) | Read::Missing => Judged::Wait,
-            Read::HitForMiss | Read::Unavailable => Judged::Load,
+            // Purged, yet not the value this fill was told to replace: another fill's, made
+            // within the purge's clock margin; asking the origin is quicker than waiting.
+            Read::HitForMiss | Read::Unavailable | Read::Purged(_) => Judged::Load,
             Read::Index(_) => {
                 match lookup::resolve(self.shared, self.key.clone(), self.request)
                     .await
                     .2
                 {
                     Lookup::Found(entry) if usable(&entry) => Judged::Usable(entry),
-                    Lookup::HitForMiss | Lookup::Unavailable => Judged::Load,
+                    Lookup::HitForMiss | Lookup::Unavailable | Lookup::Purged(_) => Judged::Load,
                     Lookup::Found(_) | Lookup::Missing | Lookup::VaryMiss => Judged::Wait,
                 }
             }

@@ -63,6 +63,7 @@ where
         fwd: Fwd::UriMiss,
         index: None,
         lease: None,
+        purged: None,
     };
     if class.is_authorized() {
         // Not answered from the cache; its answer is stored only if the origin says it may
@@ -167,6 +168,7 @@ where
             .await;
         }
         Lookup::VaryMiss => ctx.fwd = Fwd::VaryMiss,
+        Lookup::Purged(seen) => ctx.purged = Some(seen),
         Lookup::HitForMiss | Lookup::Missing => {}
     }
     if wants.only_if_cached {

@@ -167,6 +167,44 @@ impl KeyMaker {
     }
 }
 
+/// The URL an entry records for purges by URL prefix: `scheme://authority/path?query`, with
+/// the scheme (`http` for an origin-form target) and the authority (from the target, else
+/// `Host`) in lower case, as the key reads them, and the path and query as sent.
+pub(crate) fn url_of(uri: &http::Uri, headers: &http::HeaderMap) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| headers.get(http::header::HOST).map(|h| h.as_bytes()))
+        .unwrap_or_default();
+    let authority = String::from_utf8_lossy(authority);
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut url = String::with_capacity(scheme.len() + 3 + authority.len() + path_and_query.len());
+    url.push_str(&scheme.to_ascii_lowercase());
+    url.push_str("://");
+    url.push_str(&authority.to_ascii_lowercase());
+    url.push_str(path_and_query);
+    url
+}
+
+/// Normalises a URL prefix for a purge the way [`url_of`] writes URLs: scheme and authority
+/// lower-cased. `None` unless it is `http://` or `https://` followed by a host.
+pub(crate) fn normalize_url_prefix(prefix: &str) -> Option<String> {
+    let (scheme, rest) = prefix.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    if authority.is_empty() || authority.bytes().any(|b| !b.is_ascii_graphic()) {
+        return None;
+    }
+    Some(format!(
+        "{scheme}://{}{path}",
+        authority.to_ascii_lowercase()
+    ))
+}
+
 /// Hosts are case-insensitive; hash them lowercased without allocating for the common case.
 fn update_lowercase(hasher: &mut Sha256, bytes: &[u8]) {
     if bytes.iter().any(u8::is_ascii_uppercase) {

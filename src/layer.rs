@@ -2,8 +2,9 @@
 
 use crate::config::{CacheMode, Config};
 use crate::context::Shared;
+use crate::engine::purge::Target;
 use crate::engine::{Engine, FillSettings};
-use crate::error::{ConfigError, StoreError};
+use crate::error::{ConfigError, PurgeError, StoreError};
 use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
 use crate::service::CacheService;
 use crate::stats::{Counters, Stats};
@@ -71,6 +72,60 @@ impl CacheLayer {
             Some(key) => self.shared.engine.store.delete(key.entry_key()).await,
             None => Ok(()),
         }
+    }
+
+    /// Removes the entry a `GET` (or `HEAD`) of `url` is answered from, with every variant,
+    /// on every instance; `Ok(true)` when there was one. `url` is absolute
+    /// (`https://host/path?query`); the entry is the one [`key_for`](Self::key_for) names for a
+    /// request to it.
+    pub async fn purge_url(&self, url: &str) -> Result<bool, PurgeError> {
+        let uri = url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            })
+            .ok_or_else(|| PurgeError::InvalidPrefix(url.to_owned()))?;
+        let probe = Request::get(uri)
+            .body(())
+            .map_err(|_| PurgeError::InvalidPrefix(url.to_owned()))?;
+        match self.key_for(&probe) {
+            Some(key) => Ok(self.shared.engine.store.remove(key.primary_key()).await?),
+            None => Ok(false),
+        }
+    }
+
+    /// Purges every entry carrying `tag` (from `Surrogate-Key` / `Cache-Tag` response headers,
+    /// a [`CacheTags`](crate::CacheTags) extension or [`tags_fn`](CacheLayerBuilder::tags_fn)),
+    /// and every typed value carrying it, on every instance sharing the store.
+    ///
+    /// One store call whatever the tag covers: the purge is recorded, not searched for; every
+    /// instance then treats an entry whose fill began before the purge as missing (a fill
+    /// still running when the purge lands is covered too), and the entries leave the store
+    /// when they expire. The count of entries covered is not known, so none is returned.
+    pub async fn purge_tag(&self, tag: &str) -> Result<(), PurgeError> {
+        if !crate::tags::valid(tag) {
+            return Err(PurgeError::InvalidTag(tag.to_owned()));
+        }
+        self.shared.engine.purge(Target::Tag(tag)).await?;
+        self.shared.engine.stats.purges(1);
+        Ok(())
+    }
+
+    /// Purges every entry whose URL starts with `prefix` (`http(s)://host` then a path
+    /// prefix: `https://shop.example/products/`), on every instance sharing the store, in
+    /// one store call (see [`purge_tag`](Self::purge_tag)). Scheme and host compare without
+    /// case; the path as written. Entries are keyed by the URL the client asked for: behind a
+    /// proxy that terminates TLS the scheme they are under is `http`.
+    pub async fn purge_prefix(&self, prefix: &str) -> Result<(), PurgeError> {
+        let normalized = crate::key::normalize_url_prefix(prefix)
+            .ok_or_else(|| PurgeError::InvalidPrefix(prefix.to_owned()))?;
+        self.shared
+            .engine
+            .purge(Target::UrlPrefix(&normalized))
+            .await?;
+        self.shared.engine.stats.purges(1);
+        Ok(())
     }
 
     /// A typed cache-aside [`Cache`](crate::Cache) on this layer's engine: the same store
@@ -141,6 +196,9 @@ pub struct CacheLayerBuilder {
     max_pending_writes: usize,
     max_fill_bytes: u64,
     near_cache: Option<(u64, Duration)>,
+    tagging: crate::tags::Tagging,
+    purge_clock_margin: Duration,
+    purge_records: usize,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -185,7 +243,57 @@ impl CacheLayerBuilder {
                 crate::engine::DEFAULT_NEAR_CACHE_BYTES,
                 crate::engine::DEFAULT_NEAR_CACHE_TTL,
             )),
+            tagging: crate::tags::Tagging::default(),
+            purge_clock_margin: crate::engine::purge::DEFAULT_CLOCK_MARGIN,
+            purge_records: crate::engine::purge::DEFAULT_PURGE_RECORDS,
         }
+    }
+
+    /// The response headers whose values are the entry's tags, for
+    /// [`CacheLayer::purge_tag`] (default `Surrogate-Key` and `Cache-Tag`; values split at
+    /// commas and whitespace). An empty list reads no header; tags can still come from a
+    /// [`CacheTags`](crate::CacheTags) response extension and [`tags_fn`](Self::tags_fn).
+    pub fn tag_headers<I, N>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: TryInto<http::header::HeaderName>,
+    {
+        self.tagging.headers = names
+            .into_iter()
+            .filter_map(|n| n.try_into().ok())
+            .collect();
+        self
+    }
+
+    /// Whether the tag headers are removed from responses before clients see them (default
+    /// `true`: they name what the origin groups together, which is the operator's business).
+    pub fn strip_tag_headers(mut self, on: bool) -> Self {
+        self.tagging.strip = on;
+        self
+    }
+
+    /// Adds tags to each stored response, from the request URI and the response head.
+    pub fn tags_fn(
+        mut self,
+        f: impl Fn(&http::Uri, &http::response::Parts) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.tagging.callback = Some(Arc::new(f));
+        self
+    }
+
+    /// How long after a purge a fill that began counts as begun before it (default 10 ms):
+    /// the drift allowed between the clock that stamps fills (this process's, corrected to
+    /// the store's every 30 s) and the store's, which stamps purges.
+    pub fn purge_clock_margin(mut self, margin: Duration) -> Self {
+        self.purge_clock_margin = margin;
+        self
+    }
+
+    /// How many purge records the store keeps (default 10,000); older ones fold into a floor
+    /// that covers every entry filled before it (they refill once).
+    pub fn purge_records(mut self, records: usize) -> Self {
+        self.purge_records = records;
+        self
     }
 
     /// Application mode (default) or RFC 9111 shared-cache mode; see [`CacheMode`].
@@ -473,6 +581,7 @@ impl CacheLayerBuilder {
             distributed_lock: self.distributed_lock,
             hit_for_miss_ttl: self.hit_for_miss_ttl,
             cache_name: self.cache_name,
+            tagging: self.tagging,
         };
         let store = GuardedStore::new(
             self.store,
@@ -498,8 +607,16 @@ impl CacheLayerBuilder {
             lock_ttl: config.lock_ttl,
             lock_wait: config.lock_wait,
         };
+        if self.purge_records == 0 {
+            return Err(ConfigError::ZeroPurgeRecords);
+        }
         let engine = Engine::new(store, stats, Arc::default(), fills)
-            .with_budgets(self.max_pending_writes, self.max_fill_bytes);
+            .with_budgets(self.max_pending_writes, self.max_fill_bytes)
+            .with_purges(
+                format!("{{{}}}:purges", keys.prefix),
+                self.purge_records,
+                self.purge_clock_margin,
+            );
         let shared = Shared {
             config,
             keys,

@@ -120,13 +120,14 @@ mod respond;
 mod service;
 mod stats;
 pub mod store;
+mod tags;
 mod typed;
 
 pub use body::CacheBody;
 pub use config::CacheMode;
 pub use error::{
-    BoxError, CacheError, ConfigError, GetOrSetError, LockError, OptionsError, StoreError,
-    StoreErrorKind,
+    BoxError, CacheError, ConfigError, GetOrSetError, LockError, OptionsError, PurgeError,
+    StoreError, StoreErrorKind,
 };
 pub use key::{BypassFn, CacheKey, KeyFn};
 pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
@@ -135,6 +136,7 @@ pub use service::{CacheService, ResponseFuture};
 pub use stats::describe_metrics;
 pub use stats::Stats;
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreFuture};
+pub use tags::{CacheTags, TagFn, MAX_TAGS_BYTES, MAX_TAG_LEN};
 pub use typed::{
     BreakerState, Cache, CacheBuilder, Codec, GetOrSetOptions, Health, KeyBuilder, LockGuard,
     LockOptions,

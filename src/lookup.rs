@@ -25,15 +25,23 @@ pub(crate) struct MissContext {
     /// The fill lock, when the lookup took it (it found nothing, and read or locked in one
     /// round trip): the fill then starts without asking for it again.
     pub(crate) lease: Option<Lease>,
+    /// The stamp (`stored_at_ms`) of a purged entry the key still holds: the fill's lock
+    /// attempt treats that value as absent, as it does a stale entry being refreshed.
+    pub(crate) purged: Option<[u8; 8]>,
 }
 
 /// What the store holds for a request.
+// Not boxed: a lookup is moved a few times on the stack, where a box would cost every hit an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Lookup {
     Found(Entry),
     HitForMiss,
     Missing,
     /// The resource varies, and nothing is stored for this request's variant.
     VaryMiss,
+    /// What is stored was purged (its stamp, for the fill's lock attempt): a miss.
+    Purged([u8; 8]),
     /// The store failed, timed out or is skipped by the breaker.
     Unavailable,
 }
@@ -114,6 +122,7 @@ async fn resolve_from(
                 Read::Entry(entry) if entry.matches(request) => Lookup::Found(entry),
                 Read::HitForMiss => Lookup::HitForMiss,
                 Read::Unavailable => Lookup::Unavailable,
+                Read::Purged(seen) => Lookup::Purged(seen),
                 Read::Entry(_) | Read::Index(_) | Read::Missing => Lookup::VaryMiss,
             };
             (key, Some(index), found)
@@ -121,16 +130,34 @@ async fn resolve_from(
         Read::Entry(entry) if entry.matches(request) => (key, None, Lookup::Found(entry)),
         Read::Entry(_) => (key, None, Lookup::VaryMiss),
         Read::HitForMiss => (key, None, Lookup::HitForMiss),
+        Read::Purged(seen) => (key, None, Lookup::Purged(seen)),
         Read::Missing => (key, None, Lookup::Missing),
         Read::Unavailable => (key, None, Lookup::Unavailable),
     }
 }
 
+/// Whether a purge by tag or URL prefix covers `entry` (see `engine::purge`).
+fn purged(shared: &Shared, entry: &Entry) -> bool {
+    let name = crate::engine::purge::Name::Url(&entry.url);
+    let covered = shared
+        .engine
+        .purges()
+        .covers(entry.meta.filled_at_ms, &entry.tags, name);
+    if covered {
+        shared.engine.stats.purged_reads(1);
+    }
+    covered
+}
+
 /// What one stored value is.
+// Not boxed, as `Lookup`.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Read {
     Entry(Entry),
     Index(VaryIndex),
     HitForMiss,
+    /// An entry a purge covers (its `stored_at_ms`, as the lock script compares it).
+    Purged([u8; 8]),
     Missing,
     Unavailable,
 }
@@ -145,8 +172,8 @@ pub(crate) async fn read(shared: &Shared, key: &str) -> Read {
     }
 }
 
-/// What a value read from `key` is: an entry, a vary index, a hit-for-miss marker, or
-/// corrupt (then deleted, counted, and reported missing).
+/// What a value read from `key` is: an entry, a purged entry, a vary index, a hit-for-miss
+/// marker, or corrupt (then deleted, counted, and reported missing).
 pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -> Read {
     if bytes == entry::HIT_FOR_MISS {
         return Read::HitForMiss;
@@ -159,6 +186,9 @@ pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -
         entry::decode(bytes).map(Read::Entry)
     };
     match decoded {
+        Ok(Read::Entry(entry)) if purged(shared, &entry) => {
+            Read::Purged(entry.meta.stored_at_ms.to_be_bytes())
+        }
         Ok(read) => read,
         Err(error) => {
             shared.engine.stats.corrupt(1);

@@ -26,6 +26,7 @@ pub(crate) fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict,
         CacheOutcome::Bypass => shared.engine.stats.bypass(1),
     }
     tracing::Span::current().record("outcome", verdict.outcome.as_str());
+    shared.config.tagging.strip(headers);
     headers::mark(headers, &shared.config.cache_name, verdict, age);
 }
 

@@ -157,6 +157,12 @@ counters! {
     store_skipped,
     /// Entries that could not be decoded, and were deleted.
     corrupt,
+    /// Purges by tag or prefix recorded through this layer or cache.
+    purges,
+    /// Reads that found a value a purge by tag or prefix covers (counted as misses).
+    purged_reads,
+    /// Response tags not kept: invalid, longer than 1,024 bytes, or past 16 KiB per response.
+    tags_dropped,
     /// Entries written to the store.
     stored,
     /// Bytes written to the store.

@@ -109,6 +109,36 @@ async fn a_fleet_on_a_cluster_coalesces_and_shares_entries_across_slots() -> Tes
         layers.iter().map(|l| l.stats().store_errors).sum::<u64>(),
         0
     );
+
+    // Issue 14: purges by URL and by URL prefix reach every instance on a Cluster (the
+    // records key lives in one slot; its notice crosses the nodes).
+    assert!(layers[0].purge_url("http://example.test/item/0").await?);
+    layers[0].purge_prefix("http://example.test/item/2").await?;
+    let calls_before = calls.get();
+    for (i, svc) in services.iter().enumerate() {
+        // Each instance learns of the prefix purge by its notice: wait for it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let path = format!("http://example.test/item/2{i}");
+        while send(svc, get(&path)).await.x_cache() != "MISS" {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance {i} kept {path}"
+            );
+        }
+    }
+    assert_eq!(
+        send(&services[1], get("http://example.test/item/0"))
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        send(&services[2], get("http://example.test/item/1"))
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert_eq!(calls.get(), calls_before + 4);
     assert!(cluster.ports().len() == 3 || std::env::var("REDIS_CLUSTER_URL").is_ok());
     Ok(())
 }

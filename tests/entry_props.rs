@@ -187,12 +187,13 @@ fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<Bytes>)> {
 }
 
 fn meta() -> impl Strategy<Value = EntryMeta> {
-    any::<(u64, u64, u64, u64, u64)>().prop_map(|(a, b, c, d, e)| EntryMeta {
+    any::<(u64, u64, u64, u64, u64, u64)>().prop_map(|(a, b, c, d, e, f)| EntryMeta {
         stored_at_ms: a,
         fresh_until_ms: b,
         stale_until_ms: c,
         error_until_ms: d,
         variant: e,
+        filled_at_ms: f,
     })
 }
 

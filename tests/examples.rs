@@ -272,18 +272,19 @@ mod tonic_server {
 }
 
 #[tokio::test]
-async fn products_demo_caches_reads_and_a_put_invalidates_them() {
+async fn products_demo_caches_reads_and_a_put_purges_the_product_and_its_lists() {
     use tower::ServiceExt;
     let cache =
         tower_redis_cache::CacheLayer::builder(tower_redis_cache::MemoryStore::new(1 << 20))
             .build()
             .expect("valid config");
     let app = products_example::router(cache.clone());
-    let get = || {
-        Request::get("http://demo.test/api/products/1")
+    let get_path = |path: &str| {
+        Request::get(format!("http://demo.test{path}"))
             .body(axum::body::Body::empty())
             .expect("request")
     };
+    let get = || get_path("/api/products/1");
     let read = |response: Response<_>| async move {
         let x_cache = response.headers()["x-cache"]
             .to_str()
@@ -300,6 +301,10 @@ async fn products_demo_caches_reads_and_a_put_invalidates_them() {
     let (second, cached) = read(app.clone().oneshot(get()).await.expect("GET")).await;
     assert_eq!((first.as_str(), second.as_str()), ("MISS", "HIT"));
     assert_eq!(before, cached);
+    for path in ["/api/products", "/api/products/2"] {
+        app.clone().oneshot(get_path(path)).await.expect("GET");
+        cache.wait_for_writes().await;
+    }
 
     let put = Request::put("http://demo.test/api/products/1")
         .header("content-type", "application/json")
@@ -309,7 +314,18 @@ async fn products_demo_caches_reads_and_a_put_invalidates_them() {
         .expect("request");
     let updated = app.clone().oneshot(put).await.expect("PUT");
     assert!(updated.status().is_success());
-    let (after, fresh) = read(app.oneshot(get()).await.expect("GET")).await;
-    assert_eq!(after, "MISS", "the PUT invalidated the cached product");
+    let (after, fresh) = read(app.clone().oneshot(get()).await.expect("GET")).await;
+    assert_eq!(after, "MISS", "the PUT purged the cached product");
     assert!(String::from_utf8_lossy(&fresh).contains("Teapot"));
+    let list = read(
+        app.clone()
+            .oneshot(get_path("/api/products"))
+            .await
+            .expect("GET"),
+    )
+    .await;
+    assert_eq!(list.0, "MISS", "and every list showing it");
+    assert!(String::from_utf8_lossy(&list.1).contains("Teapot"));
+    let other = read(app.oneshot(get_path("/api/products/2")).await.expect("GET")).await;
+    assert_eq!(other.0, "HIT", "other products stay cached");
 }

@@ -88,6 +88,7 @@ async fn small_origin(calls: &Calls) -> String {
         async move {
             http::Response::builder()
                 .header("cache-control", "public, max-age=60")
+                .header("surrogate-key", "pages")
                 .body(body(format!("{} call {n}", request.uri().path())))
                 .unwrap()
         }
@@ -405,14 +406,14 @@ async fn purge_needs_the_admin_token_and_removes_the_entry() -> TestResult {
     assert_eq!(send(&client, page(&proxy)).await.x_cache(), "MISS");
     assert_eq!(send(&client, page(&proxy)).await.x_cache(), "HIT");
 
-    let purge = |token: Option<&str>| {
-        let mut request =
-            Request::post(proxy.admin_url("/purge?url=http%3A%2F%2Fsite.example%2Fpage%3Fx%3D1"));
+    let purge_by = |query: &str, token: Option<&str>| {
+        let mut request = Request::post(proxy.admin_url(&format!("/purge?{query}")));
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         request.body(Full::default()).expect("request")
     };
+    let purge = |token| purge_by("url=http%3A%2F%2Fsite.example%2Fpage%3Fx%3D1", token);
     let refused = send(&client, purge(None)).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.header("www-authenticate"), "Bearer realm=\"admin\"");
@@ -422,9 +423,44 @@ async fn purge_needs_the_admin_token_and_removes_the_entry() -> TestResult {
 
     let purged = send(&client, purge(Some("s3cret-token"))).await;
     assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
+    assert_eq!(purged.text(), "{\"purged\":1}\n");
     let again = send(&client, page(&proxy)).await;
     assert_eq!(again.x_cache(), "MISS");
     assert_eq!(again.body, "/page call 2");
+    assert!(
+        again.headers.get("surrogate-key").is_none(),
+        "tag headers stay with the proxy"
+    );
+
+    // By tag, and by URL prefix (entries behind the proxy are under `http://`).
+    for query in ["tag=pages", "prefix=http%3A%2F%2Fsite.example%2Fpa"] {
+        // A refill begun within the last purge's clock margin counts as purged too: it is
+        // refilled once more before it hits.
+        let mut warm = send(&client, page(&proxy)).await;
+        for _ in 0..3 {
+            if warm.x_cache() == "HIT" {
+                break;
+            }
+            warm = send(&client, page(&proxy)).await;
+        }
+        assert_eq!(warm.x_cache(), "HIT", "{query}");
+        let refused = send(&client, purge_by(query, None)).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+        let purged = send(&client, purge_by(query, Some("s3cret-token"))).await;
+        assert_eq!(purged.text(), "{\"purged\":null}\n", "{query}");
+        let again = send(&client, page(&proxy)).await;
+        assert_eq!(again.x_cache(), "MISS", "{query}");
+        assert_ne!(again.body, warm.body, "{query}: refilled");
+    }
+    for bad in [
+        "tag=two%20words",
+        "prefix=%2Frelative",
+        "nothing=1",
+        "tag=a&url=b",
+    ] {
+        let refused = send(&client, purge_by(bad, Some("s3cret-token"))).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
 
     let get_purge = get(&client, &proxy.admin_url("/purge?url=x")).await;
     assert_eq!(get_purge.status, StatusCode::METHOD_NOT_ALLOWED);

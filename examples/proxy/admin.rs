@@ -9,7 +9,7 @@
 use crate::serve::{serve, Limits};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower_redis_cache::{CacheLayer, RedisStore, Stats};
+use tower_redis_cache::{CacheLayer, PurgeError, RedisStore, Stats};
 
 /// How long `/healthz` waits for Redis to answer `PING`.
 const PING_TIMEOUT: Duration = Duration::from_millis(250);
@@ -127,13 +127,16 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /healthz, /readyz, /stats, /metrics or POST /purge?url=\n".into(),
+                "not found: try /healthz, /readyz, /stats, /metrics or POST /purge?url=|tag=|prefix=\n"
+                    .into(),
             ),
         }
     }
 
-    /// `POST /purge?url=<percent-encoded absolute URL>`: removes the entry a `GET` of that URL
-    /// is answered from, fleet-wide (it is deleted in the shared store).
+    /// `POST /purge?url=<absolute URL>` (the entry a `GET` of it is answered from, with its
+    /// variants), `?tag=<tag>` (every entry tagged so) or `?prefix=<http(s)://host/path
+    /// prefix>` (every entry under it), percent-encoded, fleet-wide. Answers `{"purged": N}`:
+    /// 1 or 0 for a URL, `null` for a tag or prefix (recorded, not counted).
     async fn purge(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let Some(token) = &self.token else {
             return text(
@@ -158,36 +161,49 @@ impl Admin {
             );
             return response;
         }
-        let target = request
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("url="))
-            .and_then(percent_decode)
-            .and_then(|url| url.parse::<Uri>().ok())
-            .filter(|uri| {
-                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
-            });
-        let Some(target) = target else {
+        let query = request.uri().query().unwrap_or("");
+        let mut asked = query.split('&').filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            matches!(name, "url" | "tag" | "prefix").then(|| Some((name, percent_decode(value)?)))
+        });
+        let (Some(Some((kind, value))), None) = (asked.next(), asked.next()) else {
             return text(
                 StatusCode::BAD_REQUEST,
-                "expected ?url=<percent-encoded http(s) URL>\n".into(),
+                "expected exactly one of ?url=<http(s) URL>, ?tag=<tag> or \
+                 ?prefix=<http(s)://host/path prefix>, percent-encoded\n"
+                    .into(),
             );
         };
-        let probe = match Request::get(target.clone()).body(()) {
-            Ok(probe) => probe,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "not a request target\n".into()),
+        // A purge by URL deletes the entry and can say whether there was one; a purge by tag
+        // or prefix is recorded, not searched for (one store call whatever it covers), so how
+        // many entries it covers is not known: `null`.
+        let purged = match kind {
+            "url" => self
+                .layer
+                .purge_url(&value)
+                .await
+                .map(|found| u8::from(found).to_string()),
+            "tag" => self
+                .layer
+                .purge_tag(&value)
+                .await
+                .map(|()| "null".to_owned()),
+            _ => self
+                .layer
+                .purge_prefix(&value)
+                .await
+                .map(|()| "null".to_owned()),
         };
-        match self.layer.invalidate(&probe).await {
-            Ok(()) => {
-                tracing::info!(url = %target, "purged");
-                json(StatusCode::OK, format!("{{\"purged\":\"{target}\"}}\n"))
+        match purged {
+            Ok(count) => {
+                tracing::info!(kind, value = %value, "purged");
+                json(StatusCode::OK, format!("{{\"purged\":{count}}}\n"))
             }
-            Err(error) => {
-                tracing::warn!(url = %target, %error, "purge failed");
+            Err(PurgeError::Store(error)) => {
+                tracing::warn!(kind, value = %value, %error, "purge failed");
                 text(StatusCode::BAD_GATEWAY, "the store did not answer\n".into())
             }
+            Err(error) => text(StatusCode::BAD_REQUEST, format!("{error}\n")),
         }
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod background;
 pub(crate) mod fill;
 pub(crate) mod flight;
 pub(crate) mod keeper;
+pub(crate) mod purge;
 
 use crate::engine::background::{Background, Running};
 use crate::stats::Counters;
@@ -57,6 +58,8 @@ pub(crate) struct Engine {
     pub(crate) keeper: keeper::Keeper,
     /// Fill locks taken by lookups, left for this process's leader of the key's fill.
     pub(crate) handoffs: fill::Handoffs,
+    /// Purges by tag and prefix, checked on every read (reach it through [`Engine::purges`]).
+    purges: purge::Purges,
 }
 
 /// The default of [`CacheLayerBuilder::max_fill_bytes`](crate::CacheLayerBuilder::max_fill_bytes):
@@ -71,12 +74,13 @@ pub(crate) const DEFAULT_NEAR_CACHE_BYTES: u64 = 64 << 20;
 pub(crate) const DEFAULT_NEAR_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// When a value in either face's format stops being fresh (Unix ms), for the near tier: HTTP
-/// entries (`TRC`) and typed values (`TRV`), both at version 1, keep their store stamp at
+/// entries (`TRC`, version 2) and typed values (`TRV`, version 1) keep their store stamp at
 /// bytes 4..12 and their freshness at 12..20 (see `crate::entry` and `crate::typed::codec`).
 /// Other values (vary indexes, hit-for-miss markers) carry none.
 pub(crate) fn fresh_until(value: &[u8]) -> Option<u64> {
     let header = value.get(..20)?;
-    let tagged = (header.starts_with(b"TRC") || header.starts_with(b"TRV")) && header[3] == 1;
+    let tagged = (header.starts_with(b"TRC") && header[3] == 2)
+        || (header.starts_with(b"TRV") && header[3] == 1);
     tagged.then(|| {
         let mut until = [0; 8];
         until.copy_from_slice(&header[12..20]);
@@ -103,7 +107,19 @@ impl Engine {
             fill_bytes: Arc::new(Semaphore::new(permits(DEFAULT_MAX_FILL_BYTES))),
             keeper: keeper::Keeper::default(),
             handoffs: fill::Handoffs::default(),
+            purges: purge::Purges::new(
+                "{tower-redis-cache}:purges".to_owned(),
+                purge::DEFAULT_PURGE_RECORDS,
+                purge::DEFAULT_CLOCK_MARGIN,
+            ),
         }
+    }
+
+    /// Keeps purge records under `records` (each layer or cache prefix has its own), at most
+    /// `keep` of them, covering fills up to `margin` after each purge.
+    pub(crate) fn with_purges(mut self, records: String, keep: usize, margin: Duration) -> Self {
+        self.purges = purge::Purges::new(records, keep, margin);
+        self
     }
 
     /// Sets the write and fill-byte budgets (validated by the caller: both positive).

@@ -12,7 +12,7 @@
 
 use super::near::{FreshUntil, NearTier};
 use super::presence::Presence;
-use super::{FillEnd, FillWaiter, LockAttempt, Store, StoreFuture};
+use super::{FillEnd, FillWaiter, LockAttempt, PurgeRecords, PurgeWatcher, Store, StoreFuture};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::stats::Counters;
 use bytes::Bytes;
@@ -205,6 +205,28 @@ impl GuardedStore {
         self.changed(key);
         self.presence.absent(key);
         result
+    }
+
+    /// Records a purge; see [`Store::record_purge`].
+    pub(crate) async fn record_purge(
+        &self,
+        records: &str,
+        member: &str,
+        keep: usize,
+    ) -> Result<u64, StoreError> {
+        let recorded = self.store.record_purge(records, member, keep);
+        self.call(self.write_timeout, recorded).await
+    }
+
+    /// Reads the purge records; see [`Store::purges`].
+    pub(crate) async fn purges(&self, records: &str) -> Result<PurgeRecords, StoreError> {
+        self.call(self.read_timeout, self.store.purges(records))
+            .await
+    }
+
+    /// See [`Store::watch_purges`].
+    pub(crate) fn watch_purges(&self, watcher: PurgeWatcher) -> bool {
+        self.store.watch_purges(watcher)
     }
 
     /// Removes a value, saying whether there was one.

@@ -4,7 +4,9 @@
 //! per-entry expiry, rather than a hand-written LRU. Locks and fill notices are process-local
 //! here, so the memory store coalesces the requests of one process, not of a fleet.
 
-use super::{FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
+use super::{
+    FillNotice, FillNotices, FillWaiter, PurgeEvent, PurgeRecords, PurgeWatcher, Store, StoreFuture,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,6 +53,16 @@ pub struct MemoryStore {
     entries: moka::sync::Cache<String, Stored>,
     locks: Arc<Mutex<HashMap<String, (String, Instant)>>>,
     notices: Arc<FillNotices>,
+    purges: Arc<Mutex<Purges>>,
+}
+
+/// The purges recorded in a memory store, and the engines to tell (every layer and cache
+/// sharing this store).
+#[derive(Default)]
+struct Purges {
+    /// Per records key: the floor and the records, oldest first.
+    books: HashMap<String, (u64, std::collections::VecDeque<(String, u64)>)>,
+    watchers: Vec<PurgeWatcher>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -75,6 +87,7 @@ impl MemoryStore {
             entries,
             locks: Arc::default(),
             notices: Arc::default(),
+            purges: Arc::default(),
         }
     }
 
@@ -202,5 +215,60 @@ impl Store for MemoryStore {
 
     fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(std::future::ready(Ok(self.delete_prefix_now(prefix))))
+    }
+
+    fn record_purge<'a>(
+        &'a self,
+        records: &'a str,
+        member: &'a str,
+        keep: usize,
+    ) -> StoreFuture<'a, u64> {
+        let at_ms = crate::entry::unix_now_ms();
+        let watchers = {
+            let mut purges = self.purges.lock().unwrap_or_else(PoisonError::into_inner);
+            let (floor, book) = purges.books.entry(records.to_owned()).or_default();
+            book.retain(|(m, _)| m != member);
+            book.push_back((member.to_owned(), at_ms));
+            while book.len() > keep.max(1) {
+                if let Some((_, at)) = book.pop_front() {
+                    *floor = (*floor).max(at);
+                }
+            }
+            purges.watchers.clone()
+        };
+        // Told outside the lock: a watcher may read the records back.
+        for watcher in watchers {
+            watcher(PurgeEvent::Recorded {
+                records,
+                member,
+                at_ms,
+            });
+        }
+        Box::pin(std::future::ready(Ok(at_ms)))
+    }
+
+    fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
+        let purges = self.purges.lock().unwrap_or_else(PoisonError::into_inner);
+        let read = match purges.books.get(records) {
+            Some((floor, book)) => PurgeRecords {
+                now_ms: crate::entry::unix_now_ms(),
+                floor_ms: *floor,
+                records: book.iter().cloned().collect(),
+            },
+            None => PurgeRecords {
+                now_ms: crate::entry::unix_now_ms(),
+                ..PurgeRecords::default()
+            },
+        };
+        Box::pin(std::future::ready(Ok(read)))
+    }
+
+    fn watch_purges(&self, watcher: PurgeWatcher) -> bool {
+        self.purges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .watchers
+            .push(watcher);
+        true
     }
 }

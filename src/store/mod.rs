@@ -98,6 +98,41 @@ pub struct FillEnd<'a> {
     pub unlock: Option<(&'a str, &'a str)>,
 }
 
+/// The purges recorded in a store (see [`Store::record_purge`]), as read by
+/// [`Store::purges`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeRecords {
+    /// The store's clock when it answered (Unix ms), so a process can tell how far its own
+    /// clock is from the store's.
+    pub now_ms: u64,
+    /// Every value stamped before this instant (Unix ms, store clock) counts as purged: the
+    /// oldest records, trimmed to bound the list, leave their time here.
+    pub floor_ms: u64,
+    /// Each purge: what was purged (an opaque member string) and when, on the store's clock.
+    pub records: Vec<(String, u64)>,
+}
+
+/// What a store tells the engines sharing it about purges; see [`Store::watch_purges`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PurgeEvent<'a> {
+    /// A purge was recorded under `records`: `member` as of `at_ms` (store clock).
+    Recorded {
+        /// The records key it was recorded under.
+        records: &'a str,
+        /// What was purged.
+        member: &'a str,
+        /// When, on the store's clock (Unix ms).
+        at_ms: u64,
+    },
+    /// Events may have been missed (the feed's connection dropped or lagged): read the
+    /// records again.
+    Lost,
+}
+
+/// Receives a store's [`PurgeEvent`]s.
+pub type PurgeWatcher = Arc<dyn Fn(PurgeEvent<'_>) + Send + Sync>;
+
 /// What [`Store::try_lock_or_read`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockAttempt {
@@ -243,6 +278,38 @@ pub trait Store: Send + Sync + 'static {
             Ok(existed)
         })
     }
+    /// Records a purge under the `records` key: `member` (what was purged, opaque to the
+    /// store) as of the store's clock, which it returns (Unix ms); announces it to every
+    /// process's [`watch_purges`](Self::watch_purges) watcher in the same call; and keeps at
+    /// most `keep` records, folding the oldest into the floor (see [`PurgeRecords`]). Purges
+    /// by tag and prefix rest on it. The default reports
+    /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported).
+    fn record_purge<'a>(
+        &'a self,
+        records: &'a str,
+        member: &'a str,
+        keep: usize,
+    ) -> StoreFuture<'a, u64> {
+        let _ = (records, member, keep);
+        Box::pin(std::future::ready(Err(StoreError::from_kind(
+            crate::error::StoreErrorKind::Unsupported,
+        ))))
+    }
+    /// Every purge recorded under `records`, with the store's clock. The default reports
+    /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported).
+    fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
+        let _ = records;
+        Box::pin(std::future::ready(Err(StoreError::from_kind(
+            crate::error::StoreErrorKind::Unsupported,
+        ))))
+    }
+    /// Starts reporting purges recorded by any process to `watcher`, and returns `true`. A
+    /// store that cannot (the default) returns `false`; the engine then reads the records
+    /// again every second.
+    fn watch_purges(&self, watcher: PurgeWatcher) -> bool {
+        let _ = watcher;
+        false
+    }
     /// Checks that the store answers, for health checks. The default reads a key nobody
     /// writes.
     fn ping(&self) -> StoreFuture<'_, ()> {
@@ -330,6 +397,20 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         (**self).remove(key)
+    }
+    fn record_purge<'a>(
+        &'a self,
+        records: &'a str,
+        member: &'a str,
+        keep: usize,
+    ) -> StoreFuture<'a, u64> {
+        (**self).record_purge(records, member, keep)
+    }
+    fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
+        (**self).purges(records)
+    }
+    fn watch_purges(&self, watcher: PurgeWatcher) -> bool {
+        (**self).watch_purges(watcher)
     }
     fn ping(&self) -> StoreFuture<'_, ()> {
         (**self).ping()

@@ -16,7 +16,10 @@
 
 mod feed;
 
-use super::{ChangeWatcher, FillNotice, FillNotices, FillWaiter, Store, StoreFuture};
+use super::{
+    ChangeWatcher, FillNotice, FillNotices, FillWaiter, PurgeRecords, PurgeWatcher, Store,
+    StoreFuture,
+};
 use crate::error::{StoreError, StoreErrorKind};
 use bytes::Bytes;
 use feed::Feed;
@@ -51,6 +54,32 @@ const DELETE_LUA: &str = r"
 local removed = redis.call('unlink', KEYS[1])
 redis.call('publish', ARGV[1], ARGV[2])
 return removed";
+
+/// Records a purge at the server's clock, trims the records to the most recent `keep` (the
+/// oldest leave their time in the floor key) and announces it, in one step.
+/// KEYS: records floor. ARGV: member keep channel. Returns the time (Unix ms).
+const RECORD_PURGE_LUA: &str = r"
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zadd', KEYS[1], now, ARGV[1])
+local over = redis.call('zcard', KEYS[1]) - tonumber(ARGV[2])
+if over > 0 then
+    local old = redis.call('zpopmin', KEYS[1], over)
+    local top = tonumber(old[#old])
+    if top > tonumber(redis.call('get', KEYS[2]) or '0') then
+        redis.call('set', KEYS[2], tostring(top))
+    end
+end
+redis.call('publish', ARGV[3], 'X' .. KEYS[1] .. '\n' .. now .. '\n' .. ARGV[1])
+return now";
+
+/// Reads every purge record with the server's clock. KEYS: records floor.
+/// Returns { now_ms, floor_ms, { member, ms, member, ms, ... } }.
+const READ_PURGES_LUA: &str = r"
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return { now, tonumber(redis.call('get', KEYS[2]) or '0'),
+    redis.call('zrange', KEYS[1], 0, -1, 'withscores') }";
 
 const EXTEND_LUA: &str = r"
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -118,6 +147,11 @@ const CONNECT_POLL: Duration = Duration::from_millis(10);
 /// 32, which a burst of writes across a fleet overruns; a lag flushes every near tier).
 const BROADCAST_CAPACITY: usize = 4096;
 
+/// Where the oldest purge records, trimmed, leave their time: in the records key's slot.
+fn purge_floor_key(records: &str) -> String {
+    format!("{records}:floor")
+}
+
 /// The default pub/sub channel for fill notices.
 pub const DEFAULT_NOTICE_CHANNEL: &str = "tower-redis-cache:fills";
 
@@ -142,6 +176,8 @@ struct Inner {
     put: Script,
     delete: Script,
     read_or_lock: Script,
+    record_purge: Script,
+    read_purges: Script,
     fail_fast: Options,
     /// Becomes `true` once fill notices are subscribed to.
     subscribed: tokio::sync::watch::Receiver<bool>,
@@ -359,6 +395,8 @@ impl RedisStore {
             put: Script::from_lua(PUT_LUA),
             delete: Script::from_lua(DELETE_LUA),
             read_or_lock: Script::from_lua(READ_OR_LOCK_LUA),
+            record_purge: Script::from_lua(RECORD_PURGE_LUA),
+            read_purges: Script::from_lua(READ_PURGES_LUA),
             subscribed: subscribed_rx,
             fail_fast: Options {
                 fail_fast: true,
@@ -678,6 +716,70 @@ impl Store for RedisStore {
 
     fn watch_changes(&self, watcher: ChangeWatcher) -> bool {
         self.inner.feed.watch(watcher);
+        true
+    }
+
+    fn record_purge<'a>(
+        &'a self,
+        records: &'a str,
+        member: &'a str,
+        keep: usize,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let keys = vec![records.to_owned(), purge_floor_key(records)];
+            let args: Vec<Value> = vec![
+                member.into(),
+                i64::try_from(keep.max(1)).unwrap_or(i64::MAX).into(),
+                self.inner.channel.as_str().into(),
+            ];
+            let at: i64 = self
+                .run(&self.inner.record_purge, RECORD_PURGE_LUA, keys, args)
+                .await?;
+            Ok(u64::try_from(at).unwrap_or(0))
+        })
+    }
+
+    fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let keys = vec![records.to_owned(), purge_floor_key(records)];
+            let reply: Value = self
+                .run(&self.inner.read_purges, READ_PURGES_LUA, keys, Vec::new())
+                .await?;
+            let as_ms = |value: &Value| {
+                value
+                    .as_i64()
+                    .or_else(|| {
+                        value
+                            .as_str()
+                            .and_then(|s| s.parse::<f64>().ok().map(|f| f as i64))
+                    })
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0)
+            };
+            let Value::Array(parts) = reply else {
+                return Err(StoreError::from_kind(StoreErrorKind::Backend));
+            };
+            let (Some(now), Some(floor), Some(Value::Array(pairs))) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                return Err(StoreError::from_kind(StoreErrorKind::Backend));
+            };
+            let records = pairs
+                .chunks_exact(2)
+                .filter_map(|pair| Some((pair[0].as_string()?, as_ms(&pair[1]))))
+                .collect();
+            Ok(PurgeRecords {
+                now_ms: as_ms(now),
+                floor_ms: as_ms(floor),
+                records,
+            })
+        })
+    }
+
+    fn watch_purges(&self, watcher: PurgeWatcher) -> bool {
+        self.inner.feed.watch_purges(watcher);
         true
     }
 

@@ -3,7 +3,8 @@
 //!
 //! Every message on the store's channel is one byte of kind and a payload:
 //! `S<key>` stored, `N<key>` not storable, `C<key>` changed, `R<key>` lock released,
-//! `P<prefix>` every key under a prefix changed, `H<sender>:<round>` a heartbeat. Writes and
+//! `P<prefix>` every key under a prefix changed, `H<sender>:<round>` a heartbeat,
+//! `X<records key>\n<ms>\n<member>` a purge recorded (sent by the script that records it). Writes and
 //! deletes send theirs from inside the script that makes them, so a change is never made
 //! without its message (a crash between two calls cannot leave other processes' copies stale).
 //!
@@ -18,7 +19,7 @@
 //! near tier stops serving. A dropped or re-established connection, and a lag in fred's
 //! broadcast channel, are reported as [`Change::Lost`].
 
-use super::super::{Change, ChangeWatcher, FillNotice, FillNotices};
+use super::super::{Change, ChangeWatcher, FillNotice, FillNotices, PurgeEvent, PurgeWatcher};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::collections::VecDeque;
@@ -38,6 +39,8 @@ pub(super) struct Feed {
     /// Fill waiters of this process.
     pub(super) notices: Arc<FillNotices>,
     watchers: RwLock<Vec<ChangeWatcher>>,
+    /// Engines told of purges (they need no heartbeats: a loss is enough to read again).
+    purge_watchers: RwLock<Vec<PurgeWatcher>>,
     /// Set once a watcher is registered: heartbeats are only sent when someone needs them.
     watched: AtomicBool,
     /// This store's id in its heartbeats, so it counts only its own.
@@ -57,6 +60,7 @@ impl Feed {
         Self {
             notices,
             watchers: RwLock::default(),
+            purge_watchers: RwLock::default(),
             watched: AtomicBool::new(false),
             sender,
             rounds: Mutex::default(),
@@ -70,6 +74,24 @@ impl Feed {
             .unwrap_or_else(PoisonError::into_inner)
             .push(watcher);
         self.watched.store(true, Ordering::Release);
+    }
+
+    pub(super) fn watch_purges(&self, watcher: PurgeWatcher) {
+        self.purge_watchers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(watcher);
+    }
+
+    fn emit_purge(&self, event: PurgeEvent<'_>) {
+        for watcher in self
+            .purge_watchers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            watcher(event);
+        }
     }
 
     fn emit(&self, change: Change<'_>) {
@@ -91,6 +113,7 @@ impl Feed {
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
         self.emit(Change::Lost);
+        self.emit_purge(PurgeEvent::Lost);
     }
 
     /// Handles one message from the channel.
@@ -116,6 +139,21 @@ impl Feed {
             b'R' => self.notices.dispatch(text, FillNotice::Released),
             b'P' => self.emit(Change::Prefix(text)),
             b'H' => self.heartbeat(text),
+            b'X' => {
+                let mut fields = text.splitn(3, '\n');
+                let (Some(records), Some(at), Some(member)) =
+                    (fields.next(), fields.next(), fields.next())
+                else {
+                    return;
+                };
+                if let Ok(at_ms) = at.parse::<u64>() {
+                    self.emit_purge(PurgeEvent::Recorded {
+                        records,
+                        member,
+                        at_ms,
+                    });
+                }
+            }
             _ => {}
         }
     }
