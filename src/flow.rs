@@ -53,7 +53,7 @@ where
         _ => shared.keys.derive(&parts),
     };
     let Some(key) = key else {
-        return bypass(&shared, inner, parts, body).await;
+        return Box::pin(bypass(&shared, inner, parts, body)).await;
     };
     tracing::Span::current().record("key", tracing::field::display(key.entry_key()));
     let wants = RequestDirectives::for_request(&parts.headers, &shared.config);
@@ -83,14 +83,14 @@ where
     if wants.no_store {
         // `no-store` asks that nothing be kept of this exchange: the origin answers it, and
         // nothing stored is read, replaced or marked on its account.
-        return forward(
+        return Box::pin(forward(
             &shared,
             inner,
             parts,
             body,
             CacheOutcome::Miss,
             Fwd::Request,
-        )
+        ))
         .await;
     }
     let head = class.is_head();
@@ -119,7 +119,7 @@ where
     };
     ctx.index = index;
     match found {
-        Lookup::Unavailable => return bypass(&shared, inner, parts, body).await,
+        Lookup::Unavailable => return Box::pin(bypass(&shared, inner, parts, body)).await,
         Lookup::Found(entry) => {
             let now = entry::unix_now_ms();
             match usability(&entry, now, &wants, shared.config.mode) {
@@ -176,10 +176,20 @@ where
     }
     if head {
         // A HEAD response has no body to store; the next GET fills the entry.
-        return forward(&shared, inner, parts, body, CacheOutcome::Miss, ctx.fwd).await;
+        return Box::pin(forward(
+            &shared,
+            inner,
+            parts,
+            body,
+            CacheOutcome::Miss,
+            ctx.fwd,
+        ))
+        .await;
     }
-    // The miss path's state is large: boxing it keeps the hit path's future small, so the one
-    // allocation every request makes for its future copies less.
+    // The miss path's state is large, and so is every path that calls the inner service (its
+    // future is part of theirs): boxing them keeps the hit path's future small, so the one
+    // allocation every request makes for its future copies less (3.3 KiB before, measured
+    // through the proxy's origin client).
     Box::pin(crate::fill::miss(shared, inner, key, parts, body, ctx)).await
 }
 

@@ -194,7 +194,8 @@ pub(crate) async fn interpret(shared: &Shared, key: &str, bytes: bytes::Bytes) -
             shared.engine.stats.corrupt(1);
             tracing::warn!(key, %error, "deleting corrupt cache entry");
             // Best effort: a failure is counted by the guard; the value is missing either way.
-            let _ = shared.engine.store.delete(key).await;
+            // Boxed: this rare path would otherwise grow every lookup's future.
+            let _ = Box::pin(shared.engine.store.delete(key)).await;
             Read::Missing
         }
     }

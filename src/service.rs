@@ -72,7 +72,8 @@ where
             key = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let flow = crate::flow::run(Arc::clone(&self.shared), ready, request);
+        // Boxed at once: wrapped first, its state (kilobytes) would be copied by each wrapper.
+        let flow = Box::pin(crate::flow::run(Arc::clone(&self.shared), ready, request));
         #[cfg(feature = "metrics")]
         let flow = {
             let started = std::time::Instant::now();
