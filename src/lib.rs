@@ -60,6 +60,7 @@
 //! - `key`: canonical request keys and variant keys.
 //! - `entry`: the binary entry format (not public API; exposed for benches and tests).
 //! - `headers`: `X-Cache`, `Cache-Status` and `Age`.
+//! - `tags`: a response's tags for purges ([`CacheTags`], tag headers, `tags_fn`), bounded.
 //! - `body`: [`CacheBody`], cached bytes or the inner body streamed through.
 //!
 //! The typed face:
@@ -75,6 +76,7 @@
 //! - `engine::flight`: in-process single flight, one leader per key.
 //! - `engine::background`: work run off the caller's path, for `wait_for_writes`.
 //! - `engine::keeper`: one task per engine that extends the fill locks this process holds.
+//! - `engine::purge`: purges by tag and prefix, recorded once and checked on every read.
 //! - [`store`]: the [`Store`] trait, [`RedisStore`], [`MemoryStore`], notices.
 //! - `store::guard`: timeouts, the circuit breaker and the near tier around any store.
 //! - `store::near`: the near tier, in-process copies kept coherent by the change feed.
