@@ -3,7 +3,6 @@
 //! Kept apart from the builder so that the rules that read settings (policy, the request
 //! flow) depend on plain data, not on the layer that builds it.
 
-use crate::error::ConfigError;
 use http::StatusCode;
 use std::time::Duration;
 
@@ -45,17 +44,5 @@ pub(crate) struct Config {
     pub(crate) tagging: crate::tags::Tagging,
 }
 
-/// Checks a key prefix, for both faces (a layer's prefix is also its typed cache's, through
-/// `CacheLayer::cache`): not empty, and free of what the key layout reserves: `{`/`}` (Redis
-/// Cluster hash tags), the glob characters `*?[]\\` (`delete_prefix` matches with `SCAN`),
-/// `%` (the typed face's escape), whitespace and control characters.
-pub(crate) fn check_prefix(prefix: String) -> Result<String, ConfigError> {
-    if prefix.is_empty() {
-        return Err(ConfigError::EmptyPrefix);
-    }
-    let reserved = |c: char| "{}*?[]\\%".contains(c) || c.is_whitespace() || c.is_control();
-    if prefix.chars().any(reserved) {
-        return Err(ConfigError::InvalidPrefix(prefix));
-    }
-    Ok(prefix)
-}
+/// The key-prefix rule lives in `crate::prefix`, shared with the typed face.
+pub(crate) use crate::prefix::check_prefix;

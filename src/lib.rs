@@ -117,6 +117,7 @@ mod key;
 mod layer;
 mod lookup;
 mod policy;
+mod prefix;
 mod range;
 mod respond;
 mod service;
