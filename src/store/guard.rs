@@ -305,6 +305,18 @@ impl GuardedStore {
             .await
     }
 
+    /// Takes a named lock with its fencing token (see `Store::try_lock_fenced`).
+    pub(crate) async fn try_lock_fenced(
+        &self,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let attempt = self.store.try_lock_fenced(key, fence_key, token, ttl);
+        self.call(self.write_timeout, attempt).await
+    }
+
     /// Reads many values in as few round trips as the store can; near copies answer first.
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let Some(near) = &self.near else {

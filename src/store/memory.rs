@@ -54,6 +54,9 @@ pub struct MemoryStore {
     locks: Arc<Mutex<HashMap<String, (String, Instant)>>>,
     notices: Arc<FillNotices>,
     purges: Arc<Mutex<Purges>>,
+    /// The fencing counters of named locks (`try_lock_fenced`), never evicted: a counter
+    /// that restarted would hand out tokens already used.
+    fences: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// The purges recorded in a memory store, and the engines to tell (every layer and cache
@@ -88,6 +91,7 @@ impl MemoryStore {
             locks: Arc::default(),
             notices: Arc::default(),
             purges: Arc::default(),
+            fences: Arc::default(),
         }
     }
 
@@ -270,5 +274,29 @@ impl Store for MemoryStore {
             .watchers
             .push(watcher);
         true
+    }
+
+    fn try_lock_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        fence_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let now = Instant::now();
+        // The locks' mutex is held while the counter moves, so lock and token are one step.
+        let mut locks = self.locks();
+        locks.retain(|_, (_, expires)| *expires > now);
+        let fence = if locks.contains_key(key) {
+            None
+        } else {
+            locks.insert(key.to_owned(), (token.to_owned(), now + ttl));
+            let mut fences = self.fences.lock().unwrap_or_else(PoisonError::into_inner);
+            let counter = fences.entry(fence_key.to_owned()).or_insert(0);
+            *counter = counter.saturating_add(1);
+            Some(*counter)
+        };
+        drop(locks);
+        Box::pin(std::future::ready(Ok(fence)))
     }
 }

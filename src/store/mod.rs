@@ -320,6 +320,24 @@ pub trait Store: Send + Sync + 'static {
     fn is_connected(&self) -> bool {
         true
     }
+    /// Takes the lock `key` for `ttl` if nobody holds it and, in the same atomic step,
+    /// increments the counter `fence_key` (never expiring), answering its new value: the
+    /// fencing token of this holding, strictly greater than every earlier holder's, in every
+    /// process. `None` when the lock is held. The typed face's named locks rest on it; the
+    /// default reports [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported),
+    /// as a lock and a counter taken in two steps would not order holders.
+    fn try_lock_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        fence_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<u64>> {
+        let _ = (key, fence_key, token, ttl);
+        Box::pin(std::future::ready(Err(StoreError::from_kind(
+            crate::error::StoreErrorKind::Unsupported,
+        ))))
+    }
 }
 
 /// A shared store is a store: lets an application choose its store at run time
@@ -417,5 +435,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn is_connected(&self) -> bool {
         (**self).is_connected()
+    }
+    fn try_lock_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        fence_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<u64>> {
+        (**self).try_lock_fenced(key, fence_key, token, ttl)
     }
 }

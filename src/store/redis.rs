@@ -81,6 +81,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return { now, tonumber(redis.call('get', KEYS[2]) or '0'),
     redis.call('zrange', KEYS[1], 0, -1, 'withscores') }";
 
+/// Takes a named lock and, in the same step, advances its fencing counter.
+/// KEYS: lock, counter. ARGV: token ttl_ms. Returns the new counter value, or 0 when held.
+const LOCK_FENCED_LUA: &str = r"
+if redis.call('set', KEYS[1], ARGV[1], 'nx', 'px', ARGV[2]) then
+  return redis.call('incr', KEYS[2])
+end
+return 0";
+
 const EXTEND_LUA: &str = r"
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
@@ -178,6 +186,7 @@ struct Inner {
     read_or_lock: Script,
     record_purge: Script,
     read_purges: Script,
+    lock_fenced: Script,
     fail_fast: Options,
     /// Becomes `true` once fill notices are subscribed to.
     subscribed: tokio::sync::watch::Receiver<bool>,
@@ -397,6 +406,7 @@ impl RedisStore {
             read_or_lock: Script::from_lua(READ_OR_LOCK_LUA),
             record_purge: Script::from_lua(RECORD_PURGE_LUA),
             read_purges: Script::from_lua(READ_PURGES_LUA),
+            lock_fenced: Script::from_lua(LOCK_FENCED_LUA),
             subscribed: subscribed_rx,
             fail_fast: Options {
                 fail_fast: true,
@@ -541,6 +551,24 @@ impl Store for RedisStore {
                 .set(key, token, expire, Some(SetOptions::NX), false)
                 .await?;
             Ok(reply.is_some())
+        })
+    }
+
+    fn try_lock_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        fence_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            self.ensure_connected()?;
+            let args: Vec<Value> = vec![token.into(), millis(ttl).into()];
+            let keys = vec![key.to_owned(), fence_key.to_owned()];
+            let fence: i64 = self
+                .run(&self.inner.lock_fenced, LOCK_FENCED_LUA, keys, args)
+                .await?;
+            Ok(u64::try_from(fence).ok().filter(|&fence| fence > 0))
         })
     }
 
