@@ -1,5 +1,7 @@
-//! The products service with the typed cache-aside API: handlers ask a [`Cache`] for values
-//! (`get_or_set`), and a write drops the values it made stale (`delete`, `delete_prefix`).
+//! The products service with the typed cache-aside API: handlers ask a typed handle
+//! (`cache.typed::<T>()`) for values with loaders that borrow the app's state, a write takes a
+//! named lock (its fencing token checked by the data source) and drops the values it made
+//! stale, and `/health` reports the store.
 //!
 //! Run it with nothing installed (the cache lives in this process, in a `MemoryStore`):
 //!
@@ -22,6 +24,7 @@
 //! curl -s -X PUT localhost:3000/products/1 \
 //!      -H 'content-type: application/json' -d '{"name":"Teapot","price_cents":2500}'
 //! curl -s localhost:3000/products/1           # loaded again: the PUT deleted it
+//! curl -s localhost:3000/health               # the store's ping, connection and breaker
 //! curl -s localhost:3000/stats                # cache counters and data-source reads
 //! ```
 //!
@@ -39,7 +42,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
-    error::Error,
+    io,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
@@ -47,18 +50,40 @@ use std::{
     time::Duration,
 };
 use tokio::sync::RwLock;
-use tower_redis_cache::{Cache, KeyBuilder, MemoryStore, RedisStore};
+use tower_redis_cache::{
+    Cache, CacheValue, GetOrSetOptions, KeyBuilder, LockOptions, MemoryStore, RedisStore,
+    TypedCache,
+};
 
-/// How long a product stays cached.
-const DETAIL_TTL: Duration = Duration::from_secs(60);
+/// A product: fresh for a minute; a missing id is remembered for five seconds only, so a
+/// product created elsewhere shows up soon. Checked once, at compile time.
+const DETAIL: GetOrSetOptions = match GetOrSetOptions::builder(Duration::from_secs(60))
+    .negative_ttl(Duration::from_secs(5))
+    .build()
+{
+    Ok(options) => options,
+    Err(_) => panic!("invalid detail options"),
+};
+
 /// Lists change with any product, so they are kept shorter.
 const LIST_TTL: Duration = Duration::from_secs(30);
+
+/// Writers of one product hold its lock for at most this (extended while they write), and
+/// wait for another writer up to five seconds.
+const WRITE_LOCK: LockOptions =
+    LockOptions::new(Duration::from_secs(10)).wait(Duration::from_secs(5));
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Product {
     pub id: u32,
     pub name: String,
     pub price_cents: u64,
+}
+
+/// The identity products are cached under: stable across refactors, bumped with the shape.
+impl CacheValue for Product {
+    const NAME: &'static str = "product";
+    const VERSION: u32 = 1;
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +103,9 @@ struct Catalog {
     products: RwLock<BTreeMap<u32, Product>>,
     /// Reads that reached the data source, i.e. that the cache did not answer.
     reads: AtomicU64,
+    /// The highest fencing token a write carried: a write with a lower one comes from a
+    /// writer whose lock expired meanwhile, and is refused.
+    fence: AtomicU64,
     latency: Duration,
 }
 
@@ -88,19 +116,18 @@ impl Catalog {
             .into_iter()
             .map(|(id, name, price_cents)| {
                 let name = name.to_owned();
-                (
+                let product = Product {
                     id,
-                    Product {
-                        id,
-                        name,
-                        price_cents,
-                    },
-                )
+                    name,
+                    price_cents,
+                };
+                (id, product)
             })
             .collect();
         Self {
             products: RwLock::new(products),
             reads: AtomicU64::new(0),
+            fence: AtomicU64::new(0),
             latency,
         }
     }
@@ -110,16 +137,55 @@ impl Catalog {
         tokio::time::sleep(self.latency).await;
         self.products.read().await
     }
+
+    /// One product, or `None` (cached too, for the negative ttl).
+    async fn product(&self, id: u32) -> Result<Option<Product>, io::Error> {
+        tracing::info!(id, "data source: reading product");
+        Ok(self.slow_read().await.get(&id).cloned())
+    }
+
+    async fn page(&self, number: u32, size: u32) -> Result<Vec<Product>, io::Error> {
+        tracing::info!(number, size, "data source: listing products");
+        let skip = usize::try_from((number - 1).saturating_mul(size)).unwrap_or(usize::MAX);
+        let take = usize::try_from(size).unwrap_or(usize::MAX);
+        let products = self.slow_read().await;
+        Ok(products.values().skip(skip).take(take).cloned().collect())
+    }
+
+    /// Stores `product` if `fence` is not older than the last write's.
+    async fn write(&self, product: Product, fence: u64) -> Result<(), io::Error> {
+        if self.fence.fetch_max(fence, Relaxed) > fence {
+            return Err(io::Error::other("stale writer: its lock expired"));
+        }
+        self.products.write().await.insert(product.id, product);
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
 struct App {
     catalog: Arc<Catalog>,
     cache: Cache,
+    /// One handle per value type: the type (and its identity) is fixed here, once.
+    products: TypedCache<Option<Product>>,
+    lists: TypedCache<Vec<Product>>,
 }
 
-/// A data-source failure; `Arc`ed so every caller sharing the load can have it.
-type LoadError = Arc<std::io::Error>;
+/// Any failure, as a `503` (the handlers use `?` on the cache's errors).
+struct Failure(anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        // `{:#}` prints the chain: the cache's error, then the data source's.
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{:#}\n", self.0)).into_response()
+    }
+}
 
 fn detail_key(id: u32) -> String {
     KeyBuilder::new("product").id(id).field("details").build()
@@ -136,78 +202,74 @@ fn list_key(page: u32, size: u32) -> String {
 /// Every cached list page starts with this (`?` ends the escaped path, so nothing else does).
 const LIST_PREFIX: &str = "products:list?";
 
-async fn get_product(State(app): State<App>, Path(id): Path<u32>) -> Response {
-    let catalog = Arc::clone(&app.catalog);
-    // `None` (no such product) is cached too, so a missing id does not reach the data source
-    // on every request.
-    let loaded = app
-        .cache
-        .get_or_set(&detail_key(id), DETAIL_TTL, move || async move {
-            tracing::info!(id, "data source: reading product");
-            Ok::<_, LoadError>(catalog.slow_read().await.get(&id).cloned())
-        })
-        .await;
-    match loaded {
-        Ok(Some(product)) => Json(product).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, format!("no product {id}\n")).into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
-    }
+async fn get_product(State(app): State<App>, Path(id): Path<u32>) -> Result<Response, Failure> {
+    // The loader borrows the catalog: it runs in this handler's task.
+    let product = app
+        .products
+        .get_or_set(detail_key(id), DETAIL, app.catalog.product(id))
+        .await?;
+    Ok(match product {
+        Some(product) => Json(product).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no product {id}\n")).into_response(),
+    })
 }
 
-async fn list_products(State(app): State<App>, Query(page): Query<Page>) -> Response {
+async fn list_products(
+    State(app): State<App>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<Product>>, Failure> {
     let (number, size) = (
         page.page.unwrap_or(1).max(1),
         page.size.unwrap_or(20).clamp(1, 100),
     );
-    let catalog = Arc::clone(&app.catalog);
-    let loaded = app
-        .cache
-        .get_or_set(&list_key(number, size), LIST_TTL, move || async move {
-            tracing::info!(number, size, "data source: listing products");
-            let skip = usize::try_from((number - 1).saturating_mul(size)).unwrap_or(usize::MAX);
-            let take = usize::try_from(size).unwrap_or(usize::MAX);
-            let products = catalog.slow_read().await;
-            Ok::<_, LoadError>(
-                products
-                    .values()
-                    .skip(skip)
-                    .take(take)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .await;
-    match loaded {
-        Ok(products) => Json(products).into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response(),
-    }
+    let loader = app.catalog.page(number, size);
+    let products = app
+        .lists
+        .get_or_set(list_key(number, size), LIST_TTL, loader)
+        .await?;
+    Ok(Json(products))
 }
 
-/// Creates or replaces a product, then drops the cached values that now show old data: its
-/// detail, and every list page.
+/// Creates or replaces a product under its write lock, then drops the cached values that now
+/// show old data: its detail, and every list page.
 async fn put_product(
     State(app): State<App>,
     Path(id): Path<u32>,
     Json(update): Json<ProductUpdate>,
-) -> Json<Product> {
+) -> Result<Json<Product>, Failure> {
     let product = Product {
         id,
         name: update.name,
         price_cents: update.price_cents,
     };
-    app.catalog
-        .products
-        .write()
-        .await
-        .insert(id, product.clone());
-    if let Err(error) = app.cache.delete(&detail_key(id)).await {
-        tracing::warn!(%error, id, "could not delete the cached product");
-    }
-    match app.cache.delete_prefix(LIST_PREFIX).await {
-        Ok(pages) => tracing::info!(pages, "deleted the cached list pages"),
-        Err(error) => tracing::warn!(%error, "could not delete the cached list pages"),
-    }
-    Json(product)
+    let catalog = &app.catalog;
+    let written = app
+        .cache
+        .with_lock(&format!("product:{id}"), WRITE_LOCK, |lock| async move {
+            catalog.write(product.clone(), lock.fencing_token()).await?;
+            Ok::<_, io::Error>(product)
+        })
+        .await??;
+    app.products.delete(detail_key(id)).await?;
+    let pages = app.cache.delete_prefix(LIST_PREFIX).await?;
+    tracing::info!(pages, "deleted the cached list pages");
+    Ok(Json(written))
+}
+
+/// The store's health: `200` when it answers, `503` when the cache is failing open.
+async fn health(State(app): State<App>) -> Response {
+    let health = app.cache.health().await;
+    let status = match health.is_healthy() {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = serde_json::json!({
+        "healthy": health.is_healthy(),
+        "latency_ms": health.latency.map(|l| l.as_secs_f64() * 1e3),
+        "breaker": format!("{:?}", health.breaker),
+        "error": health.error,
+    });
+    (status, Json(body)).into_response()
 }
 
 /// The cache's counters and the data source's reads.
@@ -228,32 +290,36 @@ async fn stats(State(app): State<App>) -> impl IntoResponse {
 pub fn router(cache: Cache, latency: Duration) -> Router {
     let app = App {
         catalog: Arc::new(Catalog::seeded(latency)),
+        products: cache.typed(),
+        lists: cache.typed(),
         cache,
     };
     Router::new()
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product).put(put_product))
+        .route("/health", get(health))
         .route("/stats", get(stats))
         .with_state(app)
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let cache = match std::env::var("REDIS_URL") {
+    let store: Arc<dyn tower_redis_cache::Store> = match std::env::var("REDIS_URL") {
         Ok(url) => {
             tracing::info!("cache in Redis");
-            Cache::new(RedisStore::connect(&url).await?)
+            Arc::new(RedisStore::connect(&url).await?)
         }
         Err(_) => {
             tracing::info!("cache in memory (set REDIS_URL to share it through Redis)");
-            Cache::new(MemoryStore::new(64 << 20))
+            Arc::new(MemoryStore::new(64 << 20))
         }
     };
+    let cache = Cache::builder(store).cache_name("products").build()?;
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);

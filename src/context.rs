@@ -32,4 +32,7 @@ pub(crate) struct Shared {
     pub(crate) engine: Arc<Engine>,
     /// This layer's fills running in this process (single flight per key and variant).
     pub(crate) flights: Arc<Flights>,
+    /// The typed cache `CacheLayer::cache` hands out, made once so every caller's loads
+    /// share one flight map.
+    pub(crate) typed: std::sync::OnceLock<crate::Cache>,
 }

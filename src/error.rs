@@ -8,9 +8,11 @@
 //!
 //! The typed face adds its own: [`CacheError`] for the direct calls (`get`, `set`, ...), where
 //! the caller asked the store something and deserves to know it could not answer;
-//! [`GetOrSetError`] for the loading calls, which never report the store (they load instead)
-//! but do report the loader, a hard timeout, or options that make no sense; and [`LockError`]
-//! for the distributed lock, whose callers must know they do not hold it.
+//! [`OptionsError`] for options that cannot work, reported where they are built;
+//! [`GetOrSetError`] for `get_or_set`, which never reports the store (it loads instead) but
+//! does report the loader (shared by every coalesced caller as an `Arc`, so the loader's
+//! error need not be `Clone`) or a hard timeout; and [`LockError`] for the distributed lock,
+//! whose callers must know they do not hold it.
 
 use std::fmt;
 use std::time::Duration;
@@ -237,13 +239,17 @@ pub enum CacheError {
     Store(StoreError),
     /// The value could not be encoded in the cache's format.
     Encode(BoxError),
+    /// A write was given a zero ttl: a value that is never fresh is a delete, which
+    /// `delete` says (and `Expiry::Never` is a value that never expires).
+    ZeroTtl,
 }
 
 impl fmt::Display for CacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Store(error) => write!(f, "{error}"),
-            Self::Encode(error) => write!(f, "value could not be encoded: {error}"),
+            Self::Encode(_) => f.write_str("value could not be encoded"),
+            Self::ZeroTtl => f.write_str("zero ttl: use delete, or Expiry::Never"),
         }
     }
 }
@@ -253,6 +259,7 @@ impl std::error::Error for CacheError {
         match self {
             Self::Store(error) => Some(error),
             Self::Encode(error) => Some(error.as_ref()),
+            Self::ZeroTtl => None,
         }
     }
 }
@@ -264,15 +271,15 @@ impl From<StoreError> for CacheError {
 }
 
 /// A [`GetOrSetOptions`](crate::GetOrSetOptions) setting that cannot work, reported by the
-/// call that was given it (the options are plain values, built without checks, so a chain of
-/// setters reads cleanly; they are checked once, where they are used).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// builder's `build()` (so once, where the options are made, or at compile time for a
+/// `const`), and by `get_or_set` for a bare zero ttl.
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum OptionsError {
     /// The ttl is zero: nothing loaded would ever be fresh.
     ZeroTtl,
     /// The eager-refresh fraction is not strictly between 0 and 1.
-    EagerRefreshFraction(String),
+    EagerRefreshFraction(f64),
     /// The soft timeout is not shorter than the hard timeout, so it could never fire first.
     SoftNotBelowHard {
         /// The soft timeout given.
@@ -310,23 +317,47 @@ impl fmt::Display for OptionsError {
 
 impl std::error::Error for OptionsError {}
 
-/// Why [`Cache::get_or_set_with`](crate::Cache::get_or_set_with) returned no value. A store
-/// failure is never one of them: the loader runs instead (fail-open).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why [`get_or_set`](crate::TypedCache::get_or_set) returned no value. A store failure is
+/// never one of them: the loader runs instead (fail-open).
+///
+/// The loader's error is shared: every caller coalesced with the failed run gets the same
+/// `Arc<E>`, so `E` need not be `Clone`. With `E: std::error::Error`, this is an error whose
+/// [`source`](std::error::Error::source) is the loader's error (and its chain after it), so
+/// `?` carries it into `anyhow::Result` or `Box<dyn Error>` intact.
+#[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub enum GetOrSetError<E> {
     /// The loader failed (this call's, or the one it was coalesced with) and no fail-safe
     /// value could stand in.
-    Loader(E),
+    Loader(std::sync::Arc<E>),
     /// The loader ran past the hard timeout and was abandoned, with no fail-safe value.
     HardTimeout(Duration),
     /// The options cannot work; nothing was read or loaded.
     InvalidOptions(OptionsError),
 }
 
+// By hand: a derive would demand `E: Clone`, and the loader's error is shared by `Arc`.
+impl<E> Clone for GetOrSetError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Loader(error) => Self::Loader(std::sync::Arc::clone(error)),
+            Self::HardTimeout(after) => Self::HardTimeout(*after),
+            Self::InvalidOptions(error) => Self::InvalidOptions(error.clone()),
+        }
+    }
+}
+
 impl<E> GetOrSetError<E> {
     /// The loader's error, if that is what this is.
-    pub fn into_loader(self) -> Option<E> {
+    pub fn loader_error(&self) -> Option<&E> {
+        match self {
+            Self::Loader(error) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The loader's error, shared with the other callers of its run.
+    pub fn into_loader(self) -> Option<std::sync::Arc<E>> {
         match self {
             Self::Loader(error) => Some(error),
             _ => None,
@@ -334,12 +365,16 @@ impl<E> GetOrSetError<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for GetOrSetError<E> {
+// The loader's error is the source, not part of this message, so a report that prints the
+// chain (`anyhow`'s `{:#}`) says it once.
+impl<E> fmt::Display for GetOrSetError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Loader(error) => write!(f, "loader failed: {error}"),
-            Self::HardTimeout(after) => write!(f, "loader abandoned after {after:?}"),
-            Self::InvalidOptions(error) => write!(f, "invalid options: {error}"),
+            Self::Loader(_) => f.write_str("the cache's loader failed"),
+            Self::HardTimeout(after) => {
+                write!(f, "the cache's loader was abandoned after {after:?}")
+            }
+            Self::InvalidOptions(_) => f.write_str("invalid cache options"),
         }
     }
 }
@@ -347,7 +382,7 @@ impl<E: fmt::Display> fmt::Display for GetOrSetError<E> {
 impl<E: std::error::Error + 'static> std::error::Error for GetOrSetError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Loader(error) => Some(error),
+            Self::Loader(error) => Some(&**error),
             Self::InvalidOptions(error) => Some(error),
             Self::HardTimeout(_) => None,
         }
@@ -360,11 +395,18 @@ impl<E: std::error::Error + 'static> std::error::Error for GetOrSetError<E> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LockError {
+    /// Someone else holds the lock, and the options said not to wait
+    /// ([`LockOptions::new`](crate::LockOptions::new) without `wait`).
+    Busy,
     /// Someone else held the lock for the whole wait.
     Timeout {
         /// How long the caller waited.
         waited: Duration,
     },
+    /// The lock was lost while held (it expired, as after a stall longer than its ttl, or
+    /// was deleted), so the work under it may have overlapped another holder's: act on its
+    /// results only where the fencing token is checked.
+    Lost,
     /// The store could not be asked.
     Store(StoreError),
     /// The lock cannot be taken as asked (its ttl is zero).
@@ -374,7 +416,9 @@ pub enum LockError {
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Busy => f.write_str("lock held by another"),
             Self::Timeout { waited } => write!(f, "lock still held by another after {waited:?}"),
+            Self::Lost => f.write_str("lock lost while held"),
             Self::Store(error) => write!(f, "lock unavailable: {error}"),
             Self::Invalid(why) => write!(f, "invalid lock request: {why}"),
         }

@@ -130,11 +130,23 @@ impl CacheLayer {
 
     /// A typed cache-aside [`Cache`](crate::Cache) on this layer's engine: the same store
     /// connections, fail-open guard and near tier, the same lock protocol (with this layer's
-    /// `lock_ttl` and `lock_wait`) and the same counters (its counts show in
-    /// [`stats`](Self::stats)). Its values live under `{prefix}:v:…`, apart from the layer's
-    /// entries; [`wait_for_writes`](Self::wait_for_writes) covers its background work too.
+    /// `lock_ttl` and `lock_wait`), the same counters (its counts show in
+    /// [`stats`](Self::stats)) and `cache_name`. Every call returns a clone of one cache, so
+    /// their loads coalesce with each other. Its values live under `{prefix}:v:…`, apart from
+    /// the layer's entries; [`wait_for_writes`](Self::wait_for_writes) covers its background
+    /// work too.
     pub fn cache(&self) -> crate::Cache {
-        crate::Cache::from_engine(Arc::clone(&self.shared.engine), &self.shared.keys.prefix)
+        let shared = &self.shared;
+        shared
+            .typed
+            .get_or_init(|| {
+                crate::Cache::from_engine(
+                    Arc::clone(&shared.engine),
+                    &shared.keys.prefix,
+                    &shared.config.cache_name,
+                )
+            })
+            .clone()
     }
 
     /// Waits until every fill and store write started so far has finished: before reading
@@ -622,6 +634,7 @@ impl CacheLayerBuilder {
             keys,
             engine: Arc::new(engine),
             flights: Arc::default(),
+            typed: std::sync::OnceLock::new(),
         };
         Ok(CacheLayer {
             shared: Arc::new(shared),

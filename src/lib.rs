@@ -64,11 +64,17 @@
 //! - `body`: [`CacheBody`], cached bytes or the inner body streamed through.
 //!
 //! The typed face:
-//! - `typed`: [`Cache`], cache-aside for serde values (`get_or_set`, `get_many`, locks).
-//! - `typed::codec`: the value envelope (lifetimes, type fingerprint, MessagePack or JSON).
+//! - `typed`: module docs and re-exports.
+//! - `typed::cache`: [`Cache`] and its builder: namespaces, per-call-typed calls, locks, health.
+//! - `typed::handle`: [`TypedCache`], the cache for one value type (`cache.typed::<T>()`).
+//! - `typed::identity`: [`CacheValue`], the stable name and version a value is stored under.
+//! - `typed::inner`: the state a cache shares with its clones, and what a read found.
+//! - `typed::load`: the loading path of `get_or_set` ([`Loader`]).
+//! - `typed::codec`: the value envelope (lifetimes, identity fingerprint, MessagePack or JSON).
 //! - `typed::key_builder`: [`KeyBuilder`], escaped keys with sorted parameters.
-//! - `typed::lock`: named distributed locks ([`LockGuard`]).
-//! - `typed::options`: [`GetOrSetOptions`] and [`LockOptions`].
+//! - `typed::lock`: named distributed locks with fencing tokens ([`LockGuard`]).
+//! - `typed::options`: [`GetOrSetOptions`], [`Expiry`] and [`Loaded`].
+//! - `prefix`: the key-prefix rule both faces share.
 //!
 //! The engine and the store:
 //! - `engine`: keyed byte values with lifetimes: the guarded store, counters, budgets.
@@ -141,9 +147,14 @@ pub use stats::Stats;
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreFuture};
 pub use tags::{CacheTags, TagFn, MAX_TAGS_BYTES, MAX_TAG_LEN};
 pub use typed::{
-    BreakerState, Cache, CacheBuilder, Codec, GetOrSetOptions, Health, KeyBuilder, LockGuard,
-    LockOptions,
+    BreakerState, Cache, CacheBuilder, CacheValue, Codec, Expiry, GetOrSetOptions,
+    GetOrSetOptionsBuilder, Health, HeldLock, InBackground, InCaller, KeyBuilder, Loaded, Loader,
+    LockGuard, LockOptions, TypedCache, DEFAULT_FAIL_SAFE_THROTTLE,
 };
+
+/// The type of a loader's background half, named by [`Loader`]'s hidden method.
+#[doc(hidden)]
+pub use typed::Detached;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -175,7 +175,7 @@ counters! {
     /// flight already held `max_fill_bytes`.
     fills_over_budget,
     /// Typed-cache reads that found a usable value (`get`, `get_many`, `get_or_set`), including
-    /// callers served by another caller's load.
+    /// callers served by another caller's load. (`hits` counts the HTTP face only.)
     typed_hits,
     /// Typed-cache reads that found nothing usable.
     typed_misses,
@@ -183,17 +183,29 @@ counters! {
     typed_loads,
     /// Typed-cache loader runs that failed or hit their hard timeout.
     typed_load_errors,
-    /// Typed-cache values that did not decode as the asked type or failed the validator, and
-    /// were deleted.
+    /// Typed-cache values whose bytes are corrupt (not an envelope, or a payload that does not
+    /// decode under its own identity), and were deleted.
     typed_decode_failures,
+    /// Typed-cache reads that found a value written under another identity (another type,
+    /// version or schema version): a miss, left in place for the next write to replace.
+    typed_foreign,
+    /// Typed-cache values the handle's validator rejected: a miss, left for the next write.
+    typed_rejected,
+    /// Typed-cache loader failures answered by the fail-safe value, which was stored fresh
+    /// again for the fail-safe throttle (so the failing loader is not re-run on every call).
+    typed_throttled,
     /// Typed-cache answers given from a stale value (stale-while-revalidate, soft timeout) or
     /// a fail-safe one (the loader failed).
     typed_stale,
     /// Typed-cache background refreshes started (stale, eager, or a loader outliving its soft
     /// timeout).
     typed_refreshes,
-    /// Distributed locks (`Cache::lock`) that ran out of wait.
-    lock_wait_timeouts,
+    /// Named locks (`Cache::lock`) that stayed held by another for the whole wait.
+    typed_lock_timeouts,
+    /// Named locks asked without a wait that were held by another (`LockError::Busy`).
+    typed_lock_busy,
+    /// Named locks lost while held (expired or taken over; `LockError::Lost`).
+    typed_lock_lost,
 }
 
 /// The outcome labels, in the order of the handles registered for them.

@@ -20,13 +20,13 @@ async fn a_layers_typed_cache_shares_its_store_and_counters() -> TestResult {
 
     let loads = Calls::default();
     for _ in 0..3 {
-        let loads = loads.clone();
         let value: u64 = cache
-            .get_or_set("answer", Duration::from_secs(60), move || async move {
+            .get_or_set("answer", Duration::from_secs(60), async {
                 loads.add();
                 Ok::<u64, String>(42)
             })
-            .await?;
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         assert_eq!(value, 42);
     }
     assert_eq!(loads.get(), 1);

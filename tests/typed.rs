@@ -17,8 +17,8 @@ use support::*;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tower_redis_cache::{
-    Cache, GetOrSetError, GetOrSetOptions, KeyBuilder, LockError, LockOptions, MemoryStore,
-    RedisStore,
+    Cache, CacheValue, GetOrSetError, GetOrSetOptions, KeyBuilder, LockError, LockOptions,
+    MemoryStore, OptionsError, RedisStore,
 };
 
 /// A typed cache for tests: its own Redis connections, a shared prefix, and generous store
@@ -52,6 +52,10 @@ struct Product {
     name: String,
 }
 
+impl CacheValue for Product {
+    const NAME: &'static str = "product";
+}
+
 fn product(id: u32, name: &str) -> Product {
     Product {
         id,
@@ -78,9 +82,27 @@ impl Gate {
     }
 }
 
-/// A loader error: `Clone`, so every waiter of the failed load can have it.
-#[derive(Debug, Clone, PartialEq)]
+/// A loader error, not `Clone`: every waiter of the failed load shares it through an `Arc`.
+#[derive(Debug, PartialEq)]
 struct Boom(usize);
+
+impl std::fmt::Display for Boom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "boom {}", self.0)
+    }
+}
+
+impl std::error::Error for Boom {}
+
+/// The loader error `Boom(n)` as `get_or_set` reports it.
+fn boom(n: usize) -> GetOrSetError<Boom> {
+    GetOrSetError::Loader(Arc::new(Boom(n)))
+}
+
+/// Built options, or the test fails.
+fn opts<M>(built: Result<GetOrSetOptions<M>, OptionsError>) -> GetOrSetOptions<M> {
+    built.expect("valid options")
+}
 
 /// Waits (bounded) until `done` holds: for state that changes on its own schedule (a value's
 /// expiry), where there is no event to await.
@@ -117,8 +139,10 @@ async fn four_instances_of_a_hundred_callers_run_the_loader_once() -> TestResult
         );
         callers.spawn(async move {
             started.wait().await;
+            // The loader borrows the task's counter and gate: it is polled in this task.
             cache
-                .get_or_set("product:7", Duration::from_secs(60), move || async move {
+                .typed::<Product>()
+                .get_or_set("product:7", Duration::from_secs(60), async {
                     runs.fetch_add(1, SeqCst);
                     gate.passed().await;
                     Ok::<_, Boom>(product(7, "lamp"))
@@ -164,7 +188,8 @@ async fn a_loader_error_reaches_every_waiter_nothing_is_stored_and_the_next_call
         callers.spawn(async move {
             started.wait().await;
             cache
-                .get_or_set("flaky", Duration::from_secs(60), move || async move {
+                .typed::<Product>()
+                .get_or_set("flaky", Duration::from_secs(60), async {
                     let run = runs.fetch_add(1, SeqCst);
                     gate.passed().await;
                     Err::<Product, _>(Boom(run))
@@ -178,10 +203,10 @@ async fn a_loader_error_reaches_every_waiter_nothing_is_stored_and_the_next_call
     // the callers that waited on it.
     let mut per_run = std::collections::BTreeMap::<usize, usize>::new();
     while let Some(answer) = callers.join_next().await {
-        let Err(Boom(run)) = answer? else {
+        let Err(GetOrSetError::Loader(error)) = answer? else {
             panic!("a failed load answered a value");
         };
-        *per_run.entry(run).or_default() += 1;
+        *per_run.entry(error.0).or_default() += 1;
     }
     eprintln!("loader error: callers per run {per_run:?}");
     assert_eq!(per_run.values().sum::<usize>(), 100);
@@ -195,10 +220,9 @@ async fn a_loader_error_reaches_every_waiter_nothing_is_stored_and_the_next_call
     let raw = raw(server.url()).await;
     let stored: i64 = raw.exists(caches[0].store_key("flaky")).await?;
     assert_eq!(stored, 0);
-    let again = Arc::clone(&runs);
     let value = caches[1]
-        .get_or_set("flaky", Duration::from_secs(60), move || async move {
-            again.fetch_add(1, SeqCst);
+        .get_or_set("flaky", Duration::from_secs(60), async {
+            runs.fetch_add(1, SeqCst);
             Ok::<_, Boom>(product(1, "fixed"))
         })
         .await;
@@ -214,10 +238,13 @@ async fn a_loader_error_reaches_every_waiter_nothing_is_stored_and_the_next_call
 /// Stores `value` under `key` with a 1 ms ttl and a fail-safe of an hour, then waits for the
 /// ttl to pass: a value "past its ttl", kept for fail-safe.
 async fn expired_but_kept(cache: &Cache, key: &str, value: Product) {
-    let options =
-        GetOrSetOptions::new(Duration::from_millis(1)).fail_safe(Duration::from_secs(3600));
+    let options = opts(
+        GetOrSetOptions::builder(Duration::from_millis(1))
+            .fail_safe(Duration::from_secs(3600))
+            .build(),
+    );
     let stored = cache
-        .get_or_set_with(key, options, move || async move { Ok::<_, Boom>(value) })
+        .get_or_set(key, options, async { Ok::<_, Boom>(value) })
         .await;
     assert!(stored.is_ok());
     eventually("the value's ttl to pass", || async {
@@ -232,34 +259,41 @@ async fn fail_safe_answers_the_last_value_when_the_loader_fails_or_hangs() -> Te
     let cache = cache(server.url(), &unique_prefix("typed-failsafe")).await;
     expired_but_kept(&cache, "p", product(1, "last good")).await;
 
-    let options =
-        GetOrSetOptions::new(Duration::from_secs(60)).fail_safe(Duration::from_secs(3600));
+    // A short throttle, so the second failing call below runs its loader again.
+    let options = GetOrSetOptions::builder(Duration::from_secs(60))
+        .fail_safe(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::from_millis(1));
     let failing = cache
-        .get_or_set_with("p", options.clone(), || async {
+        .get_or_set("p", opts(options.build()), async {
             Err::<Product, _>(Boom(0))
         })
         .await;
     assert_eq!(failing, Ok(product(1, "last good")));
+    eventually("the throttle window to pass", || async {
+        cache.get::<Product>("p").await.ok() == Some(None)
+    })
+    .await;
 
     // A loader past its hard timeout is abandoned, and the last value answered too.
+    let hard = opts(options.hard_timeout(Duration::from_millis(50)).build());
     let hanging = cache
-        .get_or_set_with("p", options.hard_timeout(Duration::from_millis(50)), || {
-            std::future::pending::<Result<Product, Boom>>()
-        })
+        .get_or_set("p", hard, std::future::pending::<Result<Product, Boom>>())
         .await;
     assert_eq!(hanging, Ok(product(1, "last good")));
 
     // Without fail-safe the loader's error (or the timeout) is the answer.
-    let plain = GetOrSetOptions::new(Duration::from_secs(60));
+    let plain = GetOrSetOptions::builder(Duration::from_secs(60));
     let failed = cache
-        .get_or_set_with("p", plain.clone(), || async { Err::<Product, _>(Boom(9)) })
+        .get_or_set("q", opts(plain.build()), async {
+            Err::<Product, _>(Boom(9))
+        })
         .await;
-    assert_eq!(failed, Err(GetOrSetError::Loader(Boom(9))));
+    assert_eq!(failed, Err(boom(9)));
     let timed_out = cache
-        .get_or_set_with(
+        .get_or_set(
             "other",
-            plain.hard_timeout(Duration::from_millis(20)),
-            std::future::pending::<Result<Product, Boom>>,
+            opts(plain.hard_timeout(Duration::from_millis(20)).build()),
+            std::future::pending::<Result<Product, Boom>>(),
         )
         .await;
     assert_eq!(
@@ -280,12 +314,13 @@ async fn a_soft_timeout_answers_stale_and_the_loader_still_refreshes_the_value()
 
     let gate = Gate::new();
     let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let options = GetOrSetOptions::new(Duration::from_secs(60))
+    let options = GetOrSetOptions::builder(Duration::from_secs(60))
         .fail_safe(Duration::from_secs(3600))
         .soft_timeout(Duration::from_millis(20));
     let (loader_gate, loader_saw) = (gate.clone(), Arc::clone(&opened));
+    // A soft timeout may finish the load in the background: the loader is `'static`.
     let answer = cache
-        .get_or_set_with("p", options, move || async move {
+        .get_or_set("p", opts(options.build()), async move {
             loader_gate.passed().await;
             assert!(
                 loader_saw.load(SeqCst),
@@ -309,22 +344,30 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() -> TestResu
     let server = RedisServer::start().await;
     let cache = cache(server.url(), &unique_prefix("typed-swr")).await;
     let window = Duration::from_secs(3600);
-    let short = GetOrSetOptions::new(Duration::from_millis(1)).stale_while_revalidate(window);
+    let short = opts(
+        GetOrSetOptions::builder(Duration::from_millis(1))
+            .stale_while_revalidate(window)
+            .build(),
+    );
     let first = cache
-        .get_or_set_with("p", short, || async { Ok::<_, Boom>(product(1, "v1")) })
+        .get_or_set("p", short, async { Ok::<_, Boom>(product(1, "v1")) })
         .await;
     assert_eq!(first, Ok(product(1, "v1")));
     eventually("the value to go stale", || async {
         cache.get::<Product>("p").await.ok() == Some(None)
     })
     .await;
-    let options = GetOrSetOptions::new(Duration::from_secs(60)).stale_while_revalidate(window);
+    let options = opts(
+        GetOrSetOptions::builder(Duration::from_secs(60))
+            .stale_while_revalidate(window)
+            .build(),
+    );
     let loads = Arc::new(AtomicUsize::new(0));
     let mut answers = Vec::new();
     for _ in 0..5 {
         let loads = Arc::clone(&loads);
         let answer = cache
-            .get_or_set_with("p", options.clone(), move || async move {
+            .get_or_set("p", &options, async move {
                 loads.fetch_add(1, SeqCst);
                 Ok::<_, Boom>(product(1, "v2"))
             })
@@ -343,20 +386,22 @@ async fn eager_refresh_replaces_a_fresh_value_in_the_background() -> TestResult 
     let server = RedisServer::start().await;
     let cache = cache(server.url(), &unique_prefix("typed-eager")).await;
     // A fraction this small is passed at once: every hit refreshes.
-    let options = GetOrSetOptions::new(Duration::from_secs(60)).eager_refresh(1e-9);
+    let options = opts(
+        GetOrSetOptions::builder(Duration::from_secs(60))
+            .eager_refresh(1e-9)
+            .build(),
+    );
     let loads = Arc::new(AtomicUsize::new(0));
     let load = |name: &'static str| {
         let loads = Arc::clone(&loads);
-        move || async move {
+        async move {
             loads.fetch_add(1, SeqCst);
             Ok::<_, Boom>(product(1, name))
         }
     };
-    let first = cache
-        .get_or_set_with("p", options.clone(), load("v1"))
-        .await;
+    let first = cache.get_or_set("p", options, load("v1")).await;
     assert_eq!(first, Ok(product(1, "v1")));
-    let hit = cache.get_or_set_with("p", options, load("v2")).await;
+    let hit = cache.get_or_set("p", options, load("v2")).await;
     assert_eq!(hit, Ok(product(1, "v1")), "the hit answers at once");
     cache.wait_for_background().await;
     assert_eq!(loads.load(SeqCst), 2);
@@ -373,7 +418,7 @@ async fn a_fill_lock_left_by_a_dead_holder_is_taken_over_once_it_expires() -> Te
         .key_prefix(unique_prefix("typed-takeover"))
         .read_timeout(Duration::from_secs(2))
         .write_timeout(Duration::from_secs(2))
-        .lock_ttl(Duration::from_millis(200))
+        .fill_lock_ttl(Duration::from_millis(200))
         .build()?;
     let raw = raw(server.url()).await;
     // A holder that took the key's fill lock and died: no notice will ever come.
@@ -382,7 +427,7 @@ async fn a_fill_lock_left_by_a_dead_holder_is_taken_over_once_it_expires() -> Te
         .set(&lock, "dead", Some(Expiration::PX(300)), None, false)
         .await?;
     let value = cache
-        .get_or_set("p", Duration::from_secs(60), || async {
+        .get_or_set("p", Duration::from_secs(60), async {
             Ok::<_, Boom>(product(1, "mine"))
         })
         .await;
@@ -414,7 +459,7 @@ async fn with_lock_serialises_read_modify_write_across_two_clients() -> TestResu
             let options = LockOptions::new(Duration::from_secs(5)).wait(Duration::from_secs(60));
             for _ in 0..50 {
                 cache
-                    .with_lock("counter", options, || async {
+                    .with_lock("counter", &options, |_| async {
                         // Not atomic on purpose: only the lock keeps increments from being lost.
                         let n: Option<i64> = raw.get(&counter).await.expect("GET");
                         tokio::task::yield_now().await;
@@ -461,10 +506,7 @@ async fn a_holder_whose_lock_expired_cannot_release_the_next_holders_lock() -> T
         holder.is_some(),
         "the second holder's lock survived the first's release"
     );
-    assert!(matches!(
-        a.lock("job", options).await,
-        Err(LockError::Timeout { .. })
-    ));
+    assert!(matches!(a.lock("job", options).await, Err(LockError::Busy)));
     second.release().await?;
     let holder: Option<String> = raw.get(&key).await?;
     assert_eq!(holder, None);
@@ -520,7 +562,7 @@ async fn get_many_round(cache: &Cache, raw_writer: &Client) -> (Vec<String>, Vec
             .await
             .expect("garbage");
     }
-    let values = cache.get_many::<Product, _>(&keys).await.expect("get_many");
+    let values = cache.get_many::<Product>(&keys).await.expect("get_many");
     (keys, values)
 }
 
@@ -601,7 +643,7 @@ async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_ev
         callers.spawn(async move {
             let key = format!("shared:{}", i % 5);
             cache
-                .get_or_set(&key, Duration::from_secs(60), move || async move {
+                .get_or_set(&key, Duration::from_secs(60), async {
                     runs.fetch_add(1, SeqCst);
                     Ok::<_, Boom>(product(5, "shared"))
                 })
@@ -613,7 +655,7 @@ async fn on_a_cluster_get_many_is_one_mget_per_slot_and_delete_prefix_reaches_ev
     }
     assert_eq!(runs.load(SeqCst), 5, "one load per key");
     let lock = LockOptions::new(Duration::from_secs(5)).wait(Duration::from_secs(10));
-    assert_eq!(others[0].with_lock("job", lock, || async { 1 }).await?, 1);
+    assert_eq!(others[0].with_lock("job", lock, |_| async { 1 }).await?, 1);
 
     // Keys spread over all three primaries; only the literal prefix goes.
     let doomed = ["user:1*", "user:1*a", "user:1*b:c", "user:1*{x}"];
@@ -671,6 +713,11 @@ mod v1 {
         pub id: u32,
         pub name: String,
     }
+
+    impl tower_redis_cache::CacheValue for Profile {
+        const NAME: &'static str = "profile";
+        const VERSION: u32 = 1;
+    }
 }
 
 mod v2 {
@@ -680,10 +727,29 @@ mod v2 {
         pub email: String,
         pub verified: bool,
     }
+
+    impl tower_redis_cache::CacheValue for Profile {
+        const NAME: &'static str = "profile";
+        const VERSION: u32 = 2;
+    }
+}
+
+/// A deploy that changed the shape but forgot to bump the version: same identity as v1.
+mod unversioned {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Profile {
+        pub id: u32,
+        pub email: String,
+    }
+
+    impl tower_redis_cache::CacheValue for Profile {
+        const NAME: &'static str = "profile";
+        const VERSION: u32 = 1;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_of_an_incompatible_type_is_a_miss_deleted_counted_and_refilled() -> TestResult {
+async fn a_read_under_another_identity_is_a_miss_that_never_deletes() -> TestResult {
     let server = RedisServer::start().await;
     let prefix = unique_prefix("typed-drift");
     let (old, new) = (
@@ -697,20 +763,26 @@ async fn a_value_of_an_incompatible_type_is_a_miss_deleted_counted_and_refilled(
     };
     old.set("profile:1", &profile, Duration::from_secs(60))
         .await?;
-    // The new deploy reads it as its own (incompatible) type.
-    assert_eq!(new.get::<v2::Profile>("profile:1").await?, None);
+    // The new deploy reads it as its own version: a miss, and the value stays.
+    for _ in 0..3 {
+        assert_eq!(new.get::<v2::Profile>("profile:1").await?, None);
+        assert_eq!(new.get_many::<u64>(["profile:1"]).await?, vec![None]);
+    }
     let left: i64 = raw.exists(new.store_key("profile:1")).await?;
-    assert_eq!(left, 0, "the undecodable value was deleted");
-    assert_eq!(new.stats().typed_decode_failures, 1);
+    assert_eq!(left, 1, "a read under another identity deleted the value");
+    let stats = new.stats();
+    assert_eq!((stats.typed_foreign, stats.typed_decode_failures), (6, 0));
+    // The original reader still hits.
+    assert_eq!(
+        old.get::<v1::Profile>("profile:1").await?,
+        Some(profile.clone())
+    );
 
-    // Written again by the old type, then refilled through get_or_set.
-    old.set("profile:1", &profile, Duration::from_secs(60))
-        .await?;
-    let loads = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&loads);
+    // get_or_set under the new version loads and replaces it (the next write wins).
+    let loads = AtomicUsize::new(0);
     let refilled = new
-        .get_or_set("profile:1", Duration::from_secs(60), move || async move {
-            counted.fetch_add(1, SeqCst);
+        .get_or_set("profile:1", Duration::from_secs(60), async {
+            loads.fetch_add(1, SeqCst);
             Ok::<_, Boom>(v2::Profile {
                 id: 1,
                 email: "ada@example.com".into(),
@@ -720,14 +792,22 @@ async fn a_value_of_an_incompatible_type_is_a_miss_deleted_counted_and_refilled(
         .await;
     assert_eq!(refilled.as_ref().map(|p| p.verified), Ok(true));
     assert_eq!(loads.load(SeqCst), 1);
-    assert_eq!(new.stats().typed_decode_failures, 2);
     assert_eq!(new.get::<v2::Profile>("profile:1").await?, refilled.ok());
 
-    // Same type, but a validator rejects what is stored: a miss too, refilled.
-    let options = GetOrSetOptions::new(Duration::from_secs(60))
-        .validate(|p: &v2::Profile| p.email.ends_with("@example.org"));
-    let valid = new
-        .get_or_set_with("profile:1", options, || async {
+    // Same identity, another shape (a version bump forgotten): corrupt, deleted and counted.
+    old.set("profile:2", &profile, Duration::from_secs(60))
+        .await?;
+    assert_eq!(new.get::<unversioned::Profile>("profile:2").await?, None);
+    let left: i64 = raw.exists(new.store_key("profile:2")).await?;
+    assert_eq!(left, 0, "the undecodable value was deleted");
+    assert_eq!(new.stats().typed_decode_failures, 1);
+
+    // A validator that rejects what is stored: a miss, refilled, counted.
+    let profiles = new
+        .typed::<v2::Profile>()
+        .validate(|p| p.email.ends_with("@example.org"));
+    let valid = profiles
+        .get_or_set("profile:1", Duration::from_secs(60), async {
             Ok::<_, Boom>(v2::Profile {
                 id: 1,
                 email: "ada@example.org".into(),
@@ -736,7 +816,293 @@ async fn a_value_of_an_incompatible_type_is_a_miss_deleted_counted_and_refilled(
         })
         .await;
     assert_eq!(valid.map(|p| p.email), Ok("ada@example.org".to_owned()));
-    assert_eq!(new.stats().typed_decode_failures, 3);
+    assert_eq!(new.stats().typed_rejected, 1);
+    Ok(())
+}
+
+/// One product type as two modules (or two services) declare it: the identity is the
+/// `CacheValue` name, not the Rust path.
+mod before_the_move {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Product {
+        pub id: u32,
+    }
+
+    impl tower_redis_cache::CacheValue for Product {
+        const NAME: &'static str = "catalog-product";
+    }
+}
+
+mod after_the_move {
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Product {
+        pub id: u32,
+    }
+
+    impl tower_redis_cache::CacheValue for Product {
+        const NAME: &'static str = "catalog-product";
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_type_between_modules_keeps_its_hits_and_strs_read_back() -> TestResult {
+    let server = RedisServer::start().await;
+    let prefix = unique_prefix("typed-moved");
+    let (before, after) = (
+        cache(server.url(), &prefix).await,
+        cache(server.url(), &prefix).await,
+    );
+    before
+        .set(
+            "p:1",
+            &before_the_move::Product { id: 1 },
+            Duration::from_secs(60),
+        )
+        .await?;
+    let loads = AtomicUsize::new(0);
+    let read = after
+        .typed::<after_the_move::Product>()
+        .get_or_set("p:1", Duration::from_secs(60), async {
+            loads.fetch_add(1, SeqCst);
+            Ok::<_, Boom>(after_the_move::Product { id: 99 })
+        })
+        .await;
+    assert_eq!(read, Ok(after_the_move::Product { id: 1 }));
+    assert_eq!(loads.load(SeqCst), 0, "a hit after the move");
+
+    // `set(&"hello")` is read back as a String, and a `String` cache takes `&str`.
+    before
+        .set("greeting", &"hello", Duration::from_secs(60))
+        .await?;
+    assert_eq!(
+        after.get::<String>("greeting").await?.as_deref(),
+        Some("hello")
+    );
+    let strings = after.typed::<String>();
+    strings.set("other", "hi", Duration::from_secs(60)).await?;
+    assert_eq!(strings.get("other").await?.as_deref(), Some("hi"));
+    // And `set(&42i32)` read as u64 is a miss that leaves it for the i32 reader.
+    before.set("n", &42i32, Duration::from_secs(60)).await?;
+    assert_eq!(after.get::<u64>("n").await?, None);
+    assert_eq!(after.get::<i32>("n").await?, Some(42));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refuse_a_zero_ttl_and_get_many_takes_a_hash_set() -> TestResult {
+    let server = RedisServer::start().await;
+    let cache = cache(server.url(), &unique_prefix("typed-set")).await;
+    let products = cache.typed::<Product>();
+    products
+        .set("p:1", &product(1, "a"), Duration::from_secs(60))
+        .await?;
+    let zero = products.set("p:1", &product(1, "b"), Duration::ZERO).await;
+    assert!(matches!(zero, Err(tower_redis_cache::CacheError::ZeroTtl)));
+    assert_eq!(products.get("p:1").await?, Some(product(1, "a")), "kept");
+    let zero = products
+        .get_or_set("p:2", Duration::ZERO, async {
+            Ok::<_, Boom>(product(2, "b"))
+        })
+        .await;
+    assert_eq!(
+        zero,
+        Err(GetOrSetError::InvalidOptions(OptionsError::ZeroTtl))
+    );
+
+    products
+        .set_many(
+            [("p:2", product(2, "b")), ("p:3", product(3, "c"))],
+            tower_redis_cache::Expiry::Never,
+        )
+        .await?;
+    let keys: std::collections::HashSet<String> =
+        ["p:1", "p:2", "p:3", "p:4"].map(String::from).into();
+    let found = products.get_many(&keys).await?;
+    assert_eq!(found.iter().flatten().count(), 3);
+    assert_eq!(products.delete_many(&keys).await?, 3);
+    assert_eq!(products.get_many(&keys).await?, vec![None; 4]);
+
+    // set_with keeps the options' fail-safe window: a later failing load answers it.
+    let options = opts(
+        GetOrSetOptions::builder(Duration::from_millis(1))
+            .fail_safe(Duration::from_secs(3600))
+            .build(),
+    );
+    products
+        .set_with("p:5", &product(5, "kept"), &options)
+        .await?;
+    eventually("the ttl to pass", || async {
+        products.get("p:5").await.ok() == Some(None)
+    })
+    .await;
+    let failing = products
+        .get_or_set("p:5", &options, async { Err::<Product, _>(Boom(1)) })
+        .await;
+    assert_eq!(failing, Ok(product(5, "kept")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_sets_its_ttl_skips_storing_and_nothing_gets_the_negative_ttl() -> TestResult {
+    use tower_redis_cache::Loaded;
+    let server = RedisServer::start().await;
+    let cache = cache(server.url(), &unique_prefix("typed-say")).await;
+    let raw = raw(server.url()).await;
+    let products = cache.typed::<Product>();
+    let pttl = |key: &str| {
+        let (raw, key) = (raw.clone(), cache.store_key(key));
+        async move { raw.pttl::<i64, _>(key).await.expect("PTTL") }
+    };
+
+    // The loader's ttl wins over the options'.
+    let own = products
+        .get_or_set("own", Duration::from_secs(3600), async {
+            Ok::<_, Boom>(Loaded::new(product(1, "short")).ttl(Duration::from_secs(5)))
+        })
+        .await;
+    assert_eq!(own, Ok(product(1, "short")));
+    let left = pttl("own").await;
+    assert!(
+        0 < left && left <= 5_000,
+        "kept for the loader's ttl: {left} ms"
+    );
+
+    // Skipped: answered, not stored, so the next call loads again.
+    let loads = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let skipped = products
+            .get_or_set("draft", Duration::from_secs(60), async {
+                loads.fetch_add(1, SeqCst);
+                Ok::<_, Boom>(Loaded::new(product(2, "draft")).skip_store())
+            })
+            .await;
+        assert_eq!(skipped, Ok(product(2, "draft")));
+    }
+    assert_eq!(loads.load(SeqCst), 2);
+    let stored: i64 = raw.exists(cache.store_key("draft")).await?;
+    assert_eq!(stored, 0);
+
+    // `None` is kept for the negative ttl, a value for the ttl.
+    let options = opts(
+        GetOrSetOptions::builder(Duration::from_secs(3600))
+            .negative_ttl(Duration::from_secs(5))
+            .build(),
+    );
+    let maybe = cache.typed::<Option<Product>>();
+    let missing = maybe
+        .get_or_set("row:404", options, async { Ok::<_, Boom>(None) })
+        .await;
+    assert_eq!(missing, Ok(None));
+    let left = pttl("row:404").await;
+    assert!(
+        0 < left && left <= 5_000,
+        "None kept for the negative ttl: {left} ms"
+    );
+    let present = maybe
+        .get_or_set("row:1", options, async {
+            Ok::<_, Boom>(Some(product(1, "x")))
+        })
+        .await;
+    assert_eq!(present, Ok(Some(product(1, "x"))));
+    assert!(pttl("row:1").await > 5_000, "a value kept for the ttl");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_loader_runs_once_per_fail_safe_throttle_window() -> TestResult {
+    let server = RedisServer::start().await;
+    let prefix = unique_prefix("typed-throttle");
+    let (a, b) = (
+        cache(server.url(), &prefix).await,
+        cache(server.url(), &prefix).await,
+    );
+    expired_but_kept(&a, "p", product(1, "last good")).await;
+    let options = opts(
+        GetOrSetOptions::builder(Duration::from_secs(60))
+            .fail_safe(Duration::from_secs(3600))
+            .fail_safe_throttle(Duration::from_secs(60))
+            .build(),
+    );
+    let runs = AtomicUsize::new(0);
+    // 100 calls, spread over two instances, within far less than the window.
+    for i in 0..100 {
+        let cache = if i % 2 == 0 { &a } else { &b };
+        let answer = cache
+            .get_or_set("p", options, async {
+                runs.fetch_add(1, SeqCst);
+                Err::<Product, _>(Boom(i))
+            })
+            .await;
+        assert_eq!(answer, Ok(product(1, "last good")));
+    }
+    assert_eq!(
+        runs.load(SeqCst),
+        1,
+        "the failing loader ran once in the window"
+    );
+    assert_eq!(a.stats().typed_throttled + b.stats().typed_throttled, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_lock_reports_lost_when_the_ttl_elapses_during_the_work() -> TestResult {
+    let server = RedisServer::start().await;
+    let prefix = unique_prefix("typed-lost");
+    let (a, b) = (
+        cache(server.url(), &prefix).await,
+        cache(server.url(), &prefix).await,
+    );
+    let options = LockOptions::new(Duration::from_millis(100));
+    let lost = a
+        .with_lock("job", options, |held| async move {
+            // A stall of the whole thread (a long pause): the extender cannot run either.
+            std::thread::sleep(Duration::from_millis(400));
+            held.fencing_token()
+        })
+        .await;
+    assert!(matches!(lost, Err(LockError::Lost)), "{lost:?}");
+    assert_eq!(a.stats().typed_lock_lost, 1);
+    // The lock is free for the next holder.
+    let next = b.lock("job", options).await?;
+    next.release().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_strictly_increase_across_two_processes() -> TestResult {
+    let server = RedisServer::start().await;
+    let prefix = unique_prefix("typed-fencing");
+    let sides = [
+        cache(server.url(), &prefix).await,
+        cache(server.url(), &prefix).await,
+    ];
+    let options = LockOptions::new(Duration::from_secs(5)).wait(Duration::from_secs(30));
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = JoinSet::new();
+    for task in 0..4 {
+        let (cache, tokens) = (sides[task % 2].clone(), Arc::clone(&tokens));
+        tasks.spawn(async move {
+            let tokens = &tokens;
+            for _ in 0..10 {
+                cache
+                    .with_lock("fenced", &options, |held| async move {
+                        // In lock order: the holder records its token while holding.
+                        tokens.lock().expect("tokens").push(held.fencing_token());
+                    })
+                    .await
+                    .expect("the lock within its wait");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done?;
+    }
+    let tokens = tokens.lock().expect("tokens").clone();
+    assert_eq!(tokens.len(), 40);
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "tokens in holding order strictly increase: {tokens:?}"
+    );
     Ok(())
 }
 
@@ -750,7 +1116,7 @@ async fn a_store_that_is_down_means_the_loader_runs() -> TestResult {
     assert!(cache.health().await.is_healthy());
     server.stop();
     let value = cache
-        .get_or_set("p", Duration::from_secs(60), || async {
+        .get_or_set("p", Duration::from_secs(60), async {
             Ok::<_, Boom>(product(1, "loaded"))
         })
         .await;
@@ -765,20 +1131,13 @@ async fn a_store_that_is_down_means_the_loader_runs() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn invalid_options_are_reported_by_the_call_before_any_load() {
-    let cache = Cache::new(MemoryStore::new(1 << 20));
-    let options = GetOrSetOptions::new(Duration::from_secs(1)).eager_refresh(1.5);
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&runs);
-    let answer = cache
-        .get_or_set_with("k", options, move || async move {
-            counted.fetch_add(1, SeqCst);
-            Ok::<u8, Boom>(0)
-        })
-        .await;
-    assert!(matches!(answer, Err(GetOrSetError::InvalidOptions(_))));
-    assert_eq!(runs.load(SeqCst), 0);
+#[test]
+fn invalid_options_are_reported_where_they_are_built() {
+    let built = GetOrSetOptions::builder(Duration::from_secs(1))
+        .eager_refresh(80.0)
+        .build();
+    assert_eq!(built.err(), Some(OptionsError::EagerRefreshFraction(80.0)));
+    let _unused = MemoryStore::new(1);
 }
 
 #[tokio::test]

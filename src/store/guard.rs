@@ -295,16 +295,6 @@ impl GuardedStore {
     }
 
     /// Takes a lock with a token, for the typed face's named locks.
-    pub(crate) async fn try_lock(
-        &self,
-        key: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.call(self.write_timeout, self.store.try_lock(key, token, ttl))
-            .await
-    }
-
     /// Takes a named lock with its fencing token (see `Store::try_lock_fenced`).
     pub(crate) async fn try_lock_fenced(
         &self,

@@ -1,5 +1,5 @@
-//! The typed face's value format: an envelope with lifetimes and a type fingerprint, around
-//! a serde payload.
+//! The typed face's value format: an envelope with lifetimes and an identity fingerprint,
+//! around a serde payload.
 //!
 //! ```text
 //! bytes  0..3   magic "TRV"
@@ -9,8 +9,9 @@
 //!       12..20  fresh_until_ms  u64 BE: served as a hit before this
 //!       20..28  stale_until_ms  u64 BE: served stale (with a background refresh) before this
 //!       28..36  fail_safe_until_ms u64 BE: served when the loader fails, before this
-//!       36..44  fingerprint     u64 BE: xxh3-64 of `std::any::type_name::<T>()` and the
-//!                               cache's schema version
+//!       36..44  fingerprint     u64 BE: xxh3-64 of the value's identity (its
+//!                               `CacheValue` name and version, or the handle's name) and
+//!                               the cache's schema version
 //!       44      format          1 = MessagePack (rmp-serde, structs as maps), 2 = JSON
 //!       45..    payload
 //! ```
@@ -23,7 +24,10 @@
 //! readers in other languages that have no MessagePack at hand. A value is read in the format
 //! its envelope names, so changing the cache's format does not invalidate what is stored.
 //!
-//! Decoding hostile bytes is an error, never a panic: every length is checked first.
+//! Decoding hostile bytes is an error, never a panic: every length is checked first. A value
+//! under another fingerprint is not an error of the bytes (another type or deploy wrote it):
+//! readers treat it as a miss and leave it for the next write, while bytes that are not an
+//! envelope, or whose payload does not decode under its own identity, are corrupt.
 
 use crate::error::BoxError;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -99,9 +103,9 @@ impl Meta {
 #[derive(Debug)]
 pub(crate) enum DecodeError {
     /// Not an envelope of ours (too short, wrong magic or version, unknown format).
-    Foreign,
-    /// Written for another type, or another schema version.
-    Fingerprint,
+    NotEnvelope,
+    /// Written under another identity (another type or version), or schema version.
+    OtherIdentity,
     /// The payload does not deserialize as the asked type.
     Payload(BoxError),
 }
@@ -109,23 +113,54 @@ pub(crate) enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Foreign => f.write_str("not a typed-cache envelope"),
-            Self::Fingerprint => f.write_str("written for another type or schema version"),
+            Self::NotEnvelope => f.write_str("not a typed-cache envelope"),
+            Self::OtherIdentity => f.write_str("written under another identity or schema version"),
             Self::Payload(error) => write!(f, "payload does not decode: {error}"),
         }
     }
 }
 
-/// The fingerprint of `T` at `schema` version: different types (by name), or one type at two
-/// schema versions, never read each other's values.
-pub(crate) fn fingerprint<T: ?Sized>(schema: u32) -> u64 {
-    let mut input = std::any::type_name::<T>().as_bytes().to_vec();
+/// The fingerprint of an identity (see `super::identity`) at `schema` version: different
+/// identities, or one at two schema versions, never read each other's values.
+pub(crate) fn fingerprint(identity: &str, schema: u32) -> u64 {
+    let mut input = identity.as_bytes().to_vec();
     input.extend_from_slice(&schema.to_be_bytes());
     xxhash_rust::xxh3::xxh3_64(&input)
 }
 
+/// The envelope `bytes` with its lifetimes replaced by `meta`'s (the payload and identity
+/// kept): how a fail-safe value is stored fresh again for the throttle window.
+pub(crate) fn with_meta(bytes: &[u8], meta: &Meta) -> Option<Bytes> {
+    let payload = bytes.get(HEADER - 1..)?;
+    let mut out = BytesMut::with_capacity(bytes.len());
+    out.put_slice(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u64(meta.stored_at_ms);
+    out.put_u64(meta.fresh_until_ms);
+    out.put_u64(meta.stale_until_ms);
+    out.put_u64(meta.fail_safe_until_ms);
+    out.put_u64(meta.fingerprint);
+    out.put_slice(payload);
+    Some(out.freeze())
+}
+
+/// Whether the payload after the header is "nothing" (`None`, `()`): a negative result,
+/// stored for the negative ttl.
+pub(crate) fn is_nothing(bytes: &[u8]) -> bool {
+    match (bytes.get(HEADER - 1), bytes.get(HEADER..)) {
+        // MessagePack nil.
+        (Some(1), Some([0xc0])) => true,
+        (Some(2), Some(b"null")) => true,
+        _ => false,
+    }
+}
+
 /// Encodes `value` in an envelope.
-pub(crate) fn seal<T: Serialize>(codec: Codec, value: &T, meta: &Meta) -> Result<Bytes, BoxError> {
+pub(crate) fn seal<T: Serialize + ?Sized>(
+    codec: Codec,
+    value: &T,
+    meta: &Meta,
+) -> Result<Bytes, BoxError> {
     let payload = match codec {
         Codec::MessagePack => rmp_serde::to_vec_named(value)?,
         #[cfg(feature = "json")]
@@ -146,13 +181,13 @@ pub(crate) fn seal<T: Serialize>(codec: Codec, value: &T, meta: &Meta) -> Result
 
 /// Reads the envelope's metadata without decoding the payload.
 pub(crate) fn meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
-    let header = bytes.get(..HEADER).ok_or(DecodeError::Foreign)?;
+    let header = bytes.get(..HEADER).ok_or(DecodeError::NotEnvelope)?;
     if header.get(..3) != Some(&MAGIC[..]) || header.get(3) != Some(&VERSION) {
-        return Err(DecodeError::Foreign);
+        return Err(DecodeError::NotEnvelope);
     }
     let word = |at: usize| -> Result<u64, DecodeError> {
-        let slice = header.get(at..at + 8).ok_or(DecodeError::Foreign)?;
-        let array: [u8; 8] = slice.try_into().map_err(|_| DecodeError::Foreign)?;
+        let slice = header.get(at..at + 8).ok_or(DecodeError::NotEnvelope)?;
+        let array: [u8; 8] = slice.try_into().map_err(|_| DecodeError::NotEnvelope)?;
         Ok(u64::from_be_bytes(array))
     };
     Ok(Meta {
@@ -171,14 +206,14 @@ pub(crate) fn open<T: DeserializeOwned>(
 ) -> Result<(Meta, T), DecodeError> {
     let meta = meta(bytes)?;
     if meta.fingerprint != fingerprint {
-        return Err(DecodeError::Fingerprint);
+        return Err(DecodeError::OtherIdentity);
     }
-    let payload = bytes.get(HEADER..).ok_or(DecodeError::Foreign)?;
+    let payload = bytes.get(HEADER..).ok_or(DecodeError::NotEnvelope)?;
     let value = match bytes.get(HEADER - 1) {
         Some(1) => rmp_serde::from_slice(payload).map_err(|e| DecodeError::Payload(e.into()))?,
         #[cfg(feature = "json")]
         Some(2) => serde_json::from_slice(payload).map_err(|e| DecodeError::Payload(e.into()))?,
-        _ => return Err(DecodeError::Foreign),
+        _ => return Err(DecodeError::NotEnvelope),
     };
     Ok((meta, value))
 }
@@ -207,7 +242,19 @@ mod tests {
         price_cents: u64,
     }
 
-    fn meta_for<T>(schema: u32) -> Meta {
+    fn fingerprint<T: crate::CacheValue + ?Sized>(schema: u32) -> u64 {
+        super::fingerprint(&crate::typed::identity::describe::<T>(), schema)
+    }
+
+    impl crate::CacheValue for V1 {
+        const NAME: &'static str = "v1";
+    }
+
+    impl crate::CacheValue for V2 {
+        const NAME: &'static str = "v2";
+    }
+
+    fn meta_for<T: crate::CacheValue + ?Sized>(schema: u32) -> Meta {
         Meta {
             stored_at_ms: 1_000,
             fresh_until_ms: 2_000,
@@ -254,11 +301,11 @@ mod tests {
         let bytes = seal(Codec::MessagePack, &value, &meta_for::<V1>(0)).unwrap();
         assert!(matches!(
             open::<V2>(&bytes, fingerprint::<V2>(0)),
-            Err(DecodeError::Fingerprint)
+            Err(DecodeError::OtherIdentity)
         ));
         assert!(matches!(
             open::<V1>(&bytes, fingerprint::<V1>(1)),
-            Err(DecodeError::Fingerprint)
+            Err(DecodeError::OtherIdentity)
         ));
         assert_ne!(fingerprint::<V1>(0), fingerprint::<V2>(0));
     }
@@ -293,8 +340,8 @@ mod tests {
         bytes[HEADER - 1] = 99;
         assert!(matches!(
             open::<u8>(&bytes, fingerprint::<u8>(0)),
-            Err(DecodeError::Foreign)
+            Err(DecodeError::NotEnvelope)
         ));
-        assert!(matches!(meta(b"TRC\x01"), Err(DecodeError::Foreign)));
+        assert!(matches!(meta(b"TRC\x01"), Err(DecodeError::NotEnvelope)));
     }
 }

@@ -1,8 +1,8 @@
 //! The typed cache's shared state: its engine, key layout, envelope lifetimes, and what a
 //! read found.
 
-use super::codec::{self, Codec, Meta};
-use super::options::GetOrSetOptions;
+use super::codec::{self, Codec, DecodeError, Meta};
+use super::options::{GetOrSetOptions, InCaller};
 use crate::engine::fill::FillKeys;
 use crate::engine::flight::Flights;
 use crate::engine::Engine;
@@ -16,9 +16,16 @@ use std::time::Duration;
 pub(super) struct Inner {
     pub(super) engine: Arc<Engine>,
     pub(super) prefix: String,
+    /// Prepended to every key (`users:` for `cache.namespace("users")`), empty at the root.
+    pub(super) namespace: String,
+    /// The `cache` label of this cache's metrics.
+    pub(super) name: String,
     pub(super) codec: Codec,
     pub(super) schema: u32,
+    /// What a bare ttl given to `get_or_set` means besides its ttl.
+    pub(super) defaults: GetOrSetOptions<InCaller>,
     /// One load per key in this process; followers get the stored bytes or the error.
+    /// Shared by every cache on one engine (namespaces, a layer's `cache()`).
     pub(super) flights: Arc<Flights<Landed>>,
     /// Bounds `delete_prefix`, a walk over the whole keyspace.
     pub(super) admin_timeout: Duration,
@@ -27,14 +34,25 @@ pub(super) struct Inner {
 /// What a load handed to the callers that waited on it in this process.
 #[derive(Clone)]
 pub(super) enum Landed {
-    /// The value, as stored (each follower decodes its own copy: `T` need not be `Clone`).
+    /// The value, as encoded (each follower decodes its own copy: `T` need not be `Clone`).
     Value(Bytes),
     /// The loader's error, type-erased (a follower of another error type loads itself).
     Failed(Arc<dyn Any + Send + Sync>),
     /// The loader ran past its hard timeout.
-    TimedOut,
+    TimedOut(Duration),
     /// The value could not be encoded; followers load themselves.
     Unstored,
+}
+
+/// What a read found under a key, for one identity.
+pub(super) enum Found<T> {
+    /// Nothing (or nothing readable: corrupt bytes were deleted).
+    Nothing,
+    /// A value of this identity (which the validator, if any, accepted).
+    Value(Meta, T, Bytes),
+    /// A value this reader must not use (another identity, or rejected by the validator):
+    /// a miss that the next write replaces; its stamp lets the fill lock treat it as absent.
+    Unusable(Meta),
 }
 
 pub(super) fn count(n: usize) -> u64 {
@@ -68,9 +86,18 @@ pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How long the store keeps a value written with `Expiry::Never`: ten years, past any
+/// deploy's life, within what every store's clock arithmetic holds.
+pub(super) const NEVER_KEEP: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 impl Inner {
+    /// The application's key with this cache's namespace.
+    pub(super) fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.namespace)
+    }
+
     pub(super) fn keys(&self, key: &str) -> FillKeys {
-        let tag = escape_key(key);
+        let tag = escape_key(&self.full_key(key));
         let entry = format!("{}:v:{{{tag}}}", self.prefix);
         let flight = xxhash_rust::xxh3::xxh3_128(entry.as_bytes());
         FillKeys {
@@ -80,53 +107,73 @@ impl Inner {
         }
     }
 
-    pub(super) fn fingerprint<T: ?Sized>(&self) -> u64 {
-        codec::fingerprint::<T>(self.schema)
+    pub(super) fn fingerprint(&self, identity: &str) -> u64 {
+        codec::fingerprint(identity, self.schema)
     }
 
-    pub(super) fn meta_for<T: ?Sized>(&self, now: u64, options: &GetOrSetOptions) -> Meta {
-        let fresh_until = now.saturating_add(millis(options.ttl));
+    /// The lifetimes of a value stored now, fresh for `ttl`, with the options' windows.
+    pub(super) fn meta_for<M>(
+        &self,
+        now: u64,
+        ttl: Duration,
+        options: &GetOrSetOptions<M>,
+        fingerprint: u64,
+    ) -> Meta {
+        let fresh_until = now.saturating_add(millis(ttl));
         let stale_until = options
             .stale_while_revalidate
             .map_or(fresh_until, |window| {
                 fresh_until.saturating_add(millis(window))
             });
-        let fail_safe_until = options
-            .fail_safe
-            .map_or(fresh_until, |max_age| now.saturating_add(millis(max_age)));
+        let fail_safe_until = options.fail_safe.map_or(fresh_until, |max_age| {
+            now.saturating_add(millis(max_age)).max(fresh_until)
+        });
         Meta {
             stored_at_ms: now,
             fresh_until_ms: fresh_until,
             stale_until_ms: stale_until,
             fail_safe_until_ms: fail_safe_until,
-            fingerprint: self.fingerprint::<T>(),
+            fingerprint,
         }
     }
 
-    /// Decodes what a read found; a value that is not a `T` (or that the validator rejects)
-    /// is deleted and counted, and reads as missing.
-    pub(super) async fn read<T: DeserializeOwned + 'static>(
+    /// Decodes what a read found. Corrupt bytes are deleted and counted; a value of another
+    /// identity, or one the validator rejects, is counted and left for the next write.
+    pub(super) async fn read<T: DeserializeOwned>(
         &self,
         entry: &str,
         bytes: Option<Bytes>,
-        options: Option<&GetOrSetOptions>,
-    ) -> Option<(Meta, T)> {
-        let bytes = bytes?;
-        match codec::open::<T>(&bytes, self.fingerprint::<T>()) {
-            Ok((meta, value)) if options.is_none_or(|o| o.accepts(&value)) => Some((meta, value)),
-            Ok(_) => {
-                self.discard(entry, "rejected by the validator").await;
-                None
+        fingerprint: u64,
+        valid: Option<&(dyn Fn(&T) -> bool + Send + Sync)>,
+    ) -> Found<T> {
+        let Some(bytes) = bytes else {
+            return Found::Nothing;
+        };
+        match codec::open::<T>(&bytes, fingerprint) {
+            Ok((meta, value)) if valid.is_none_or(|valid| valid(&value)) => {
+                Found::Value(meta, value, bytes)
+            }
+            Ok((meta, _)) => {
+                self.engine.stats.typed_rejected(1);
+                Found::Unusable(meta)
+            }
+            Err(DecodeError::OtherIdentity) => {
+                self.engine.stats.typed_foreign(1);
+                match codec::meta(&bytes) {
+                    Ok(meta) => Found::Unusable(meta),
+                    Err(_) => Found::Nothing,
+                }
             }
             Err(error) => {
                 self.discard(entry, &error.to_string()).await;
-                None
+                Found::Nothing
             }
         }
     }
 
+    /// Deletes corrupt bytes (never a value of another identity: that is another reader's).
     pub(super) async fn discard(&self, entry: &str, why: &str) {
-        tracing::debug!(key = entry, why, "typed cache value discarded");
+        tracing::debug!(key = entry, why, "corrupt typed cache value deleted");
         self.engine.stats.typed_decode_failures(1);
         let _ = self.engine.store.delete(entry).await;
     }

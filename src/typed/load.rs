@@ -1,192 +1,335 @@
 //! The loading path of `get_or_set`: single flight in process, the engine's fill across the
-//! fleet, fail-safe, soft and hard timeouts, and background refreshes.
+//! fleet, fail-safe (and its throttle), soft and hard timeouts, and background refreshes.
 //!
-//! A load runs in its own task (`Engine::spawn`), so a caller that gives up (or answers a
-//! stale value at its soft timeout) does not cancel it for the others, and its value is still
-//! stored. Followers in this process get the stored bytes (each decodes its own `T`) or the
-//! loader's error (type-erased, cloned out as the follower's `E`); followers elsewhere are
-//! told by the fill notice: `Stored` (read it) or `NotStorable` (load yourself).
+//! The loader is a future polled in the caller's task, so it may borrow the caller's state.
+//! Callers of one key in this process follow the one that leads; if the leader's caller
+//! gives up (its future is dropped), the flight ends unresolved and a follower leads anew.
+//! Followers get the encoded value (each decodes its own `T`) or the loader's error as the
+//! same `Arc<E>`; followers elsewhere are told by the fill notice. Only a load that must go
+//! on after its caller answered (a stale-while-revalidate or eager refresh, a loader past its
+//! soft timeout) leaves the caller's task, which is why only the options that ask for those
+//! make the loader `Send + 'static` ([`Loader`]).
 
-use super::codec::{self, unix_now_ms};
-use super::inner::{Inner, Landed};
-use super::options::GetOrSetOptions;
-use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, Judge, Judged};
+use super::codec::{self, unix_now_ms, DecodeError, Meta};
+use super::inner::{millis, Found, Inner, Landed};
+use super::options::{InBackground, InCaller, Loaded, Settings};
+use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, Judge, Judged, Lease};
 use crate::engine::flight::{Leader, Outcome, Role};
+use crate::error::GetOrSetError;
 use crate::store::FillNotice;
 use bytes::Bytes;
+use futures_util::future::MapOk;
+use futures_util::TryFutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
-use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// Why a load produced no value; `H` is what a hard timeout reports (`Infallible` where
-/// there is none, so the plain `get_or_set` needs no impossible arm).
-pub(super) enum Failure<E, H> {
+/// A validator of stored values, typed to the handle's `T`.
+pub(super) type Validator<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
+
+/// A load that goes on in the background.
+#[doc(hidden)]
+pub type Detached<T, E> = Pin<Box<dyn Future<Output = Result<Loaded<T>, E>> + Send>>;
+
+/// A loader `get_or_set` accepts under options of mode `M` ([`InCaller`] or
+/// [`InBackground`]): a future of `Result<T, E>` or `Result<Loaded<T>, E>`. Under
+/// [`InCaller`] options it may borrow and need not be `Send`; under [`InBackground`] options
+/// it must be `Send + 'static`, as it may finish after its caller answered.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a loader of `Result<{T}, {E}>` for these options",
+    label = "a loader of this value",
+    note = "a loader is a future of `Result<T, E>` or `Result<Loaded<T>, E>`; options with \
+            stale_while_revalidate, eager_refresh or soft_timeout also need it `Send + 'static` \
+            (move owned clones into an `async move` block)"
+)]
+pub trait Loader<M, T, E> {
+    /// The loader, answering a [`Loaded`].
+    #[doc(hidden)]
+    type Running: Future<Output = Result<Loaded<T>, E>>;
+    /// Starts nothing yet: wraps the loader so it answers a [`Loaded`].
+    #[doc(hidden)]
+    fn start(self) -> Self::Running;
+    /// The loader as a future that may be spawned, when the options' mode allows it.
+    #[doc(hidden)]
+    fn detach(running: Pin<Box<Self::Running>>) -> Option<Detached<T, E>>;
+}
+
+impl<F, V, T, E> Loader<InCaller, T, E> for F
+where
+    F: Future<Output = Result<V, E>>,
+    V: Into<Loaded<T>>,
+{
+    type Running = MapOk<F, fn(V) -> Loaded<T>>;
+
+    fn start(self) -> Self::Running {
+        self.map_ok(Into::into as fn(V) -> Loaded<T>)
+    }
+
+    fn detach(_: Pin<Box<Self::Running>>) -> Option<Detached<T, E>> {
+        None
+    }
+}
+
+impl<F, V, T, E> Loader<InBackground, T, E> for F
+where
+    F: Future<Output = Result<V, E>> + Send + 'static,
+    V: Into<Loaded<T>> + Send + 'static,
+    T: 'static,
+    E: 'static,
+{
+    type Running = MapOk<F, fn(V) -> Loaded<T>>;
+
+    fn start(self) -> Self::Running {
+        self.map_ok(Into::into as fn(V) -> Loaded<T>)
+    }
+
+    fn detach(running: Pin<Box<Self::Running>>) -> Option<Detached<T, E>> {
+        Some(running)
+    }
+}
+
+/// Why a load produced no value.
+enum Failure<E> {
     Loader(E),
-    HardTimeout(H),
+    HardTimeout(Duration),
 }
 
-/// A fill's judge for the typed face: a value is usable when it decodes as `T`, is fresh and
-/// passes the validator.
-struct FreshValue<T> {
+/// The last value kept for fail-safe, answered when the load fails or is slow.
+struct Fallback<T> {
+    meta: Meta,
+    value: T,
+    bytes: Bytes,
+}
+
+/// One `get_or_set` call: what its load needs besides the loader. Cheap to clone into a
+/// background task.
+pub(super) struct Call<T> {
+    pub(super) inner: Arc<Inner>,
+    pub(super) keys: FillKeys,
+    pub(super) fingerprint: u64,
+    pub(super) valid: Option<Validator<T>>,
+    pub(super) options: Settings,
+    /// The stamp of the value this load replaces (stale, foreign, rejected), if any: the
+    /// fill lock treats it as absent.
+    pub(super) seen: Option<[u8; 8]>,
+}
+
+impl<T> Clone for Call<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            keys: self.keys.clone(),
+            fingerprint: self.fingerprint,
+            valid: self.valid.clone(),
+            options: self.options,
+            seen: self.seen,
+        }
+    }
+}
+
+/// A fill's judge for the typed face: a value is usable when it has this identity, is fresh
+/// and passes the validator.
+struct Usable<T> {
     fingerprint: u64,
-    options: GetOrSetOptions,
-    _type: PhantomData<fn() -> T>,
+    seen: Option<[u8; 8]>,
+    valid: Option<Validator<T>>,
 }
 
-impl<T: DeserializeOwned + Send + 'static> Judge for FreshValue<T> {
+impl<T: DeserializeOwned + Send + 'static> Judge for Usable<T> {
     type Value = (Bytes, T);
 
-    fn judge(&self, value: Bytes) -> impl Future<Output = Judged<(Bytes, T)>> + Send {
-        let judged = match codec::open::<T>(&value, self.fingerprint) {
-            // Rejected by this caller's validator: another fill would not change that.
-            Ok((_, decoded)) if !self.options.accepts(&decoded) => Judged::Load,
-            Ok((meta, decoded)) if meta.is_fresh(unix_now_ms()) => Judged::Usable((value, decoded)),
+    fn judge(&self, bytes: Bytes) -> impl Future<Output = Judged<(Bytes, T)>> + Send {
+        let replaced = |meta: &Meta| Some(meta.stamp()) == self.seen;
+        let judged = match codec::open::<T>(&bytes, self.fingerprint) {
+            Ok((meta, value)) if !self.valid.as_ref().is_none_or(|valid| valid(&value)) => {
+                // The value this load replaces is still there: wait for the holder's fill.
+                if replaced(&meta) {
+                    Judged::Wait
+                } else {
+                    Judged::Load
+                }
+            }
+            Ok((meta, value)) if meta.is_fresh(unix_now_ms()) => Judged::Usable((bytes, value)),
             // An older value: the fill has not landed yet.
             Ok(_) => Judged::Wait,
-            // Another type's or a foreign writer's: not worth waiting for.
+            Err(DecodeError::OtherIdentity) => match codec::meta(&bytes) {
+                Ok(meta) if replaced(&meta) => Judged::Wait,
+                _ => Judged::Load,
+            },
             Err(_) => Judged::Load,
         };
         std::future::ready(judged)
     }
 }
 
-impl Inner {
+/// What a follower makes of its leader's outcome.
+enum Followed<T, E> {
+    Value(T),
+    Failed(GetOrSetError<E>),
+    /// The flight ended without an outcome (its leader's caller gave up): join again.
+    Rejoin,
+    /// The outcome is not for this caller (another identity or error type): load alone.
+    LoadAlone,
+}
+
+/// Runs `running` until it answers or `deadline` passes.
+async fn bounded<T, E, F>(
+    running: F,
+    deadline: Option<(Instant, Duration)>,
+) -> Result<Loaded<T>, Failure<E>>
+where
+    F: Future<Output = Result<Loaded<T>, E>>,
+{
+    match deadline {
+        Some((at, after)) => match tokio::time::timeout_at(at, running).await {
+            Ok(result) => result.map_err(Failure::Loader),
+            Err(_) => Err(Failure::HardTimeout(after)),
+        },
+        None => running.await.map_err(Failure::Loader),
+    }
+}
+
+impl<T> Call<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
     /// `get_or_set`: a fresh hit (maybe refreshed eagerly), a stale hit (refreshed in the
     /// background), or a load, with the fail-safe value (if any) standing by.
-    pub(super) async fn load_path<T, E, H, F, Fut>(
-        self: &Arc<Self>,
-        key: &str,
-        options: GetOrSetOptions,
-        hard: Option<(Duration, H)>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
+    pub(super) async fn get_or_set<M, L, E>(mut self, loader: L) -> Result<T, GetOrSetError<E>>
     where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        L: Loader<M, T, E>,
+        E: Send + Sync + 'static,
     {
-        let mut job = Job {
-            keys: self.keys(key),
-            seen: None,
-            options,
-            hard,
-        };
-        let stats = &self.engine.stats;
+        let inner = Arc::clone(&self.inner);
+        let stats = &inner.engine.stats;
+        let entry = self.keys.entry.clone();
         // A store that fails is a miss: the loader runs (fail-open).
-        let bytes = self.engine.store.get(&job.keys.entry).await.unwrap_or(None);
+        let bytes = inner.engine.store.get(&entry).await.unwrap_or(None);
+        let valid = self.valid.as_deref();
         let mut fallback = None;
-        let found = self.read::<T>(&job.keys.entry, bytes, Some(&job.options));
-        if let Some((meta, value)) = found.await {
-            let now = unix_now_ms();
-            job.seen = Some(meta.stamp());
-            let options = &job.options;
-            if meta.is_fresh(now) {
-                stats.typed_hits(1);
-                let eager = options.eager_refresh;
-                if eager.is_some_and(|fraction| meta.past_fraction(now, fraction)) {
-                    self.refresh(job, loader);
+        match inner
+            .read::<T>(&entry, bytes, self.fingerprint, valid)
+            .await
+        {
+            Found::Value(meta, value, bytes) => {
+                let now = unix_now_ms();
+                self.seen = Some(meta.stamp());
+                let options = self.options;
+                if meta.is_fresh(now) {
+                    stats.typed_hits(1);
+                    let eager = options.eager_refresh;
+                    if eager.is_some_and(|fraction| meta.past_fraction(now, fraction)) {
+                        if let Some(detached) = L::detach(Box::pin(loader.start())) {
+                            self.refresh(detached);
+                        }
+                    }
+                    return Ok(value);
                 }
-                return Ok(value);
+                if options.stale_while_revalidate.is_some() && now < meta.stale_until_ms {
+                    let running = Box::pin(loader.start());
+                    match L::detach(running) {
+                        Some(detached) => {
+                            stats.typed_stale(1);
+                            self.refresh(detached);
+                            return Ok(value);
+                        }
+                        // Not reached (the mode that allows the window allows this), but a
+                        // load in the caller is the safe answer.
+                        None => return self.stale_without_background(value),
+                    }
+                }
+                if options.fail_safe.is_some() && now < meta.fail_safe_until_ms {
+                    fallback = Some(Fallback { meta, value, bytes });
+                }
             }
-            if options.stale_while_revalidate.is_some() && now < meta.stale_until_ms {
-                stats.typed_stale(1);
-                self.refresh(job, loader);
-                return Ok(value);
-            }
-            if options.fail_safe.is_some() && now < meta.fail_safe_until_ms {
-                fallback = Some(value);
-            }
+            Found::Unusable(meta) => self.seen = Some(meta.stamp()),
+            Found::Nothing => {}
         }
         stats.typed_misses(1);
-        self.load_coalesced(job, fallback, loader).await
+        self.coalesced(fallback, loader).await
+    }
+
+    fn stale_without_background<E>(&self, value: T) -> Result<T, GetOrSetError<E>> {
+        self.inner.engine.stats.typed_stale(1);
+        Ok(value)
     }
 
     /// Follows this process's load of the key, or leads one.
-    async fn load_coalesced<T, E, H, F, Fut>(
-        self: &Arc<Self>,
-        job: Job<H>,
-        fallback: Option<T>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
+    async fn coalesced<M, L, E>(
+        &self,
+        mut fallback: Option<Fallback<T>>,
+        loader: L,
+    ) -> Result<T, GetOrSetError<E>>
     where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        L: Loader<M, T, E>,
+        E: Send + Sync + 'static,
     {
-        // A flight that ends without an answer for us (its leader was cancelled, or could not
-        // encode its value) is joined again once; after that this caller loads on its own.
-        let mut fallback = fallback;
-        for _ in 0..2 {
-            let follower = match self.flights.join(job.keys.flight) {
-                Role::Leader(leader) => {
-                    return self
-                        .lead_and_wait(Some(leader), job, fallback, loader)
-                        .await
-                }
+        let stats = &self.inner.engine.stats;
+        // A flight whose leader's caller gave up is joined again (one of its followers
+        // leads next); after a few, this caller loads on its own.
+        for _ in 0..8 {
+            let follower = match self.inner.flights.join(self.keys.flight) {
+                Role::Leader(leader) => return self.lead(Some(leader), fallback, loader).await,
                 Role::Follower(follower) => follower,
             };
-            let outcome = match (job.options.soft_timeout, fallback.is_some()) {
+            let outcome = match (self.options.soft_timeout, fallback.is_some()) {
                 (Some(soft), true) => match tokio::time::timeout(soft, follower.outcome()).await {
                     Ok(outcome) => outcome,
                     Err(_) => match fallback.take() {
                         Some(stale) => {
-                            self.engine.stats.typed_stale(1);
-                            return Ok(stale);
+                            stats.typed_stale(1);
+                            return Ok(stale.value);
                         }
                         None => continue,
                     },
                 },
                 _ => follower.outcome().await,
             };
-            match self.followed::<T, E, H>(outcome, &job.hard) {
+            match self.followed::<E>(outcome) {
                 Followed::Value(value) => return Ok(value),
-                Followed::Failed(failure) => return self.fail_safe(fallback, failure),
+                Followed::Failed(error) => {
+                    return match fallback {
+                        Some(stale) => {
+                            stats.typed_stale(1);
+                            Ok(stale.value)
+                        }
+                        None => Err(error),
+                    }
+                }
                 Followed::Rejoin => continue,
                 Followed::LoadAlone => break,
             }
         }
-        self.lead_and_wait(None, job, fallback, loader).await
+        self.lead(None, fallback, loader).await
     }
 
     /// What a follower makes of its leader's outcome.
-    fn followed<T, E, H>(
-        &self,
-        outcome: Outcome<Landed>,
-        hard: &Option<(Duration, H)>,
-    ) -> Followed<T, E, H>
-    where
-        T: DeserializeOwned + 'static,
-        E: Clone + 'static,
-        H: Clone,
-    {
-        let stats = &self.engine.stats;
+    fn followed<E: Send + Sync + 'static>(&self, outcome: Outcome<Landed>) -> Followed<T, E> {
+        let stats = &self.inner.engine.stats;
         match outcome {
             Outcome::Stored(Landed::Value(bytes)) => {
-                match codec::open::<T>(&bytes, self.fingerprint::<T>()) {
-                    Ok((_, value)) => {
+                match codec::open::<T>(&bytes, self.fingerprint) {
+                    Ok((_, value)) if self.valid.as_ref().is_none_or(|valid| valid(&value)) => {
                         stats.typed_hits(1);
                         stats.coalesced(1);
                         Followed::Value(value)
                     }
-                    // The leader stored another type under this key.
-                    Err(_) => Followed::LoadAlone,
+                    // Another identity's value, or one this caller's validator rejects.
+                    _ => Followed::LoadAlone,
                 }
             }
-            Outcome::Stored(Landed::Failed(error)) => match error.downcast_ref::<E>() {
-                Some(error) => Followed::Failed(Failure::Loader(error.clone())),
+            Outcome::Stored(Landed::Failed(error)) => match error.downcast::<E>() {
+                Ok(error) => Followed::Failed(GetOrSetError::Loader(error)),
                 // A caller with another error type: its error cannot be ours.
-                None => Followed::LoadAlone,
+                Err(_) => Followed::LoadAlone,
             },
-            Outcome::Stored(Landed::TimedOut) => match hard {
-                Some((_, report)) => Followed::Failed(Failure::HardTimeout(report.clone())),
-                // The leader had a hard timeout and we have none: load without one.
+            Outcome::Stored(Landed::TimedOut(after)) => match self.options.hard_timeout {
+                Some(_) => Followed::Failed(GetOrSetError::HardTimeout(after)),
+                // The leader had a hard timeout and this caller has none: load without one.
                 None => Followed::LoadAlone,
             },
             Outcome::Stored(Landed::Unstored) => Followed::LoadAlone,
@@ -194,95 +337,33 @@ impl Inner {
         }
     }
 
-    /// A failed load answers the fail-safe value when there is one.
-    fn fail_safe<T, E, H>(
+    /// One load, in the caller's task: the fleet's fill lock (or another's value), the
+    /// loader, the store. At the soft timeout, the load goes on in the background.
+    async fn lead<M, L, E>(
         &self,
-        fallback: Option<T>,
-        failure: Failure<E, H>,
-    ) -> Result<T, Failure<E, H>> {
-        match fallback {
-            Some(value) => {
-                self.engine.stats.typed_stale(1);
-                Ok(value)
-            }
-            None => Err(failure),
-        }
-    }
-
-    /// Runs the load in its own task (so a caller that gives up does not cancel it for the
-    /// others) and waits for it, answering the fallback at the soft timeout.
-    async fn lead_and_wait<T, E, H, F, Fut>(
-        self: &Arc<Self>,
         leader: Option<Leader<Landed>>,
-        job: Job<H>,
-        fallback: Option<T>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
+        fallback: Option<Fallback<T>>,
+        loader: L,
+    ) -> Result<T, GetOrSetError<E>>
     where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        L: Loader<M, T, E>,
+        E: Send + Sync + 'static,
     {
-        let soft = job.options.soft_timeout;
-        let inner = Arc::clone(self);
-        let mut task = self
-            .engine
-            .spawn(async move { inner.lead(leader, job, loader).await });
-        let (joined, fallback) = match (soft, fallback) {
-            (Some(soft), Some(stale)) => tokio::select! {
-                joined = &mut task => (joined, Some(stale)),
-                () = tokio::time::sleep(soft) => {
-                    // The load goes on in the background, and its value is stored.
-                    self.engine.stats.typed_stale(1);
-                    self.engine.stats.typed_refreshes(1);
-                    return Ok(stale);
-                }
-            },
-            (_, fallback) => (task.await, fallback),
-        };
-        match joined {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(failure)) => self.fail_safe(fallback, failure),
-            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-            // The task is never aborted; only a runtime shutting down cancels it, and then
-            // this future is about to be dropped too.
-            Err(_) => match fallback {
-                Some(value) => Ok(value),
-                None => std::future::pending().await,
-            },
-        }
-    }
-
-    /// One load: the fleet's fill lock (or another's value), the loader, the store.
-    async fn lead<T, E, H, F, Fut>(
-        self: Arc<Self>,
-        leader: Option<Leader<Landed>>,
-        job: Job<H>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let judge = self.judge::<T>(&job.options);
+        let engine = &self.inner.engine;
+        let judge = self.judge();
         let request = FillRequest {
-            keys: &job.keys,
-            wait: Some(self.engine.fills.lock_wait),
-            seen: job.seen,
+            keys: &self.keys,
+            wait: Some(engine.fills.lock_wait),
+            seen: self.seen,
             judge: &judge,
         };
-        let lease = match fill::acquire_or_wait(&self.engine, request).await {
+        let lease = match fill::acquire_or_wait(engine, request).await {
             Acquire::Filled((bytes, value)) => {
                 if let Some(leader) = &leader {
                     leader.resolve(Outcome::Stored(Landed::Value(bytes)));
                 }
-                self.engine.stats.typed_hits(1);
-                self.engine.stats.coalesced(1);
+                engine.stats.typed_hits(1);
+                engine.stats.coalesced(1);
                 return Ok(value);
             }
             Acquire::Lead(lease) => Some(lease),
@@ -290,142 +371,198 @@ impl Inner {
             // store is down (fail-open; the write is tried anyway).
             Acquire::Load | Acquire::Busy | Acquire::StoreDown => None,
         };
-        self.load_and_finish(leader, lease, &job, loader).await
+        engine.stats.typed_loads(1);
+        let deadline = self
+            .options
+            .hard_timeout
+            .map(|after| (Instant::now() + after, after));
+        let mut running = Box::pin(loader.start());
+        let loaded = match (self.options.soft_timeout, &fallback) {
+            (Some(soft), Some(_)) => {
+                let early = tokio::select! {
+                    loaded = bounded(running.as_mut(), deadline) => Some(loaded),
+                    () = tokio::time::sleep(soft) => None,
+                };
+                match (early, L::detach(running)) {
+                    (Some(loaded), _) => loaded,
+                    (None, Some(detached)) => {
+                        // The load goes on in the background, and its value is stored.
+                        let call = self.clone();
+                        let _detached = engine.spawn(async move {
+                            let loaded = bounded(detached, deadline).await;
+                            let _ = call.finish(leader, lease, loaded, None).await;
+                        });
+                        engine.stats.typed_stale(1);
+                        engine.stats.typed_refreshes(1);
+                        return match fallback {
+                            Some(stale) => Ok(stale.value),
+                            None => Err(GetOrSetError::HardTimeout(soft)),
+                        };
+                    }
+                    // Not reached (soft timeouts come with the mode that detaches).
+                    (None, None) => return Err(GetOrSetError::HardTimeout(soft)),
+                }
+            }
+            _ => bounded(running.as_mut(), deadline).await,
+        };
+        self.finish(leader, lease, loaded, fallback).await
     }
 
-    /// Runs the loader, hands its outcome to this process's followers, and ends the fill:
-    /// the value written (or nothing, on an error), the notice, the unlock.
-    async fn load_and_finish<T, E, H, F, Fut>(
+    /// Hands a load's outcome to this process's followers and ends the fill: the value
+    /// written (or the fail-safe value, fresh for the throttle window, on an error), the
+    /// notice, the unlock.
+    async fn finish<E: Send + Sync + 'static>(
         &self,
         leader: Option<Leader<Landed>>,
-        lease: Option<fill::Lease>,
-        job: &Job<H>,
-        loader: F,
-    ) -> Result<T, Failure<E, H>>
-    where
-        T: Serialize + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let stats = &self.engine.stats;
-        stats.typed_loads(1);
-        let loaded = match &job.hard {
-            Some((after, report)) => match tokio::time::timeout(*after, loader()).await {
-                Ok(result) => result.map_err(Failure::Loader),
-                Err(_) => Err(Failure::HardTimeout(report.clone())),
-            },
-            None => loader().await.map_err(Failure::Loader),
-        };
+        lease: Option<Lease>,
+        loaded: Result<Loaded<T>, Failure<E>>,
+        fallback: Option<Fallback<T>>,
+    ) -> Result<T, GetOrSetError<E>> {
+        let inner = &self.inner;
+        let stats = &inner.engine.stats;
         let resolve = |landed: Landed| {
             if let Some(leader) = &leader {
                 leader.resolve(Outcome::Stored(landed));
             }
         };
-        let entry = job.keys.entry.as_str();
-        match loaded {
-            Ok(value) => {
-                let now = unix_now_ms();
-                let meta = self.meta_for::<T>(now, &job.options);
-                match codec::seal(self.codec, &value, &meta) {
-                    Ok(bytes) => {
+        let entry = self.keys.entry.as_str();
+        let now = unix_now_ms();
+        let failure = match loaded {
+            Ok(loaded) => {
+                let Loaded { value, ttl, store } = loaded;
+                match self.seal(now, &value, ttl) {
+                    Ok((bytes, meta)) => {
                         resolve(Landed::Value(bytes.clone()));
-                        let keep = Duration::from_millis(meta.keep_until_ms().saturating_sub(now));
-                        let write = Some(fill::FillWrite::value(entry, bytes, keep));
-                        let notice = (entry, FillNotice::Stored);
-                        let _ = fill::finish(&self.engine, lease, write, notice).await;
+                        let keep = meta.keep_until_ms().saturating_sub(now);
+                        let stored = store && meta.fresh_until_ms > now;
+                        let write = stored.then(|| {
+                            fill::FillWrite::value(entry, bytes, Duration::from_millis(keep))
+                        });
+                        let notice = match stored {
+                            true => FillNotice::Stored,
+                            false => FillNotice::NotStorable,
+                        };
+                        let _ = fill::finish(&inner.engine, lease, write, (entry, notice)).await;
                     }
                     Err(error) => {
                         tracing::warn!(%error, key = entry, "typed cache value not encodable: not stored");
                         resolve(Landed::Unstored);
                         let notice = (entry, FillNotice::NotStorable);
-                        let _ = fill::finish(&self.engine, lease, None, notice).await;
+                        let _ = fill::finish(&inner.engine, lease, None, notice).await;
                     }
                 }
                 // The flight ends after the write, so callers that came meanwhile followed.
                 drop(leader);
-                Ok(value)
+                return Ok(value);
             }
-            Err(failure) => {
-                stats.typed_load_errors(1);
-                resolve(match &failure {
-                    Failure::Loader(error) => Landed::Failed(Arc::new(error.clone())),
-                    Failure::HardTimeout(_) => Landed::TimedOut,
-                });
-                // Nothing stored; waiters elsewhere are told to load themselves.
-                let notice = (entry, FillNotice::NotStorable);
-                let _ = fill::finish(&self.engine, lease, None, notice).await;
-                // End the flight before answering, so the next call loads again.
-                drop(leader);
-                Err(failure)
+            Err(failure) => failure,
+        };
+        stats.typed_load_errors(1);
+        if let Some(stale) = fallback {
+            // Fail-safe: the last value answers, and is stored fresh for the throttle window
+            // so the failing loader is not run again on every call, here or elsewhere.
+            let fresh_until = now
+                .saturating_add(millis(self.options.fail_safe_throttle))
+                .min(stale.meta.fail_safe_until_ms);
+            let meta = Meta {
+                stored_at_ms: now,
+                fresh_until_ms: fresh_until,
+                stale_until_ms: fresh_until,
+                ..stale.meta
+            };
+            let write = codec::with_meta(&stale.bytes, &meta).map(|bytes| {
+                resolve(Landed::Value(bytes.clone()));
+                let keep = meta.keep_until_ms().saturating_sub(now);
+                fill::FillWrite::value(entry, bytes, Duration::from_millis(keep))
+            });
+            let _ = fill::finish(&inner.engine, lease, write, (entry, FillNotice::Stored)).await;
+            stats.typed_stale(1);
+            stats.typed_throttled(1);
+            drop(leader);
+            return Ok(stale.value);
+        }
+        let error = match failure {
+            Failure::Loader(error) => {
+                let error = Arc::new(error);
+                resolve(Landed::Failed(Arc::clone(&error) as _));
+                GetOrSetError::Loader(error)
             }
+            Failure::HardTimeout(after) => {
+                resolve(Landed::TimedOut(after));
+                GetOrSetError::HardTimeout(after)
+            }
+        };
+        // Nothing stored; waiters elsewhere are told to load themselves.
+        let notice = (entry, FillNotice::NotStorable);
+        let _ = fill::finish(&inner.engine, lease, None, notice).await;
+        // End the flight before answering, so the next call loads again.
+        drop(leader);
+        Err(error)
+    }
+
+    /// Encodes a loaded value with its lifetimes: the loader's ttl if it gave one, else the
+    /// negative ttl for "nothing" (`None`, `()`) when set, else the options' ttl.
+    fn seal(
+        &self,
+        now: u64,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(Bytes, Meta), crate::BoxError> {
+        let options = &self.options;
+        let meta = |ttl| self.inner.meta_for(now, ttl, options, self.fingerprint);
+        let first = meta(ttl.unwrap_or(options.ttl));
+        let bytes = codec::seal(self.inner.codec, value, &first)?;
+        match (ttl, options.negative_ttl) {
+            (None, Some(negative)) if codec::is_nothing(&bytes) => {
+                let meta = meta(negative);
+                let bytes = codec::with_meta(&bytes, &meta).ok_or("envelope too short")?;
+                Ok((bytes, meta))
+            }
+            _ => Ok((bytes, first)),
         }
     }
 
     /// Starts one background load of the key unless one is running here or elsewhere
     /// (stale-while-revalidate, eager refresh). It only runs if it takes the fill lock at once.
-    fn refresh<T, E, H, F, Fut>(self: &Arc<Self>, job: Job<H>, loader: F)
-    where
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Clone + Send + Sync + 'static,
-        H: Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
-    {
-        let Role::Leader(leader) = self.flights.join(job.keys.flight) else {
+    fn refresh<E: Send + Sync + 'static>(&self, detached: Detached<T, E>) {
+        let Role::Leader(leader) = self.inner.flights.join(self.keys.flight) else {
             return;
         };
-        let inner = Arc::clone(self);
-        let _detached = self.engine.spawn(async move {
-            let judge = inner.judge::<T>(&job.options);
+        let call = self.clone();
+        let _detached = self.inner.engine.spawn(async move {
+            let engine = &call.inner.engine;
+            let judge = call.judge();
             let request = FillRequest {
-                keys: &job.keys,
+                keys: &call.keys,
                 wait: None,
-                seen: job.seen,
+                seen: call.seen,
                 judge: &judge,
             };
-            let lease = match fill::acquire_or_wait(&inner.engine, request).await {
+            let lease = match fill::acquire_or_wait(engine, request).await {
                 Acquire::Lead(lease) => lease,
                 Acquire::Filled((bytes, _)) => {
                     leader.resolve(Outcome::Stored(Landed::Value(bytes)));
                     return;
                 }
-                // Refreshing elsewhere, replaced meanwhile, or the store is down: nothing to do.
+                // Refreshing elsewhere, replaced meanwhile, or the store is down.
                 Acquire::Busy | Acquire::Load | Acquire::StoreDown => return,
             };
-            inner.engine.stats.typed_refreshes(1);
-            let _ = inner
-                .load_and_finish::<T, E, H, F, Fut>(Some(leader), Some(lease), &job, loader)
-                .await;
+            engine.stats.typed_refreshes(1);
+            engine.stats.typed_loads(1);
+            let deadline = call
+                .options
+                .hard_timeout
+                .map(|after| (Instant::now() + after, after));
+            let loaded = bounded(detached, deadline).await;
+            let _ = call.finish(Some(leader), Some(lease), loaded, None).await;
         });
     }
 
-    fn judge<T>(&self, options: &GetOrSetOptions) -> FreshValue<T> {
-        FreshValue {
-            fingerprint: self.fingerprint::<T>(),
-            options: options.clone(),
-            _type: PhantomData,
+    fn judge(&self) -> Usable<T> {
+        Usable {
+            fingerprint: self.fingerprint,
+            seen: self.seen,
+            valid: self.valid.clone(),
         }
     }
-}
-
-/// What one load needs besides its loader.
-struct Job<H> {
-    keys: FillKeys,
-    /// The stamp of the stale value this load replaces, if any.
-    seen: Option<[u8; 8]>,
-    options: GetOrSetOptions,
-    /// The hard timeout, and what reaching it reports.
-    hard: Option<(Duration, H)>,
-}
-
-/// What a follower makes of its leader's outcome.
-enum Followed<T, E, H> {
-    Value(T),
-    Failed(Failure<E, H>),
-    /// The flight ended without an outcome (its leader was cancelled): join again.
-    Rejoin,
-    /// The outcome is not for this caller (another type, another error type): load alone.
-    LoadAlone,
 }

@@ -1,158 +1,388 @@
-//! How one `get_or_set_with` call may answer: lifetimes, stale and fail-safe windows, loader
-//! timeouts, eager refresh, a validator.
+//! How a value may be answered and kept: [`GetOrSetOptions`] (checked once, where built),
+//! [`Expiry`] for direct writes, and [`Loaded`], the loader's own say over what it returns.
+//!
+//! Options are plain `Copy` data, built by a `const` builder whose `build()` checks them, so
+//! a call never re-checks them and they can live in a `const`. Whether the loader may be
+//! polled off the caller's task is part of the options' type: only the options that finish a
+//! load in the background (stale-while-revalidate, eager refresh, soft timeout) make them
+//! [`InBackground`], and only then must the loader be `Send + 'static`.
 
 use crate::error::OptionsError;
-use std::any::Any;
-use std::fmt;
-use std::sync::Arc;
+use std::marker::PhantomData;
 use std::time::Duration;
 
-type Validator = Arc<dyn Fn(&dyn Any) -> bool + Send + Sync>;
+/// Options whose loads all run in the caller's task: the loader may borrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InCaller;
 
-/// Options of [`Cache::get_or_set_with`](crate::Cache::get_or_set_with), after FusionCache's
-/// and bentocache's. Setters do not check; the call does, and answers
-/// [`GetOrSetError::InvalidOptions`](crate::GetOrSetError::InvalidOptions) before reading or
-/// loading anything, so a chain of setters reads cleanly and one check covers every
-/// combination.
+/// Options that may finish a load in the background (stale-while-revalidate, eager refresh,
+/// soft timeout): the loader must be `Send + 'static`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InBackground;
+
+/// Options whose mode the load path no longer needs.
+pub(crate) type Settings = GetOrSetOptions<()>;
+
+/// The default of [`GetOrSetOptionsBuilder::fail_safe_throttle`]: FusionCache's.
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
+
+/// How [`get_or_set`](crate::TypedCache::get_or_set) answers and keeps a value, after
+/// FusionCache's and bentocache's options. Built and checked once by
+/// [`GetOrSetOptions::builder`]; a [`Duration`] converts into the cache's
+/// [default options](crate::CacheBuilder::default_options) with that ttl.
+///
+/// `M` is [`InCaller`] unless an option that loads in the background was set
+/// ([`InBackground`]).
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_redis_cache::GetOrSetOptions;
+/// use tower_redis_cache::{GetOrSetOptions, OptionsError};
 ///
-/// let options = GetOrSetOptions::new(Duration::from_secs(60))
-///     .stale_while_revalidate(Duration::from_secs(30))
+/// // Checked at compile time when it is a `const`:
+/// const PRODUCT: GetOrSetOptions = match GetOrSetOptions::builder(Duration::from_secs(60))
 ///     .fail_safe(Duration::from_secs(3600))
-///     .soft_timeout(Duration::from_millis(100))
 ///     .hard_timeout(Duration::from_secs(2))
-///     .eager_refresh(0.8);
-/// assert!(options.check().is_ok());
-/// assert!(GetOrSetOptions::new(Duration::ZERO).check().is_err());
+///     .build()
+/// {
+///     Ok(options) => options,
+///     Err(_) => panic!("invalid product options"),
+/// };
+/// # let _ = PRODUCT;
+///
+/// // At run time, `build()` reports what cannot work.
+/// let refreshing = GetOrSetOptions::builder(Duration::from_secs(60))
+///     .stale_while_revalidate(Duration::from_secs(30))
+///     .eager_refresh(0.8)
+///     .build()?;
+/// # let _ = refreshing;
+/// assert_eq!(
+///     GetOrSetOptions::builder(Duration::from_secs(60)).eager_refresh(80.0).build().err(),
+///     Some(OptionsError::EagerRefreshFraction(80.0))
+/// );
+/// # Ok::<(), OptionsError>(())
 /// ```
-#[derive(Clone)]
+#[derive(Debug, PartialEq)]
 #[must_use]
-pub struct GetOrSetOptions {
+pub struct GetOrSetOptions<M = InCaller> {
     pub(crate) ttl: Duration,
-    pub(crate) stale_while_revalidate: Option<Duration>,
     pub(crate) fail_safe: Option<Duration>,
-    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) fail_safe_throttle: Duration,
     pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) negative_ttl: Option<Duration>,
+    pub(crate) stale_while_revalidate: Option<Duration>,
+    pub(crate) soft_timeout: Option<Duration>,
     pub(crate) eager_refresh: Option<f64>,
-    validator: Option<Validator>,
+    /// Built from a bare ttl: the cache's default options apply, with this ttl.
+    pub(crate) inherit: bool,
+    _mode: PhantomData<M>,
 }
 
-impl fmt::Debug for GetOrSetOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetOrSetOptions")
-            .field("ttl", &self.ttl)
-            .field("stale_while_revalidate", &self.stale_while_revalidate)
-            .field("fail_safe", &self.fail_safe)
-            .field("soft_timeout", &self.soft_timeout)
-            .field("hard_timeout", &self.hard_timeout)
-            .field("eager_refresh", &self.eager_refresh)
-            .field("validator", &self.validator.is_some())
-            .finish()
+/// Builds [`GetOrSetOptions`]; every method is `const`. See [`GetOrSetOptions`].
+#[derive(Debug, PartialEq)]
+#[must_use]
+pub struct GetOrSetOptionsBuilder<M = InCaller> {
+    options: GetOrSetOptions<M>,
+}
+
+// By hand: derives would demand `M: Copy` of the mode marker, which only tags the type.
+impl<M> Clone for GetOrSetOptions<M> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
 
+impl<M> Copy for GetOrSetOptions<M> {}
+
+impl<M> Clone for GetOrSetOptionsBuilder<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for GetOrSetOptionsBuilder<M> {}
+
 impl GetOrSetOptions {
-    /// A loaded value is fresh for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            stale_while_revalidate: None,
-            fail_safe: None,
-            soft_timeout: None,
-            hard_timeout: None,
-            eager_refresh: None,
-            validator: None,
+    /// Starts options whose loaded values are fresh for `ttl`.
+    pub const fn builder(ttl: Duration) -> GetOrSetOptionsBuilder<InCaller> {
+        GetOrSetOptionsBuilder {
+            options: GetOrSetOptions {
+                ttl,
+                fail_safe: None,
+                fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
+                hard_timeout: None,
+                negative_ttl: None,
+                stale_while_revalidate: None,
+                soft_timeout: None,
+                eager_refresh: None,
+                inherit: false,
+                _mode: PhantomData,
+            },
+        }
+    }
+}
+
+impl<M> GetOrSetOptions<M> {
+    /// How long a loaded value is fresh.
+    pub const fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The same options, their mode forgotten: for the load path, which the mode has
+    /// already shaped (through the loader's bounds).
+    pub(crate) fn settings(&self) -> Settings {
+        GetOrSetOptions {
+            ttl: self.ttl,
+            fail_safe: self.fail_safe,
+            fail_safe_throttle: self.fail_safe_throttle,
+            hard_timeout: self.hard_timeout,
+            negative_ttl: self.negative_ttl,
+            stale_while_revalidate: self.stale_while_revalidate,
+            soft_timeout: self.soft_timeout,
+            eager_refresh: self.eager_refresh,
+            inherit: self.inherit,
+            _mode: PhantomData,
         }
     }
 
-    /// For `window` after it stops being fresh, a value is answered at once while one
-    /// background load (one in the fleet: it takes the fill lock) replaces it.
-    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
-        self.stale_while_revalidate = Some(window);
-        self
+    /// These options with `defaults` for everything but the ttl, when they were built from a
+    /// bare ttl (the fail-safe age is raised to the ttl if below it).
+    pub(crate) fn or_defaults(self, defaults: &GetOrSetOptions<InCaller>) -> Self {
+        if !self.inherit {
+            return self;
+        }
+        Self {
+            ttl: self.ttl,
+            fail_safe: defaults.fail_safe.map(|age| age.max(self.ttl)),
+            fail_safe_throttle: defaults.fail_safe_throttle,
+            hard_timeout: defaults.hard_timeout,
+            negative_ttl: defaults.negative_ttl,
+            inherit: false,
+            ..self
+        }
+    }
+}
+
+impl<M> GetOrSetOptionsBuilder<M> {
+    const fn with_mode<N>(self) -> GetOrSetOptionsBuilder<N> {
+        let o = self.options;
+        GetOrSetOptionsBuilder {
+            options: GetOrSetOptions {
+                ttl: o.ttl,
+                fail_safe: o.fail_safe,
+                fail_safe_throttle: o.fail_safe_throttle,
+                hard_timeout: o.hard_timeout,
+                negative_ttl: o.negative_ttl,
+                stale_while_revalidate: o.stale_while_revalidate,
+                soft_timeout: o.soft_timeout,
+                eager_refresh: o.eager_refresh,
+                inherit: o.inherit,
+                _mode: PhantomData,
+            },
+        }
     }
 
     /// Keeps each value until `max_age` after it was stored, and answers it when the loader
     /// fails or times out once it is no longer fresh (FusionCache's fail-safe). `max_age` is
     /// counted from the write and must be at least the ttl.
-    pub fn fail_safe(mut self, max_age: Duration) -> Self {
-        self.fail_safe = Some(max_age);
+    pub const fn fail_safe(mut self, max_age: Duration) -> Self {
+        self.options.fail_safe = Some(max_age);
         self
     }
 
-    /// When a fail-safe value is at hand (see [`fail_safe`](Self::fail_safe): a value past its
-    /// ttl, within its maximum age) and the loader takes longer than `after`, answers that
-    /// value; the loader goes on in the background and its result is stored. Without such a
-    /// value the call waits for the loader (bounded by the hard timeout). (A value within its
-    /// stale-while-revalidate window is answered at once, without waiting at all.)
-    pub fn soft_timeout(mut self, after: Duration) -> Self {
-        self.soft_timeout = Some(after);
+    /// After a loader failure answered by the fail-safe value, that value is stored fresh
+    /// again for `window` (default 30 s), so the failing loader runs at most once per window
+    /// across the fleet instead of on every call.
+    pub const fn fail_safe_throttle(mut self, window: Duration) -> Self {
+        self.options.fail_safe_throttle = window;
         self
     }
 
     /// Abandons a loader that has not answered after `after` (its future is dropped): the
     /// call answers the fail-safe value if any, else
     /// [`GetOrSetError::HardTimeout`](crate::GetOrSetError::HardTimeout).
-    pub fn hard_timeout(mut self, after: Duration) -> Self {
-        self.hard_timeout = Some(after);
+    pub const fn hard_timeout(mut self, after: Duration) -> Self {
+        self.options.hard_timeout = Some(after);
         self
+    }
+
+    /// Keeps a loaded "nothing" (`None`, `()`) for `ttl` instead of the ttl, so a missing row
+    /// is asked of the database again sooner than a present one.
+    pub const fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.options.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// For `window` after it stops being fresh, a value is answered at once while one
+    /// background load (one in the fleet: it takes the fill lock) replaces it.
+    pub const fn stale_while_revalidate(
+        mut self,
+        window: Duration,
+    ) -> GetOrSetOptionsBuilder<InBackground> {
+        self.options.stale_while_revalidate = Some(window);
+        self.with_mode()
+    }
+
+    /// When a fail-safe value is at hand (a value past its ttl, within its fail-safe age) and
+    /// the loader takes longer than `after`, answers that value; the loader goes on in the
+    /// background and its result is stored. Without such a value the call waits for the
+    /// loader (bounded by the hard timeout).
+    pub const fn soft_timeout(mut self, after: Duration) -> GetOrSetOptionsBuilder<InBackground> {
+        self.options.soft_timeout = Some(after);
+        self.with_mode()
     }
 
     /// Once `fraction` (strictly between 0 and 1) of the ttl has passed, a hit starts one
-    /// background load, so a value in steady demand is replaced before it expires and no
-    /// caller ever waits for the loader.
-    pub fn eager_refresh(mut self, fraction: f64) -> Self {
-        self.eager_refresh = Some(fraction);
-        self
+    /// background load, so a value in steady demand is replaced before it expires.
+    pub const fn eager_refresh(mut self, fraction: f64) -> GetOrSetOptionsBuilder<InBackground> {
+        self.options.eager_refresh = Some(fraction);
+        self.with_mode()
     }
 
-    /// A stored value that `valid` rejects is a miss: it is deleted, counted in
-    /// `Stats::typed_decode_failures`, and loaded again (through the coalesced path). Only
-    /// values read from the store are checked. A validator for another type than the call's
-    /// never runs.
-    pub fn validate<T: 'static>(
-        mut self,
-        valid: impl Fn(&T) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.validator = Some(Arc::new(move |value: &dyn Any| {
-            value.downcast_ref::<T>().is_none_or(&valid)
-        }));
-        self
+    /// The options as set, unchecked: for the crate's own, made from values it checked.
+    pub(crate) const fn options_unchecked(self) -> GetOrSetOptions<M> {
+        self.options
     }
 
-    /// Checks the options work together; the call does this too.
-    pub fn check(&self) -> Result<(), OptionsError> {
-        if self.ttl.is_zero() {
+    /// Checks that the options work together.
+    pub const fn build(self) -> Result<GetOrSetOptions<M>, OptionsError> {
+        let o = &self.options;
+        if o.ttl.is_zero() {
             return Err(OptionsError::ZeroTtl);
         }
-        if let Some(fraction) = self.eager_refresh {
+        if let Some(fraction) = o.eager_refresh {
             if !(fraction > 0.0 && fraction < 1.0) {
-                return Err(OptionsError::EagerRefreshFraction(fraction.to_string()));
+                return Err(OptionsError::EagerRefreshFraction(fraction));
             }
         }
-        if self.soft_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(OptionsError::ZeroTimeout("soft_timeout"));
-        }
-        if self.hard_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(OptionsError::ZeroTimeout("hard_timeout"));
-        }
-        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
-            if soft >= hard {
-                return Err(OptionsError::SoftNotBelowHard { soft, hard });
+        if let Some(soft) = o.soft_timeout {
+            if soft.is_zero() {
+                return Err(OptionsError::ZeroTimeout("soft_timeout"));
             }
         }
-        if self.fail_safe.is_some_and(|max_age| max_age < self.ttl) {
-            return Err(OptionsError::FailSafeBelowTtl);
+        if let Some(hard) = o.hard_timeout {
+            if hard.is_zero() {
+                return Err(OptionsError::ZeroTimeout("hard_timeout"));
+            }
+            if let Some(soft) = o.soft_timeout {
+                if soft.as_nanos() >= hard.as_nanos() {
+                    return Err(OptionsError::SoftNotBelowHard { soft, hard });
+                }
+            }
         }
-        Ok(())
+        if let Some(max_age) = o.fail_safe {
+            if max_age.as_nanos() < o.ttl.as_nanos() {
+                return Err(OptionsError::FailSafeBelowTtl);
+            }
+        }
+        if o.fail_safe_throttle.is_zero() {
+            return Err(OptionsError::ZeroTimeout("fail_safe_throttle"));
+        }
+        if let Some(negative) = o.negative_ttl {
+            if negative.is_zero() {
+                return Err(OptionsError::ZeroTtl);
+            }
+        }
+        Ok(self.options)
+    }
+}
+
+/// A bare ttl: the cache's [default options](crate::CacheBuilder::default_options) with this
+/// ttl. A zero ttl is refused by the call ([`OptionsError::ZeroTtl`]), as by
+/// [`GetOrSetOptions::builder`]'s `build()`.
+impl From<Duration> for GetOrSetOptions<InCaller> {
+    fn from(ttl: Duration) -> Self {
+        Self {
+            inherit: true,
+            ..GetOrSetOptions::builder(ttl).options
+        }
+    }
+}
+
+impl<M> From<&GetOrSetOptions<M>> for GetOrSetOptions<M> {
+    fn from(options: &GetOrSetOptions<M>) -> Self {
+        *options
+    }
+}
+
+/// How long a directly written value ([`set`](crate::TypedCache::set)) lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expiry {
+    /// Fresh for this long, then gone. Zero is refused ([`CacheError::ZeroTtl`](crate::CacheError::ZeroTtl)):
+    /// a value that is never fresh is a delete, which [`delete`](crate::TypedCache::delete) says.
+    After(Duration),
+    /// Kept until deleted (or evicted by the store's memory policy).
+    Never,
+}
+
+impl From<Duration> for Expiry {
+    fn from(ttl: Duration) -> Self {
+        Self::After(ttl)
+    }
+}
+
+/// What a loader returned, with its own say over how it is kept (bentocache's factory
+/// context, FusionCache's adaptive caching). A loader may return a plain `T` (kept as the
+/// options say) or a `Loaded<T>`:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_cache::Loaded;
+///
+/// # struct Row { draft: bool, volatile: bool }
+/// fn keep(row: Row) -> Loaded<Row> {
+///     if row.draft {
+///         Loaded::new(row).skip_store() // answered, not stored
+///     } else if row.volatile {
+///         Loaded::new(row).ttl(Duration::from_secs(5)) // fresh for less than the options say
+///     } else {
+///         Loaded::new(row)
+///     }
+/// }
+/// # let _ = keep(Row { draft: false, volatile: true });
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Loaded<T> {
+    pub(crate) value: T,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) store: bool,
+    // Tags (for purges by tag) are added here by the tag-invalidation work; the struct's
+    // fields are private so that is not a breaking change.
+}
+
+impl<T> Loaded<T> {
+    /// The value, kept as the call's options say.
+    pub fn new(value: T) -> Self {
+        Self {
+            value,
+            ttl: None,
+            store: true,
+        }
     }
 
-    /// Whether the validator (if any) accepts `value`.
-    pub(crate) fn accepts<T: 'static>(&self, value: &T) -> bool {
-        self.validator.as_ref().is_none_or(|valid| valid(value))
+    /// Fresh for `ttl` instead of the options' ttl (or negative ttl); zero means not stored.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Answers the value (to this call and to the callers coalesced with it) without storing
+    /// it: the next call loads again.
+    pub fn skip_store(mut self) -> Self {
+        self.store = false;
+        self
+    }
+
+    /// The value.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> From<T> for Loaded<T> {
+    fn from(value: T) -> Self {
+        Self::new(value)
     }
 }
 
@@ -161,45 +391,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn impossible_combinations_are_typed_errors() {
+    fn impossible_combinations_are_typed_errors_at_build() {
         let secs = Duration::from_secs;
-        let ok = GetOrSetOptions::new(secs(10));
-        assert_eq!(ok.check(), Ok(()));
-        for fraction in [0.0, 1.0, -0.5, 2.0, f64::NAN] {
+        let ok = GetOrSetOptions::builder(secs(10));
+        assert!(ok.build().is_ok());
+        for fraction in [0.0, 1.0, -0.5, 2.0, 80.0, f64::NAN] {
             assert!(matches!(
-                ok.clone().eager_refresh(fraction).check(),
+                ok.eager_refresh(fraction).build(),
                 Err(OptionsError::EagerRefreshFraction(_))
             ));
         }
         assert_eq!(
-            ok.clone()
-                .soft_timeout(secs(2))
-                .hard_timeout(secs(2))
-                .check(),
+            ok.soft_timeout(secs(2)).hard_timeout(secs(2)).build(),
             Err(OptionsError::SoftNotBelowHard {
                 soft: secs(2),
                 hard: secs(2)
             })
         );
         assert_eq!(
-            ok.clone().soft_timeout(Duration::ZERO).check(),
+            ok.soft_timeout(Duration::ZERO).build(),
             Err(OptionsError::ZeroTimeout("soft_timeout"))
         );
         assert_eq!(
-            ok.clone().fail_safe(secs(5)).check(),
+            ok.fail_safe(secs(5)).build(),
             Err(OptionsError::FailSafeBelowTtl)
         );
         assert_eq!(
-            GetOrSetOptions::new(Duration::ZERO).check(),
+            GetOrSetOptions::builder(Duration::ZERO).build(),
             Err(OptionsError::ZeroTtl)
         );
     }
 
     #[test]
-    fn validators_apply_to_their_own_type_only() {
-        let options = GetOrSetOptions::new(Duration::from_secs(1)).validate(|v: &u32| *v < 10);
-        assert!(options.accepts(&3u32));
-        assert!(!options.accepts(&30u32));
-        assert!(options.accepts(&"another type"));
+    fn a_bare_ttl_takes_the_defaults_but_its_ttl() {
+        let defaults = GetOrSetOptions::builder(Duration::from_secs(1))
+            .fail_safe(Duration::from_secs(60))
+            .hard_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let options = GetOrSetOptions::from(Duration::from_secs(120)).or_defaults(&defaults);
+        assert_eq!(options.ttl, Duration::from_secs(120));
+        assert_eq!(options.fail_safe, Some(Duration::from_secs(120)));
+        assert_eq!(options.hard_timeout, Some(Duration::from_secs(2)));
+        // Built options keep their own.
+        let own = GetOrSetOptions::builder(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        assert_eq!(own.or_defaults(&defaults).hard_timeout, None);
     }
 }

@@ -1,0 +1,581 @@
+//! [`Cache`] and its builder: the typed face's entry point, the calls that take the value
+//! type at each call, namespaces, locks and health.
+
+use super::codec::Codec;
+use super::handle::TypedCache;
+use super::identity::CacheValue;
+use super::inner::{count, escape, escape_key, Inner};
+use super::load::Loader;
+use super::lock::{self, HeldLock, LockGuard, LockOptions};
+use super::options::{Expiry, GetOrSetOptions, InCaller};
+use crate::engine::{Engine, FillSettings};
+use crate::error::{CacheError, ConfigError, GetOrSetError, LockError};
+use crate::stats::{Counters, Stats};
+use crate::store::{GuardedStore, Store};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A typed cache-aside API over a [`Store`]: values of serde types under string keys, loaded
+/// once per key across the fleet.
+///
+/// Most code takes a handle per value type, [`typed`](Self::typed), which fixes the type
+/// (and its validator) once; the calls here take the type at each call and follow the same
+/// rules. Cloning is cheap (an `Arc`); every clone (and every [namespace](Self::namespace))
+/// shares the store, the in-process coalescing and the counters. Every store call goes
+/// through the same fail-open guard as the HTTP layer (timeouts, circuit breaker, counting):
+/// `get_or_set` never reports the store, it loads instead; the direct calls (`get`, `set`,
+/// `delete`, ...) report it as [`CacheError::Store`].
+///
+/// Values live under `{prefix}:v:{<key>}` (`%`, `{` and `}` in the key escaped, so the key is
+/// one Redis Cluster hash tag) and the fill lock of a key under `{prefix}:f:{<key>}`, in the
+/// same slot, apart from the HTTP layer's `{prefix}:{<hash>}:…` keys. Each value is an
+/// envelope carrying its lifetimes and a fingerprint of its identity ([`CacheValue`], plus
+/// the [schema version](CacheBuilder::schema_version)).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_redis_cache::{Cache, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = Cache::new(MemoryStore::new(1 << 20));
+/// // `&str` and `String` share an identity: what is written is read back.
+/// cache.set("greeting", &"hello", Duration::from_secs(60)).await?;
+/// assert_eq!(cache.get::<String>("greeting").await?.as_deref(), Some("hello"));
+/// // Read as another type, it is a miss, and still there for its own readers.
+/// assert_eq!(cache.get::<u64>("greeting").await?, None);
+/// assert_eq!(cache.get::<String>("greeting").await?.as_deref(), Some("hello"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.inner.name)
+            .field("prefix", &self.inner.prefix)
+            .field("namespace", &self.inner.namespace)
+            .field("codec", &self.inner.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings for a [`Cache`]; [`build`](Self::build) checks them.
+#[must_use]
+pub struct CacheBuilder {
+    store: Arc<dyn Store>,
+    name: String,
+    prefix: String,
+    codec: Codec,
+    schema: u32,
+    defaults: GetOrSetOptions<InCaller>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    admin_timeout: Duration,
+    fill_lock_ttl: Duration,
+    fill_wait: Duration,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    near_cache: Option<(u64, Duration)>,
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheBuilder {
+    /// The `cache` label of this cache's metrics (default `tower-redis-cache`), so caches
+    /// of one process are told apart on a dashboard.
+    pub fn cache_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The prefix of every key (default `trc`, the layer's: typed keys sit apart under
+    /// `{prefix}:v:`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The format values are written in (default [`Codec::MessagePack`]). Values are read in
+    /// the format they were written in.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Mixed into every value's identity (default 0): bump it to make every value written
+    /// before a miss (each replaced by its next write), as when a deploy changes many types.
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.schema = version;
+        self
+    }
+
+    /// What a bare ttl given to `get_or_set` means besides its ttl: the fail-safe, its
+    /// throttle, the hard timeout, the negative ttl of `options` (its ttl is the call's).
+    pub fn default_options(mut self, options: GetOrSetOptions<InCaller>) -> Self {
+        self.defaults = options;
+        self
+    }
+
+    /// The longest a read or lock attempt may take before the call goes on without the
+    /// cache (default 100 ms).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// The longest a write, delete or unlock may take (default 500 ms).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// The longest [`Cache::delete_prefix`] may take (default 60 s).
+    pub fn admin_timeout(mut self, timeout: Duration) -> Self {
+        self.admin_timeout = timeout;
+        self
+    }
+
+    /// How long the fill lock `get_or_set` takes per key lives unless its holder extends it
+    /// (default 5 s): a loader that dies delays the fleet's next load of its key by at most
+    /// this. (Named locks, [`Cache::lock`], take their ttl from [`LockOptions`].)
+    pub fn fill_lock_ttl(mut self, ttl: Duration) -> Self {
+        self.fill_lock_ttl = ttl;
+        self
+    }
+
+    /// The longest `get_or_set` waits for another process's load of its key before loading
+    /// itself (default 10 s).
+    pub fn fill_wait(mut self, wait: Duration) -> Self {
+        self.fill_wait = wait;
+        self
+    }
+
+    /// Consecutive store failures that open the circuit breaker (default 5), and how long
+    /// it stays open (default 1 s).
+    pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// The near tier: copies of the values this process reads, in process memory (default:
+    /// on, 64 MiB, at most 30 s); `Duration::ZERO` as `ttl` turns it off. Coherent with the
+    /// fleet as the layer's is (see
+    /// [`CacheLayerBuilder::near_cache`](crate::CacheLayerBuilder::near_cache)); a copy never
+    /// outlives the value's fresh time.
+    pub fn near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
+        self.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
+        self
+    }
+
+    /// Checks the settings and builds the cache.
+    pub fn build(mut self) -> Result<Cache, ConfigError> {
+        if let Some((0, _)) = self.near_cache {
+            return Err(ConfigError::ZeroNearCache);
+        }
+        self.prefix = crate::prefix::check_prefix(self.prefix)?;
+        if self.name.trim().is_empty() || self.name.chars().any(char::is_control) {
+            return Err(ConfigError::InvalidCacheName(self.name));
+        }
+        for (field, duration) in [
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("admin_timeout", self.admin_timeout),
+            ("fill_lock_ttl", self.fill_lock_ttl),
+            ("fill_wait", self.fill_wait),
+        ] {
+            if duration.is_zero() {
+                return Err(ConfigError::ZeroDuration(field));
+            }
+        }
+        Ok(self.assemble())
+    }
+
+    fn assemble(self) -> Cache {
+        let stats = Arc::new(Counters::named(&self.name));
+        let store = GuardedStore::new(
+            self.store,
+            self.read_timeout,
+            self.write_timeout,
+            self.breaker_threshold.max(1),
+            self.breaker_cooldown,
+            Arc::clone(&stats),
+        );
+        let store = match self.near_cache {
+            Some((max_bytes, ttl)) => {
+                store.with_near_tier(max_bytes, ttl, crate::engine::fresh_until)
+            }
+            None => store,
+        };
+        let fills = FillSettings {
+            lock_ttl: self.fill_lock_ttl,
+            lock_wait: self.fill_wait,
+        };
+        let engine = Arc::new(Engine::new(store, stats, Arc::default(), fills));
+        Cache {
+            inner: Arc::new(Inner {
+                engine,
+                prefix: self.prefix,
+                namespace: String::new(),
+                name: self.name,
+                codec: self.codec,
+                schema: self.schema,
+                defaults: self.defaults,
+                flights: Arc::default(),
+                admin_timeout: self.admin_timeout,
+            }),
+        }
+    }
+}
+
+/// The state of the store's circuit breaker, in a [`Health`] report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls go through, but the last ones failed; the breaker opens at its threshold.
+    Failing {
+        /// Consecutive failures so far.
+        consecutive: u32,
+    },
+    /// Calls are skipped (the cache fails open) until the cool-down ends.
+    Open {
+        /// Time left before calls are tried again.
+        retry_in: Duration,
+    },
+}
+
+/// What [`Cache::health`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// How long a `PING` took; `None` when it failed (see `error`).
+    pub latency: Option<Duration>,
+    /// Whether the store reports its connections up.
+    pub connected: bool,
+    /// The circuit breaker's state after the ping.
+    pub breaker: BreakerState,
+    /// Why the ping failed, if it did.
+    pub error: Option<String>,
+}
+
+impl Health {
+    /// The store answered and its connections are up.
+    pub fn is_healthy(&self) -> bool {
+        self.latency.is_some() && self.connected
+    }
+}
+
+/// The default options' ttl, unused (a bare ttl brings its own).
+const DEFAULT_OPTIONS: GetOrSetOptions<InCaller> =
+    GetOrSetOptions::builder(Duration::from_secs(60)).options_unchecked();
+
+impl Cache {
+    /// A cache over `store` with the default settings (see [`CacheBuilder`]).
+    pub fn new(store: impl Store) -> Self {
+        Self::builder(store).assemble()
+    }
+
+    /// Starts configuring a cache over `store`.
+    pub fn builder(store: impl Store) -> CacheBuilder {
+        CacheBuilder {
+            store: Arc::new(store),
+            name: "tower-redis-cache".to_owned(),
+            prefix: "trc".to_owned(),
+            codec: Codec::default(),
+            schema: 0,
+            defaults: DEFAULT_OPTIONS,
+            read_timeout: Duration::from_millis(100),
+            write_timeout: Duration::from_millis(500),
+            admin_timeout: Duration::from_secs(60),
+            fill_lock_ttl: Duration::from_secs(5),
+            fill_wait: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            near_cache: Some((
+                crate::engine::DEFAULT_NEAR_CACHE_BYTES,
+                crate::engine::DEFAULT_NEAR_CACHE_TTL,
+            )),
+        }
+    }
+
+    /// A cache on an existing engine (a layer's, for `CacheLayer::cache()`), sharing its
+    /// store, guard, counters and fill settings; `prefix` must already be valid.
+    pub(crate) fn from_engine(engine: Arc<Engine>, prefix: &str, name: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                prefix: prefix.to_owned(),
+                namespace: String::new(),
+                name: name.to_owned(),
+                codec: Codec::default(),
+                schema: 0,
+                defaults: DEFAULT_OPTIONS,
+                flights: Arc::default(),
+                admin_timeout: Duration::from_secs(60),
+            }),
+        }
+    }
+
+    /// A cache whose keys are all under `namespace` (`users:` + key), sharing this one's
+    /// engine: store, coalescing, counters, settings. Namespaces nest
+    /// (`cache.namespace("a").namespace("b")` keys under `a:b:`), and
+    /// `delete_prefix("")` on a namespace deletes only its values.
+    pub fn namespace(&self, namespace: impl AsRef<str>) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                engine: Arc::clone(&inner.engine),
+                prefix: inner.prefix.clone(),
+                namespace: format!("{}{}:", inner.namespace, namespace.as_ref()),
+                name: inner.name.clone(),
+                codec: inner.codec,
+                schema: inner.schema,
+                defaults: inner.defaults,
+                flights: Arc::clone(&inner.flights),
+                admin_timeout: inner.admin_timeout,
+            }),
+        }
+    }
+
+    /// The `cache` label of this cache's metrics.
+    pub fn cache_name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The counters so far (shared with a layer on the same engine). The typed face counts
+    /// in the `typed_*` fields; `hits`, `misses` and the other unprefixed request counters
+    /// are the HTTP face's.
+    pub fn stats(&self) -> Stats {
+        self.inner.engine.stats.snapshot()
+    }
+
+    /// The store key the value of `key` lives under, for tooling and tests.
+    pub fn store_key(&self, key: &str) -> String {
+        self.inner.keys(key).entry
+    }
+
+    /// Waits until every background load started so far (stale and eager refreshes, loaders
+    /// that outlived a soft timeout) has finished: for tests, and before exiting.
+    pub async fn wait_for_background(&self) {
+        self.inner.engine.background.idle().await;
+    }
+
+    /// Reads a fresh value of `T`; see [`TypedCache::get`].
+    pub async fn get<T>(&self, key: impl AsRef<str>) -> Result<Option<T>, CacheError>
+    where
+        T: CacheValue + DeserializeOwned,
+    {
+        self.typed::<T>().get(key).await
+    }
+
+    /// Reads many fresh values of `T` in one round trip; see [`TypedCache::get_many`].
+    pub async fn get_many<T>(
+        &self,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Vec<Option<T>>, CacheError>
+    where
+        T: CacheValue + DeserializeOwned,
+    {
+        self.typed::<T>().get_many(keys).await
+    }
+
+    /// Stores `value` for `expiry`; see [`TypedCache::set`]. `set(key, &"hello", ttl)` is
+    /// read back by `get::<String>`.
+    pub async fn set<T>(
+        &self,
+        key: impl AsRef<str>,
+        value: &T,
+        expiry: impl Into<Expiry>,
+    ) -> Result<(), CacheError>
+    where
+        T: CacheValue + Serialize + ?Sized,
+    {
+        self.typed_ref::<T>().set(key, value, expiry).await
+    }
+
+    /// Stores `value` with the windows of `options`; see [`TypedCache::set_with`].
+    pub async fn set_with<T, M>(
+        &self,
+        key: impl AsRef<str>,
+        value: &T,
+        options: &GetOrSetOptions<M>,
+    ) -> Result<(), CacheError>
+    where
+        T: CacheValue + Serialize + ?Sized,
+    {
+        self.typed_ref::<T>().set_with(key, value, options).await
+    }
+
+    /// A handle writing `T`'s identity from a borrowed `&T` (`T` may be unsized: `str`).
+    fn typed_ref<T: CacheValue + ?Sized>(&self) -> TypedCache<&T> {
+        self.typed::<&T>()
+    }
+
+    /// Deletes the value under `key`, whatever its type; `true` when there was one.
+    pub async fn delete(&self, key: impl AsRef<str>) -> Result<bool, CacheError> {
+        let entry = self.inner.keys(key.as_ref()).entry;
+        Ok(self.inner.engine.store.remove(&entry).await?)
+    }
+
+    /// Deletes the values under `keys` (the deletes sent together), and returns how many
+    /// there were.
+    pub async fn delete_many(
+        &self,
+        keys: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<u64, CacheError> {
+        let entries: Vec<String> = keys
+            .into_iter()
+            .map(|key| self.inner.keys(key.as_ref()).entry)
+            .collect();
+        let store = &self.inner.engine.store;
+        let removed =
+            futures_util::future::try_join_all(entries.iter().map(|key| store.remove(key))).await?;
+        Ok(count(
+            removed.into_iter().filter(|&removed| removed).count(),
+        ))
+    }
+
+    /// Deletes every value whose key starts with `prefix` (within this cache's namespace),
+    /// taken literally (`*`, `?`, `[` are not patterns: `"user:1*"` deletes `user:1*a`, not
+    /// `user:10`), and returns how many.
+    ///
+    /// Cost: a cursor `SCAN … MATCH` over the whole keyspace of every primary (O(all keys),
+    /// in pages of 1,000, not blocking Redis between pages) plus one `UNLINK` per page and
+    /// slot, bounded by the [admin timeout](CacheBuilder::admin_timeout). Use it for
+    /// invalidations by family after a write, not on every request; a value written while it
+    /// runs may or may not be deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
+        let inner = &self.inner;
+        let literal = format!("{}:v:{{{}", inner.prefix, escape(&inner.full_key(prefix)));
+        Ok(inner
+            .engine
+            .store
+            .delete_prefix(&literal, inner.admin_timeout)
+            .await?)
+    }
+
+    /// Answers the value of `T` under `key`, loading it on a miss; see
+    /// [`TypedCache::get_or_set`], which this is with `T` named at the call.
+    pub async fn get_or_set<T, M, L, E>(
+        &self,
+        key: impl AsRef<str>,
+        options: impl Into<GetOrSetOptions<M>>,
+        loader: L,
+    ) -> Result<T, GetOrSetError<E>>
+    where
+        T: CacheValue + Serialize + DeserializeOwned + Send + 'static,
+        L: Loader<M, T, E>,
+        E: Send + Sync + 'static,
+    {
+        self.typed::<T>().get_or_set(key, options, loader).await
+    }
+
+    /// Takes the distributed lock `name`, waiting for it as `options` say (a [`Duration`]:
+    /// that ttl, no wait); see [`with_lock`](Self::with_lock). Locks live under
+    /// `{prefix}:lock:{<name>}`, their fencing counters beside them.
+    pub async fn lock(
+        &self,
+        name: &str,
+        options: impl Into<LockOptions>,
+    ) -> Result<LockGuard, LockError> {
+        let name = escape_key(&self.inner.full_key(name));
+        let key = format!("{}:lock:{{{name}}}", self.inner.prefix);
+        lock::acquire(&self.inner.engine, key, options.into()).await
+    }
+
+    /// Runs `work` holding the distributed lock `name`, so no other holder of `name` in any
+    /// process sharing the store runs at the same time (while the lock is kept alive: it is
+    /// extended every third of its ttl, and released by compare-and-delete when `work`
+    /// ends). `work` is handed the [`HeldLock`]: its fencing token, to send with the writes
+    /// it protects, and whether it is still held.
+    ///
+    /// Waits up to the options' wait, with backoff: [`LockError::Busy`] when the options do
+    /// not wait and the lock is held, [`LockError::Timeout`] when it stayed held for the
+    /// whole wait. [`LockError::Lost`] when the lock was lost while `work` ran (it expired,
+    /// as after a stall longer than its ttl): the work's result is dropped, as another
+    /// holder may have run meanwhile. A store that cannot be asked is an error here, not
+    /// fail-open: running unlocked would break what the lock is for.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_redis_cache::{Cache, LockError, LockOptions, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), LockError> {
+    /// let cache = Cache::new(MemoryStore::new(1 << 20));
+    /// let options = LockOptions::new(Duration::from_secs(10)).wait(Duration::from_secs(5));
+    /// let token = cache
+    ///     .with_lock("nightly-report", &options, |lock| async move { lock.fencing_token() })
+    ///     .await?;
+    ///
+    /// // While one holds it, another caller that does not wait is told it is busy.
+    /// let held = cache.lock("nightly-report", Duration::from_secs(10)).await?;
+    /// assert!(held.fencing_token() > token);
+    /// let busy = cache.lock("nightly-report", Duration::from_secs(10)).await;
+    /// assert!(matches!(busy, Err(LockError::Busy)));
+    /// held.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lock<R, F, Fut>(
+        &self,
+        name: &str,
+        options: impl Into<LockOptions>,
+        work: F,
+    ) -> Result<R, LockError>
+    where
+        F: FnOnce(HeldLock) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let guard = self.lock(name, options).await?;
+        let result = work(guard.held()).await;
+        // A check that cannot reach the store leaves the extender's word: held unless an
+        // extension found it gone.
+        let checked = match guard.check().await {
+            Err(LockError::Lost) => Err(LockError::Lost),
+            _ if !guard.is_held() => Err(LockError::Lost),
+            _ => Ok(result),
+        };
+        // The work is done: a failed release only leaves the lock to expire.
+        let _ = guard.release().await;
+        checked
+    }
+
+    /// Pings the store and reports its connection and circuit-breaker state.
+    pub async fn health(&self) -> Health {
+        let store = &self.inner.engine.store;
+        let ping = store.ping().await;
+        let breaker = match store.breaker_open_for() {
+            Some(retry_in) => BreakerState::Open { retry_in },
+            None => match store.consecutive_failures() {
+                0 => BreakerState::Closed,
+                consecutive => BreakerState::Failing { consecutive },
+            },
+        };
+        let (latency, error) = match ping {
+            Ok(latency) => (Some(latency), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        Health {
+            latency,
+            connected: store.is_connected(),
+            breaker,
+            error,
+        }
+    }
+}
