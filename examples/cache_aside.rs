@@ -251,8 +251,8 @@ async fn put_product(
         })
         .await??;
     app.products.delete(detail_key(id)).await?;
-    let pages = app.cache.delete_prefix(LIST_PREFIX).await?;
-    tracing::info!(pages, "deleted the cached list pages");
+    app.cache.delete_prefix(LIST_PREFIX).await?;
+    tracing::info!("purged the cached list pages");
     Ok(Json(written))
 }
 

@@ -4,7 +4,7 @@
 use crate::error::ConfigError;
 
 /// Checks a key prefix: not empty, and free of what the key layout reserves: `{`/`}` (Redis
-/// Cluster hash tags), the glob characters `*?[]\\` (`delete_prefix` matches with `SCAN`),
+/// Cluster hash tags), the glob characters `*?[]\\` (kept out of key names),
 /// `%` (the typed face's escape), whitespace and control characters.
 pub(crate) fn check_prefix(prefix: String) -> Result<String, ConfigError> {
     if prefix.is_empty() {

@@ -86,6 +86,31 @@ pub(crate) fn valid(tag: &str) -> bool {
         && tag.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
+/// `tags` joined by single spaces (sorted, without repeats), and how many were dropped as
+/// invalid or past [`MAX_TAGS_BYTES`]: how both faces store a value's tags.
+pub(crate) fn join(tags: &[String]) -> (String, u64) {
+    if tags.is_empty() {
+        return (String::new(), 0);
+    }
+    let mut sorted: Vec<&str> = tags.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut joined = String::new();
+    let mut dropped = 0u64;
+    for tag in sorted {
+        let fits = joined.len() + usize::from(!joined.is_empty()) + tag.len() <= MAX_TAGS_BYTES;
+        if !valid(tag) || !fits {
+            dropped += 1;
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push(' ');
+        }
+        joined.push_str(tag);
+    }
+    (joined, dropped)
+}
+
 impl Tagging {
     /// The response's tags, joined by single spaces (sorted, without repeats), and how many
     /// were dropped as invalid or over the bound. Removes the tag headers when configured.
@@ -108,25 +133,7 @@ impl Tagging {
             tags.extend(callback(uri, parts));
         }
         self.strip(&mut parts.headers);
-        if tags.is_empty() {
-            return (String::new(), 0);
-        }
-        tags.sort_unstable();
-        tags.dedup();
-        let mut joined = String::new();
-        let mut dropped = 0u64;
-        for tag in tags {
-            let fits = joined.len() + usize::from(!joined.is_empty()) + tag.len() <= MAX_TAGS_BYTES;
-            if !valid(&tag) || !fits {
-                dropped += 1;
-                continue;
-            }
-            if !joined.is_empty() {
-                joined.push(' ');
-            }
-            joined.push_str(&tag);
-        }
-        (joined, dropped)
+        join(&tags)
     }
 
     /// Removes the tag headers, when configured to.

@@ -445,3 +445,126 @@ async fn malformed_purges_are_refused() -> TestResult {
     assert_eq!(layer.stats().purges, 0);
     Ok(())
 }
+
+/// Done when 2, typed face: a prefix delete among 10,000 other values drops exactly the values
+/// under the prefix, in a few Redis commands (no `SCAN`), and adds no index; a value written
+/// after it is not covered.
+#[tokio::test]
+async fn a_typed_prefix_delete_costs_the_same_whatever_the_keyspace() -> TestResult {
+    let server = RedisServer::start().await;
+    let cache = tower_redis_cache::Cache::builder(redis_store(&server).await)
+        .key_prefix(unique_prefix("typed-prefix"))
+        .read_timeout(Duration::from_secs(5))
+        .write_timeout(Duration::from_secs(5))
+        .near_cache(1 << 20, Duration::ZERO)
+        .build()?;
+    let numbers = cache.typed::<u32>();
+    let others: Vec<(String, u32)> = (0..10_000).map(|i| (format!("other:{i}"), i)).collect();
+    for chunk in others.chunks(500) {
+        numbers
+            .set_many(
+                chunk.iter().map(|(k, v)| (k.as_str(), *v)),
+                Duration::from_secs(600),
+            )
+            .await?;
+    }
+    let doomed: Vec<String> = (0..100).map(|i| format!("list:{i}")).collect();
+    numbers
+        .set_many(
+            doomed.iter().map(|k| (k.as_str(), 1u32)),
+            Duration::from_secs(600),
+        )
+        .await?;
+    let keys_before = key_count(&server).await;
+    let before = commands_run(&server).await;
+    cache.delete_prefix("list:").await?;
+    let used = commands_run(&server).await - before;
+    assert!(used <= 8, "a prefix delete ran {used} Redis commands");
+    let found = numbers.get_many(&doomed).await?;
+    assert!(
+        found.iter().all(Option::is_none),
+        "every value under the prefix dropped"
+    );
+    for chunk in others.chunks(500) {
+        let kept = numbers
+            .get_many(chunk.iter().map(|(k, _)| k.as_str()))
+            .await?;
+        assert!(kept.iter().all(Option::is_some), "nothing else dropped");
+    }
+    assert_eq!(key_count(&server).await, keys_before + 1, "one record key");
+    numbers.set("list:0", &7, Duration::from_secs(60)).await?;
+    assert_eq!(
+        numbers.get("list:0").await?,
+        Some(7),
+        "a later write is not covered"
+    );
+    Ok(())
+}
+
+/// One tag purge drops the typed values and the HTTP entries carrying it, when the typed
+/// cache shares the layer's engine; a load running when the purge lands is covered.
+#[tokio::test]
+async fn a_tag_purge_reaches_both_faces_and_a_load_in_flight() -> TestResult {
+    let server = RedisServer::start().await;
+    let layer = support::builder(redis_store(&server).await, "both-faces").build()?;
+    let cache = layer.cache();
+    let prices = cache.typed::<u32>();
+    let calls = Calls::default();
+    let svc = layer.layer(tagged_origin(&calls));
+    send(&svc, get("http://example.test/t/price/1")).await;
+    layer.wait_for_writes().await;
+    prices
+        .set_tagged(
+            "price:1",
+            &100,
+            Duration::from_secs(60),
+            &["price", "product:1"],
+        )
+        .await?;
+    let loads = Calls::default();
+    let loaded = prices
+        .get_or_set("price:2", Duration::from_secs(60), async {
+            loads.add();
+            Ok::<_, std::io::Error>(tower_redis_cache::Loaded::new(200).tags(["price"]))
+        })
+        .await?;
+    assert_eq!(loaded, 200);
+    assert_eq!(prices.get("price:2").await?, Some(200));
+
+    // A load that runs while the purge lands.
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let in_flight = tokio::spawn({
+        let (prices, entered, release) = (prices.clone(), entered.clone(), release.clone());
+        async move {
+            prices
+                .get_or_set("price:3", Duration::from_secs(60), async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    Ok::<_, std::io::Error>(tower_redis_cache::Loaded::new(300).tags(["price"]))
+                })
+                .await
+        }
+    });
+    entered.notified().await;
+    cache.purge_tag("price").await?;
+    release.notify_one();
+    assert_eq!(
+        in_flight.await??,
+        300,
+        "the caller in flight gets its answer"
+    );
+    layer.wait_for_writes().await;
+
+    for key in ["price:1", "price:2", "price:3"] {
+        assert_eq!(prices.get(key).await?, None, "{key} purged");
+    }
+    let reply = send(&svc, get("http://example.test/t/price/1")).await;
+    assert_eq!(
+        reply.x_cache(),
+        "MISS",
+        "the HTTP entry tagged `price` purged too"
+    );
+    assert_eq!(loads.get(), 1);
+    Ok(())
+}

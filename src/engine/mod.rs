@@ -74,13 +74,12 @@ pub(crate) const DEFAULT_NEAR_CACHE_BYTES: u64 = 64 << 20;
 pub(crate) const DEFAULT_NEAR_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// When a value in either face's format stops being fresh (Unix ms), for the near tier: HTTP
-/// entries (`TRC`, version 2) and typed values (`TRV`, version 1) keep their store stamp at
+/// entries (`TRC`) and typed values (`TRV`), both at version 2, keep their store stamp at
 /// bytes 4..12 and their freshness at 12..20 (see `crate::entry` and `crate::typed::codec`).
 /// Other values (vary indexes, hit-for-miss markers) carry none.
 pub(crate) fn fresh_until(value: &[u8]) -> Option<u64> {
     let header = value.get(..20)?;
-    let tagged = (header.starts_with(b"TRC") && header[3] == 2)
-        || (header.starts_with(b"TRV") && header[3] == 1);
+    let tagged = (header.starts_with(b"TRC") || header.starts_with(b"TRV")) && header[3] == 2;
     tagged.then(|| {
         let mut until = [0; 8];
         until.copy_from_slice(&header[12..20]);

@@ -19,7 +19,9 @@
 //! enter). The measurement errs early (the reply's travel time), which only makes a fill
 //! begun just after a purge count as before it (refilled once more, harmless). A record also
 //! covers values stamped up to [`DEFAULT_CLOCK_MARGIN`] after it, for this clock's drift
-//! between measurements.
+//! between measurements; but a fill that begins after this process learned of a purge is
+//! stamped past that purge and its margin (it certainly began after it), so a write right
+//! after a purge is never covered by it.
 //!
 //! The table is read in full when the engine starts, again whenever the store reports that
 //! its purge feed may have missed something (a reconnection), and every 30 seconds (every
@@ -29,7 +31,7 @@
 use crate::engine::Engine;
 use crate::store::{PurgeEvent, PurgeRecords};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -56,9 +58,7 @@ pub(crate) enum Target<'a> {
     Tag(&'a str),
     /// Every HTTP entry whose URL starts with this (normalised) prefix.
     UrlPrefix(&'a str),
-    /// Every typed value whose key starts with this prefix (the typed face's prefix delete
-    /// moves onto it next).
-    #[allow(dead_code)]
+    /// Every typed value whose store key starts with this prefix.
     KeyPrefix(&'a str),
 }
 
@@ -82,7 +82,6 @@ impl Target<'_> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Name<'a> {
     Url(&'a [u8]),
-    #[allow(dead_code)]
     Key(&'a [u8]),
 }
 
@@ -152,6 +151,10 @@ pub(crate) struct Purges {
     any: AtomicBool,
     /// The store's clock minus this process's, in ms, as last measured.
     offset_ms: AtomicI64,
+    /// The latest purge this process knows of (a record's time, or the floor): a fill that
+    /// begins after this process learned of a purge began after that purge, so its stamp is
+    /// never below this plus the margin (a write right after a purge is not covered by it).
+    latest_ms: AtomicU64,
     /// Wakes the loader to read the records again.
     reload: Arc<tokio::sync::Notify>,
     /// Set once the loader task runs.
@@ -167,6 +170,7 @@ impl Purges {
             table: RwLock::default(),
             any: AtomicBool::new(false),
             offset_ms: AtomicI64::new(0),
+            latest_ms: AtomicU64::new(0),
             reload: Arc::default(),
             started: AtomicBool::new(false),
         }
@@ -177,7 +181,12 @@ impl Purges {
     pub(crate) fn stamp(&self) -> u64 {
         let local = crate::entry::unix_now_ms();
         let offset = self.offset_ms.load(Ordering::Relaxed);
-        local.saturating_add_signed(offset)
+        let known = self.latest_ms.load(Ordering::Acquire);
+        let after_known = match known {
+            0 => 0,
+            known => known.saturating_add(self.margin_ms).saturating_add(1),
+        };
+        local.saturating_add_signed(offset).max(after_known)
     }
 
     /// Whether a purge covers a value stamped `filled_at_ms`, carrying `tags` (separated by
@@ -209,6 +218,7 @@ impl Purges {
             .unwrap_or_else(PoisonError::into_inner)
             .apply(member, at_ms);
         self.any.store(true, Ordering::Release);
+        self.latest_ms.fetch_max(at_ms, Ordering::AcqRel);
     }
 
     fn replace(&self, read: PurgeRecords) {
@@ -222,9 +232,12 @@ impl Purges {
             floor_ms: read.floor_ms,
             ..Table::default()
         };
+        let mut latest = read.floor_ms;
         for (member, at_ms) in &read.records {
             table.apply(member, *at_ms);
+            latest = latest.max(*at_ms);
         }
+        self.latest_ms.fetch_max(latest, Ordering::AcqRel);
         let empty = table.is_empty();
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = table;
         self.any.store(!empty, Ordering::Release);
@@ -363,5 +376,16 @@ mod tests {
         );
         let stamp = purges.stamp();
         assert!(stamp >= now + 59_000, "stamps follow the store's clock");
+    }
+
+    #[test]
+    fn a_fill_begun_after_a_known_purge_is_not_covered_by_it() {
+        let purges = purges();
+        let far = crate::entry::unix_now_ms() + 3_600_000;
+        purges.apply(&Target::Tag("t").member(), far);
+        let stamp = purges.stamp();
+        assert!(stamp > far + 100);
+        assert!(!purges.covers(stamp, b"t", Name::Key(b"k")));
+        assert!(purges.covers(far, b"t", Name::Key(b"k")));
     }
 }

@@ -340,21 +340,6 @@ impl GuardedStore {
         Ok(values)
     }
 
-    /// Deletes every key starting with `prefix`, bounded by `timeout` (a walk over the
-    /// keyspace outlasts any per-request bound). Near copies go too, here and (through the
-    /// store's announcement) everywhere.
-    pub(crate) async fn delete_prefix(
-        &self,
-        prefix: &str,
-        timeout: Duration,
-    ) -> Result<u64, StoreError> {
-        let deleted = self.call(timeout, self.store.delete_prefix(prefix)).await;
-        if let Some(near) = &self.near {
-            near.changed_prefix(prefix);
-        }
-        deleted
-    }
-
     /// Pings the store (through the breaker and the read timeout) and times the answer.
     pub(crate) async fn ping(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();

@@ -232,11 +232,6 @@ impl NearTier {
         self.stripes[Self::stripe(key)].fetch_add(1, SeqCst);
         self.copies.invalidate(key);
     }
-
-    /// Drops the copies of keys under `prefix` in this process.
-    pub(crate) fn changed_prefix(&self, prefix: &str) {
-        self.apply(Change::Prefix(prefix));
-    }
 }
 
 fn unix_now_ms() -> u64 {
@@ -315,7 +310,7 @@ mod tests {
             let ticket = tier.ticket(key);
             tier.offer(key, &Bytes::from_static(b"v"), ticket);
         }
-        tier.changed_prefix("a:");
+        tier.apply(Change::Prefix("a:"));
         assert_eq!(tier.get("a:1"), None);
         assert_eq!(tier.get("a:2"), None);
         assert!(tier.get("b:1").is_some());

@@ -143,7 +143,7 @@ impl CacheBuilder {
         self
     }
 
-    /// The longest [`Cache::delete_prefix`] may take (default 60 s).
+    /// The longest an administrative store call may take (default 60 s).
     pub fn admin_timeout(mut self, timeout: Duration) -> Self {
         self.admin_timeout = timeout;
         self
@@ -225,7 +225,12 @@ impl CacheBuilder {
             lock_ttl: self.fill_lock_ttl,
             lock_wait: self.fill_wait,
         };
-        let engine = Arc::new(Engine::new(store, stats, Arc::default(), fills));
+        let engine = Engine::new(store, stats, Arc::default(), fills).with_purges(
+            format!("{{{}}}:purges", self.prefix),
+            crate::engine::purge::DEFAULT_PURGE_RECORDS,
+            crate::engine::purge::DEFAULT_CLOCK_MARGIN,
+        );
+        let engine = Arc::new(engine);
         Cache {
             inner: Arc::new(Inner {
                 engine,
@@ -451,23 +456,39 @@ impl Cache {
         ))
     }
 
-    /// Deletes every value whose key starts with `prefix` (within this cache's namespace),
-    /// taken literally (`*`, `?`, `[` are not patterns: `"user:1*"` deletes `user:1*a`, not
-    /// `user:10`), and returns how many.
+    /// Drops every value whose key starts with `prefix` (within this cache's namespace),
+    /// taken literally (`*`, `?`, `[` are not patterns: `"user:1*"` drops `user:1*a`, not
+    /// `user:10`), on every instance sharing the store.
     ///
-    /// Cost: a cursor `SCAN … MATCH` over the whole keyspace of every primary (O(all keys),
-    /// in pages of 1,000, not blocking Redis between pages) plus one `UNLINK` per page and
-    /// slot, bounded by the [admin timeout](CacheBuilder::admin_timeout). Use it for
-    /// invalidations by family after a write, not on every request; a value written while it
-    /// runs may or may not be deleted.
-    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
+    /// Cost: one store call, whatever the prefix covers. The purge is recorded, not searched
+    /// for (no `SCAN`): every instance treats a value under the prefix whose write or load
+    /// began before the purge as missing, and the values leave the store when they expire,
+    /// so how many there were is not known. A load still running when the purge lands is
+    /// covered too; a value written after it is not.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<(), CacheError> {
         let inner = &self.inner;
         let literal = format!("{}:v:{{{}", inner.prefix, escape(&inner.full_key(prefix)));
-        Ok(inner
+        inner
             .engine
-            .store
-            .delete_prefix(&literal, inner.admin_timeout)
-            .await?)
+            .purge(crate::engine::purge::Target::KeyPrefix(&literal))
+            .await?;
+        inner.engine.stats.purges(1);
+        Ok(())
+    }
+
+    /// Drops every value carrying `tag` ([`Loaded::tags`](crate::Loaded::tags),
+    /// [`TypedCache::set_tagged`](crate::TypedCache::set_tagged)), and every HTTP entry
+    /// carrying it when this cache shares the layer's engine
+    /// ([`CacheLayer::cache`](crate::CacheLayer::cache)), on every instance, in one store
+    /// call (see [`delete_prefix`](Self::delete_prefix)).
+    pub async fn purge_tag(&self, tag: &str) -> Result<(), crate::PurgeError> {
+        if !crate::tags::valid(tag) {
+            return Err(crate::PurgeError::InvalidTag(tag.to_owned()));
+        }
+        let engine = &self.inner.engine;
+        engine.purge(crate::engine::purge::Target::Tag(tag)).await?;
+        engine.stats.purges(1);
+        Ok(())
     }
 
     /// Answers the value of `T` under `key`, loading it on a miss; see

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bytes  0..3   magic "TRV"
-//!        3      envelope version (1)
+//!        3      envelope version (2)
 //!        4..12  stored_at_ms    u64 big-endian, Unix ms (the stamp the store's lock-or-read
 //!                               compares: a stale value being refreshed is recognised by it)
 //!       12..20  fresh_until_ms  u64 BE: served as a hit before this
@@ -12,9 +12,15 @@
 //!       36..44  fingerprint     u64 BE: xxh3-64 of the value's identity (its
 //!                               `CacheValue` name and version, or the handle's name) and
 //!                               the cache's schema version
-//!       44      format          1 = MessagePack (rmp-serde, structs as maps), 2 = JSON
-//!       45..    payload
+//!       44..52  filled_at_ms    u64 BE: when the load (or write) began, on the store's
+//!                               clock: purges at or after it cover the value
+//!       52..54  tags_len        u16 BE
+//!       54      format          1 = MessagePack (rmp-serde, structs as maps), 2 = JSON
+//!       55..    tags (space-separated, tags_len bytes), then the payload
 //! ```
+//!
+//! Version 1 (without `filled_at_ms` and tags) is no longer read: such a value is corrupt to
+//! this build, deleted and loaded again once.
 //!
 //! MessagePack through `rmp-serde` is the default: it is maintained, compact (about half of
 //! JSON for typical structs), fast, readable from every mainstream language, and, written with
@@ -36,8 +42,11 @@ use serde::Serialize;
 use std::fmt;
 
 const MAGIC: &[u8; 3] = b"TRV";
-const VERSION: u8 = 1;
-const HEADER: usize = 45;
+const VERSION: u8 = 2;
+/// The fixed part of the envelope, before the tags.
+const HEADER: usize = 55;
+const TAGS_LEN_AT: usize = 52;
+const FORMAT_AT: usize = 54;
 
 /// The serde format of the values a [`Cache`](crate::Cache) writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +78,8 @@ pub(crate) struct Meta {
     pub(crate) stale_until_ms: u64,
     pub(crate) fail_safe_until_ms: u64,
     pub(crate) fingerprint: u64,
+    /// When the load or write began, on the store's clock (purges compare with it).
+    pub(crate) filled_at_ms: u64,
 }
 
 impl Meta {
@@ -131,8 +142,15 @@ pub(crate) fn fingerprint(identity: &str, schema: u32) -> u64 {
 /// The envelope `bytes` with its lifetimes replaced by `meta`'s (the payload and identity
 /// kept): how a fail-safe value is stored fresh again for the throttle window.
 pub(crate) fn with_meta(bytes: &[u8], meta: &Meta) -> Option<Bytes> {
-    let payload = bytes.get(HEADER - 1..)?;
+    // Tags' length, format, tags and payload, as they were.
+    let rest = bytes.get(TAGS_LEN_AT..)?;
     let mut out = BytesMut::with_capacity(bytes.len());
+    put_meta(&mut out, meta);
+    out.put_slice(rest);
+    Some(out.freeze())
+}
+
+fn put_meta(out: &mut BytesMut, meta: &Meta) {
     out.put_slice(MAGIC);
     out.put_u8(VERSION);
     out.put_u64(meta.stored_at_ms);
@@ -140,17 +158,26 @@ pub(crate) fn with_meta(bytes: &[u8], meta: &Meta) -> Option<Bytes> {
     out.put_u64(meta.stale_until_ms);
     out.put_u64(meta.fail_safe_until_ms);
     out.put_u64(meta.fingerprint);
-    out.put_slice(payload);
-    Some(out.freeze())
+    out.put_u64(meta.filled_at_ms);
+}
+
+/// The envelope's format byte, tags and payload, bounds-checked.
+pub(crate) fn body(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let len = bytes.get(TAGS_LEN_AT..TAGS_LEN_AT + 2)?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let format = *bytes.get(FORMAT_AT)?;
+    let tags = bytes.get(HEADER..HEADER.checked_add(len)?)?;
+    let payload = bytes.get(HEADER + len..)?;
+    Some((format, tags, payload))
 }
 
 /// Whether the payload after the header is "nothing" (`None`, `()`): a negative result,
 /// stored for the negative ttl.
 pub(crate) fn is_nothing(bytes: &[u8]) -> bool {
-    match (bytes.get(HEADER - 1), bytes.get(HEADER..)) {
+    match body(bytes) {
         // MessagePack nil.
-        (Some(1), Some([0xc0])) => true,
-        (Some(2), Some(b"null")) => true,
+        Some((1, _, [0xc0])) => true,
+        Some((2, _, b"null")) => true,
         _ => false,
     }
 }
@@ -160,21 +187,19 @@ pub(crate) fn seal<T: Serialize + ?Sized>(
     codec: Codec,
     value: &T,
     meta: &Meta,
+    tags: &str,
 ) -> Result<Bytes, BoxError> {
     let payload = match codec {
         Codec::MessagePack => rmp_serde::to_vec_named(value)?,
         #[cfg(feature = "json")]
         Codec::Json => serde_json::to_vec(value)?,
     };
-    let mut out = BytesMut::with_capacity(HEADER + payload.len());
-    out.put_slice(MAGIC);
-    out.put_u8(VERSION);
-    out.put_u64(meta.stored_at_ms);
-    out.put_u64(meta.fresh_until_ms);
-    out.put_u64(meta.stale_until_ms);
-    out.put_u64(meta.fail_safe_until_ms);
-    out.put_u64(meta.fingerprint);
+    let tags = &tags.as_bytes()[..tags.len().min(usize::from(u16::MAX))];
+    let mut out = BytesMut::with_capacity(HEADER + tags.len() + payload.len());
+    put_meta(&mut out, meta);
+    out.put_u16(tags.len() as u16);
     out.put_u8(codec.tag());
+    out.put_slice(tags);
     out.put_slice(&payload);
     Ok(out.freeze())
 }
@@ -196,6 +221,7 @@ pub(crate) fn meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
         stale_until_ms: word(20)?,
         fail_safe_until_ms: word(28)?,
         fingerprint: word(36)?,
+        filled_at_ms: word(44)?,
     })
 }
 
@@ -208,11 +234,11 @@ pub(crate) fn open<T: DeserializeOwned>(
     if meta.fingerprint != fingerprint {
         return Err(DecodeError::OtherIdentity);
     }
-    let payload = bytes.get(HEADER..).ok_or(DecodeError::NotEnvelope)?;
-    let value = match bytes.get(HEADER - 1) {
-        Some(1) => rmp_serde::from_slice(payload).map_err(|e| DecodeError::Payload(e.into()))?,
+    let (format, _, payload) = body(bytes).ok_or(DecodeError::NotEnvelope)?;
+    let value = match format {
+        1 => rmp_serde::from_slice(payload).map_err(|e| DecodeError::Payload(e.into()))?,
         #[cfg(feature = "json")]
-        Some(2) => serde_json::from_slice(payload).map_err(|e| DecodeError::Payload(e.into()))?,
+        2 => serde_json::from_slice(payload).map_err(|e| DecodeError::Payload(e.into()))?,
         _ => return Err(DecodeError::NotEnvelope),
     };
     Ok((meta, value))
@@ -261,6 +287,7 @@ mod tests {
             stale_until_ms: 3_000,
             fail_safe_until_ms: 4_000,
             fingerprint: fingerprint::<T>(schema),
+            filled_at_ms: 900,
         }
     }
 
@@ -271,7 +298,7 @@ mod tests {
             name: "seven".into(),
         };
         let meta = meta_for::<V1>(0);
-        let bytes = seal(Codec::MessagePack, &value, &meta).unwrap();
+        let bytes = seal(Codec::MessagePack, &value, &meta, "").unwrap();
         assert_eq!(&bytes[4..12], &1_000u64.to_be_bytes());
         let (read_meta, read) = open::<V1>(&bytes, fingerprint::<V1>(0)).unwrap();
         assert_eq!((read_meta, read), (meta, value));
@@ -287,7 +314,7 @@ mod tests {
             id: 1,
             name: "a".into(),
         };
-        let bytes = seal(Codec::Json, &value, &meta_for::<V1>(0)).unwrap();
+        let bytes = seal(Codec::Json, &value, &meta_for::<V1>(0), "").unwrap();
         assert_eq!(&bytes[HEADER..], br#"{"id":1,"name":"a"}"#);
         assert_eq!(open::<V1>(&bytes, fingerprint::<V1>(0)).unwrap().1, value);
     }
@@ -298,7 +325,7 @@ mod tests {
             id: 7,
             name: "seven".into(),
         };
-        let bytes = seal(Codec::MessagePack, &value, &meta_for::<V1>(0)).unwrap();
+        let bytes = seal(Codec::MessagePack, &value, &meta_for::<V1>(0), "").unwrap();
         assert!(matches!(
             open::<V2>(&bytes, fingerprint::<V2>(0)),
             Err(DecodeError::OtherIdentity)
@@ -320,6 +347,7 @@ mod tests {
                 name: "x".into(),
             },
             &meta_for::<V1>(0),
+            "",
         )
         .unwrap();
         assert!(matches!(
@@ -334,7 +362,7 @@ mod tests {
             let junk = vec![0xA5u8; len];
             assert!(open::<V1>(&junk, 0).is_err());
         }
-        let mut bytes = seal(Codec::MessagePack, &1u8, &meta_for::<u8>(0))
+        let mut bytes = seal(Codec::MessagePack, &1u8, &meta_for::<u8>(0), "")
             .unwrap()
             .to_vec();
         bytes[HEADER - 1] = 99;

@@ -201,7 +201,30 @@ impl<T> TypedCache<T> {
             Expiry::Never => (NEVER_KEEP, Some(u64::MAX)),
         };
         let options = GetOrSetOptions::builder(ttl).options_unchecked();
-        self.write(key.as_ref(), value, &options, keep).await
+        self.write(key.as_ref(), value, &options, keep, &[]).await
+    }
+
+    /// [`set`](Self::set), with `tags` for [`Cache::purge_tag`] (invalid ones dropped and
+    /// counted in `tags_dropped`).
+    pub async fn set_tagged<Q>(
+        &self,
+        key: impl AsRef<str>,
+        value: &Q,
+        expiry: impl Into<Expiry>,
+        tags: &[&str],
+    ) -> Result<(), CacheError>
+    where
+        T: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let (ttl, keep) = match expiry.into() {
+            Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::ZeroTtl),
+            Expiry::After(ttl) => (ttl, None),
+            Expiry::Never => (NEVER_KEEP, Some(u64::MAX)),
+        };
+        let options = GetOrSetOptions::builder(ttl).options_unchecked();
+        let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        self.write(key.as_ref(), value, &options, keep, &tags).await
     }
 
     /// Stores `value` as `get_or_set` with `options` would: fresh for their ttl, then kept for
@@ -216,7 +239,7 @@ impl<T> TypedCache<T> {
         T: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        self.write(key.as_ref(), value, &options.settings(), None)
+        self.write(key.as_ref(), value, &options.settings(), None, &[])
             .await
     }
 
@@ -245,6 +268,7 @@ impl<T> TypedCache<T> {
         value: &Q,
         options: &GetOrSetOptions<M>,
         fresh_until: Option<u64>,
+        tags: &[String],
     ) -> Result<(), CacheError>
     where
         Q: Serialize + ?Sized,
@@ -252,7 +276,8 @@ impl<T> TypedCache<T> {
         let inner = self.inner();
         let entry = inner.keys(key).entry;
         let now = unix_now_ms();
-        let mut meta = inner.meta_for(now, options.ttl, options, self.fingerprint);
+        let filled_at = inner.engine.purges().stamp();
+        let mut meta = inner.meta_for(now, options.ttl, options, self.fingerprint, filled_at);
         if let Some(until) = fresh_until {
             meta.fresh_until_ms = until;
             meta.stale_until_ms = until;
@@ -262,7 +287,11 @@ impl<T> TypedCache<T> {
             Some(_) => NEVER_KEEP,
             None => Duration::from_millis(meta.keep_until_ms().saturating_sub(now)),
         };
-        let bytes = codec::seal(inner.codec, value, &meta).map_err(CacheError::Encode)?;
+        let (tags, dropped) = crate::tags::join(tags);
+        if dropped > 0 {
+            inner.engine.stats.tags_dropped(dropped);
+        }
+        let bytes = codec::seal(inner.codec, value, &meta, &tags).map_err(CacheError::Encode)?;
         Ok(inner.engine.store.put(&entry, bytes, keep).await?)
     }
 
@@ -350,6 +379,7 @@ where
             valid: self.valid.clone(),
             options: options.settings(),
             seen: None,
+            filled_at_ms: inner.engine.purges().stamp(),
         };
         call.get_or_set(loader).await
     }

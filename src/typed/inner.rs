@@ -118,6 +118,7 @@ impl Inner {
         ttl: Duration,
         options: &GetOrSetOptions<M>,
         fingerprint: u64,
+        filled_at_ms: u64,
     ) -> Meta {
         let fresh_until = now.saturating_add(millis(ttl));
         let stale_until = options
@@ -134,7 +135,22 @@ impl Inner {
             stale_until_ms: stale_until,
             fail_safe_until_ms: fail_safe_until,
             fingerprint,
+            filled_at_ms,
         }
+    }
+
+    /// Whether a purge by tag or key prefix covers the value `bytes` under `entry` (the
+    /// store key, which key-prefix purges compare with); counted when it does.
+    pub(super) fn purged(&self, entry: &str, bytes: &[u8]) -> bool {
+        let (Ok(meta), Some((_, tags, _))) = (codec::meta(bytes), codec::body(bytes)) else {
+            return false;
+        };
+        let name = crate::engine::purge::Name::Key(entry.as_bytes());
+        let covered = self.engine.purges().covers(meta.filled_at_ms, tags, name);
+        if covered {
+            self.engine.stats.purged_reads(1);
+        }
+        covered
     }
 
     /// Decodes what a read found. Corrupt bytes are deleted and counted; a value of another
@@ -149,6 +165,12 @@ impl Inner {
         let Some(bytes) = bytes else {
             return Found::Nothing;
         };
+        if self.purged(entry, &bytes) {
+            // Purged: a miss, whose load's lock attempt treats this value as absent.
+            if let Ok(meta) = codec::meta(&bytes) {
+                return Found::Unusable(meta);
+            }
+        }
         match codec::open::<T>(&bytes, fingerprint) {
             Ok((meta, value)) if valid.is_none_or(|valid| valid(&value)) => {
                 Found::Value(meta, value, bytes)

@@ -116,6 +116,9 @@ pub(super) struct Call<T> {
     /// The stamp of the value this load replaces (stale, foreign, rejected), if any: the
     /// fill lock treats it as absent.
     pub(super) seen: Option<[u8; 8]>,
+    /// When the call began, on the store's clock: what it stores carries it, so a purge
+    /// recorded while its loader ran covers the value (taken before the loader starts).
+    pub(super) filled_at_ms: u64,
 }
 
 impl<T> Clone for Call<T> {
@@ -127,6 +130,7 @@ impl<T> Clone for Call<T> {
             valid: self.valid.clone(),
             options: self.options,
             seen: self.seen,
+            filled_at_ms: self.filled_at_ms,
         }
     }
 }
@@ -137,6 +141,8 @@ struct Usable<T> {
     fingerprint: u64,
     seen: Option<[u8; 8]>,
     valid: Option<Validator<T>>,
+    inner: Arc<Inner>,
+    entry: String,
 }
 
 impl<T: DeserializeOwned + Send + 'static> Judge for Usable<T> {
@@ -144,6 +150,13 @@ impl<T: DeserializeOwned + Send + 'static> Judge for Usable<T> {
 
     fn judge(&self, bytes: Bytes) -> impl Future<Output = Judged<(Bytes, T)>> + Send {
         let replaced = |meta: &Meta| Some(meta.stamp()) == self.seen;
+        if self.inner.purged(&self.entry, &bytes) {
+            let judged = match codec::meta(&bytes) {
+                Ok(meta) if replaced(&meta) => Judged::Wait,
+                _ => Judged::Load,
+            };
+            return std::future::ready(judged);
+        }
         let judged = match codec::open::<T>(&bytes, self.fingerprint) {
             Ok((meta, value)) if !self.valid.as_ref().is_none_or(|valid| valid(&value)) => {
                 // The value this load replaces is still there: wait for the holder's fill.
@@ -429,8 +442,13 @@ where
         let now = unix_now_ms();
         let failure = match loaded {
             Ok(loaded) => {
-                let Loaded { value, ttl, store } = loaded;
-                match self.seal(now, &value, ttl) {
+                let Loaded {
+                    value,
+                    ttl,
+                    store,
+                    tags,
+                } = loaded;
+                match self.seal(now, &value, ttl, &tags) {
                     Ok((bytes, meta)) => {
                         resolve(Landed::Value(bytes.clone()));
                         let keep = meta.keep_until_ms().saturating_sub(now);
@@ -507,11 +525,20 @@ where
         now: u64,
         value: &T,
         ttl: Option<Duration>,
+        tags: &[String],
     ) -> Result<(Bytes, Meta), crate::BoxError> {
         let options = &self.options;
-        let meta = |ttl| self.inner.meta_for(now, ttl, options, self.fingerprint);
+        let filled_at = self.filled_at_ms;
+        let meta = |ttl| {
+            self.inner
+                .meta_for(now, ttl, options, self.fingerprint, filled_at)
+        };
         let first = meta(ttl.unwrap_or(options.ttl));
-        let bytes = codec::seal(self.inner.codec, value, &first)?;
+        let (tags, dropped) = crate::tags::join(tags);
+        if dropped > 0 {
+            self.inner.engine.stats.tags_dropped(dropped);
+        }
+        let bytes = codec::seal(self.inner.codec, value, &first, &tags)?;
         match (ttl, options.negative_ttl) {
             (None, Some(negative)) if codec::is_nothing(&bytes) => {
                 let meta = meta(negative);
@@ -563,6 +590,8 @@ where
             fingerprint: self.fingerprint,
             seen: self.seen,
             valid: self.valid.clone(),
+            inner: Arc::clone(&self.inner),
+            entry: self.keys.entry.clone(),
         }
     }
 }

@@ -347,8 +347,7 @@ pub struct Loaded<T> {
     pub(crate) value: T,
     pub(crate) ttl: Option<Duration>,
     pub(crate) store: bool,
-    // Tags (for purges by tag) are added here by the tag-invalidation work; the struct's
-    // fields are private so that is not a breaking change.
+    pub(crate) tags: Vec<String>,
 }
 
 impl<T> Loaded<T> {
@@ -358,7 +357,20 @@ impl<T> Loaded<T> {
             value,
             ttl: None,
             store: true,
+            tags: Vec::new(),
         }
+    }
+
+    /// Tags the stored value, for [`Cache::purge_tag`](crate::Cache::purge_tag) (the same tags
+    /// as the HTTP face's: one purge drops both). Invalid tags (empty, over 1,024 bytes,
+    /// whitespace or commas) are dropped and counted in `tags_dropped`.
+    pub fn tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
     }
 
     /// Fresh for `ttl` instead of the options' ttl (or negative ttl); zero means not stored.
