@@ -19,6 +19,8 @@ mod redis;
 pub(crate) use guard::GuardedStore;
 pub use memory::MemoryStore;
 pub use notices::{FillNotices, FillWaiter};
+#[cfg(feature = "tls")]
+pub use redis::RedisTls;
 pub use redis::{RedisStore, RedisStoreBuilder, DEFAULT_NOTICE_CHANNEL};
 
 use crate::error::StoreError;

@@ -15,6 +15,12 @@
 //!   that loses Redis recovers by itself when it comes back.
 
 mod feed;
+mod supervise;
+#[cfg(feature = "tls")]
+mod tls;
+
+#[cfg(feature = "tls")]
+pub use tls::RedisTls;
 
 use super::{
     ChangeWatcher, FillNotice, FillNotices, FillWaiter, PurgeRecords, PurgeWatcher, Store,
@@ -240,9 +246,20 @@ pub struct RedisStoreBuilder {
     pool_size: usize,
     channel: String,
     connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<RedisTls>,
 }
 
 impl RedisStoreBuilder {
+    /// TLS with these settings (a private CA, a client certificate, the name of Cluster
+    /// nodes announced by IP), whatever the URL's scheme; checked when the store is built.
+    /// A `rediss://` URL alone trusts the system's roots.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: RedisTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Connections in the pool (default 1). fred pipelines the commands of concurrent
     /// requests on each connection, and Redis runs one command at a time whatever the number
     /// of connections, so one connection batches the most commands per socket write and read:
@@ -269,20 +286,53 @@ impl RedisStoreBuilder {
     }
 
     /// Connects, failing when Redis cannot be reached within the connect timeout.
+    ///
+    /// The error names the last failure seen while trying (a refused connection, a rejected
+    /// password, an untrusted certificate), so a misconfiguration reads as one.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
         let timeout = self.connect_timeout;
         let store = self.connect_lazy()?;
+        // Subscribed before the first attempt can fail, so its error is not missed.
+        let mut errors: Vec<_> = store
+            .inner
+            .pool
+            .clients()
+            .iter()
+            .map(|client| client.error_rx())
+            .chain(std::iter::once(store.inner.subscriber.error_rx()))
+            .collect();
         match tokio::time::timeout(timeout, store.wait_connected()).await {
             Ok(Ok(())) => Ok(store),
             Ok(Err(error)) => Err(error),
-            Err(_) => Err(StoreError::from_kind(StoreErrorKind::Connection)),
+            Err(_) => {
+                let last = errors
+                    .iter_mut()
+                    .filter_map(|rx| {
+                        let mut last = None;
+                        while let Ok((error, _)) = rx.try_recv() {
+                            last = Some(error);
+                        }
+                        last
+                    })
+                    .last();
+                Err(match last {
+                    Some(error) => StoreError::from(error),
+                    None => StoreError::from_kind(StoreErrorKind::Connection),
+                })
+            }
         }
     }
 
     /// Returns at once and connects in the background, retrying until Redis answers; until
     /// then every call fails fast and the layer serves from the origin. Needs a Tokio runtime.
     pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
-        let mut builder = Builder::from_config(self.config);
+        #[allow(unused_mut)]
+        let mut config = self.config;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            config.tls = Some(tls.to_fred()?);
+        }
+        let mut builder = Builder::from_config(config);
         builder
             .set_policy(default_reconnect_policy())
             .with_connection_config(|c| {
@@ -315,6 +365,8 @@ impl RedisStore {
             pool_size: 1,
             channel: DEFAULT_NOTICE_CHANNEL.to_owned(),
             connect_timeout: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls: None,
         })
     }
 
@@ -371,19 +423,30 @@ impl RedisStore {
     fn start(pool: Pool, owns_pool: bool, subscriber: SubscriberClient, channel: String) -> Self {
         let notices = Arc::new(FillNotices::default());
         let feed = Arc::new(Feed::new(Arc::clone(&notices)));
+        let mut tasks = Vec::new();
+        // An unconnected pool's connection tasks are the store's to keep running (see
+        // `supervise`); a connected one's are the application's.
         if !pool.is_connected() {
-            let _connection = ClientLike::connect(&pool);
+            for client in pool.clients() {
+                tasks.push(supervise::spawn(client.clone(), "pool", None));
+            }
         }
         // Take the receivers before connecting, so no message or event is missed.
         let delivery = feed::spawn_delivery(&subscriber, Arc::clone(&feed));
         let (subscribed, subscribed_rx) = tokio::sync::watch::channel(false);
+        let (restarted, restarts) = tokio::sync::mpsc::unbounded_channel();
         let subscription = feed::spawn_subscription(
             subscriber.clone(),
             channel.clone(),
             Arc::clone(&feed),
             subscribed,
+            restarts,
         );
-        let _connection = subscriber.connect();
+        tasks.push(supervise::spawn(
+            subscriber.clone(),
+            "notices",
+            Some(restarted),
+        ));
         let heartbeat = feed::spawn_heartbeat(
             pool.clone(),
             channel.clone(),
@@ -413,7 +476,10 @@ impl RedisStore {
                 max_attempts: Some(1),
                 ..Options::default()
             },
-            tasks: vec![delivery, subscription, heartbeat],
+            tasks: {
+                tasks.extend([delivery, subscription, heartbeat]);
+                tasks
+            },
         };
         Self {
             inner: Arc::new(inner),

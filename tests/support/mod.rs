@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod topology;
 
 use bytes::Bytes;
 use http::{Request, Response};

@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 /// How often the subscriber's state is checked while waiting for it to connect.
 const CONNECT_POLL: Duration = Duration::from_millis(10);
 
+/// The pause between failed attempts to subscribe.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(100);
+
 /// Heartbeat rounds remembered while their messages travel; older ones are forgotten (a
 /// round that old can no longer prove anything a newer one does not).
 const ROUNDS_KEPT: usize = 64;
@@ -211,25 +214,22 @@ fn message(kind: char, payload: &str) -> String {
     message
 }
 
-/// Subscribes once connected, and again after every reconnection (fred forgets subscriptions
-/// that failed while Redis was down), reporting each re-established subscription as a loss:
-/// whatever was published meanwhile never arrived. `subscribed` turns `true` at the first.
+/// Subscribes once connected, and again after every reconnection and every restart of the
+/// connection task (fred forgets subscriptions that failed while Redis was down, and a
+/// restarted task has none), reporting each re-established subscription as a loss: whatever
+/// was published meanwhile never arrived. `subscribed` turns `true` at the first.
 pub(super) fn spawn_subscription(
     subscriber: SubscriberClient,
     channel: String,
     feed: Arc<Feed>,
     subscribed: tokio::sync::watch::Sender<bool>,
+    mut restarts: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) -> tokio::task::JoinHandle<()> {
     let mut reconnects = subscriber.reconnect_rx();
     let mut errors = subscriber.error_rx();
     tokio::spawn(async move {
-        loop {
-            if subscriber.is_connected() && subscriber.subscribe(channel.clone()).await.is_ok() {
-                subscribed.send_replace(true);
-                break;
-            }
-            tokio::time::sleep(CONNECT_POLL).await;
-        }
+        subscribe(&subscriber, &channel).await;
+        subscribed.send_replace(true);
         loop {
             tokio::select! {
                 reconnected = reconnects.recv() => {
@@ -238,10 +238,13 @@ pub(super) fn spawn_subscription(
                         break;
                     }
                     feed.lost();
-                    if let Err(error) = subscriber.subscribe(channel.clone()).await {
-                        tracing::warn!(%error, "could not subscribe to cache notices");
-                    }
+                    subscribe(&subscriber, &channel).await;
                     // Anything published before the subscription took effect is lost.
+                    feed.lost();
+                }
+                Some(()) = restarts.recv() => {
+                    feed.lost();
+                    subscribe(&subscriber, &channel).await;
                     feed.lost();
                 }
                 error = errors.recv() => match error {
@@ -258,6 +261,32 @@ pub(super) fn spawn_subscription(
             }
         }
     })
+}
+
+/// Subscribes to `channel`, retrying until it takes: a subscription that failed once (the
+/// connection dropped again meanwhile) must not leave the process without notices for good.
+async fn subscribe(subscriber: &SubscriberClient, channel: &str) {
+    let mut failures = 0u32;
+    loop {
+        if subscriber.is_connected() {
+            match subscriber.subscribe(channel).await {
+                Ok(()) => return,
+                Err(error) => {
+                    failures += 1;
+                    // Once, then quietly: the connection's own errors are reported elsewhere.
+                    if failures == 1 {
+                        tracing::warn!(%error, "could not subscribe to cache notices: retrying");
+                    }
+                }
+            }
+        }
+        let pause = if failures == 0 {
+            CONNECT_POLL
+        } else {
+            RESUBSCRIBE_PAUSE
+        };
+        tokio::time::sleep(pause).await;
+    }
 }
 
 /// Delivers the channel's messages: a lag in fred's broadcast channel (messages dropped

@@ -1,0 +1,52 @@
+//! Keeps the store's fred connection tasks running for as long as the store lives.
+//!
+//! fred drives each client's connections from one task, which retries by itself under the
+//! reconnect policy, but ends for good on some errors: a routing error while a Cluster is
+//! still assigning its slots, a reconnection that fails with a configuration error, an
+//! unexpected reply. Once it has ended nothing retries: the client reports itself
+//! disconnected, every command fails fast, and the cache serves uncached with no further
+//! log line (issue 14: a fleet started while its Cluster settled bypassed for good). Each
+//! connection task is watched here instead; when one ends, it is logged and started again
+//! after a pause, and the subscriber's restarts are announced so its subscription is renewed.
+
+use fred::prelude::*;
+use std::time::Duration;
+
+/// The pause before a connection task that ended is started again: long enough not to spin
+/// on a fault that ends it at once, short next to the cache's own fail-open cool-downs.
+const RESTART_PAUSE: Duration = Duration::from_millis(250);
+
+/// Starts `client`'s connection task and starts it again whenever it ends, until the
+/// returned task is aborted (the store aborts it before it quits its clients). `restarted`
+/// is told of each restart after the first start.
+pub(super) fn spawn<C>(
+    client: C,
+    what: &'static str,
+    restarted: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) -> tokio::task::JoinHandle<()>
+where
+    C: ClientLike + Clone + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        let mut restarts = 0u64;
+        loop {
+            let ended = client.connect().await;
+            restarts += 1;
+            let reason = match ended {
+                Ok(Ok(())) => "closed".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(join) => join.to_string(),
+            };
+            tracing::warn!(
+                connection = what,
+                reason = %reason,
+                restarts,
+                "Redis connection task ended: starting it again"
+            );
+            tokio::time::sleep(RESTART_PAUSE).await;
+            if let Some(restarted) = &restarted {
+                let _ = restarted.send(());
+            }
+        }
+    })
+}

@@ -1,0 +1,441 @@
+//! Scale-out on real processes: a fleet started while its Cluster settles, a Cluster with
+//! replicas losing a primary, Sentinel failover, TLS with an ACL user.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::topology::{Cluster, TOPOLOGY_PATIENCE};
+use support::*;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, Layer};
+use tower_redis_cache::{CacheLayer, RedisStore};
+
+type Origin = BoxCloneSyncService<Request<ReqBody>, Response<Full<Bytes>>, Infallible>;
+
+/// An origin that counts its calls and names the path and the call in its body.
+fn origin(calls: &Calls) -> Origin {
+    let calls = calls.clone();
+    BoxCloneSyncService::new(service_fn(move |req: Request<ReqBody>| {
+        let n = calls.add();
+        let body = format!("{} #{n}", req.uri().path());
+        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+    }))
+}
+
+/// A fleet member as the proxy makes one: a lazily connected store, a bounded wait for it
+/// (past which the instance starts in fail-open mode), the proxy's store timeouts.
+async fn instance(url: &str, prefix: &str, ready_within: Duration) -> CacheLayer {
+    let store = RedisStore::builder(url)
+        .expect("url")
+        .connect_lazy()
+        .expect("store");
+    let _ = tokio::time::timeout(ready_within, store.wait_connected()).await;
+    CacheLayer::builder(store)
+        .near_cache(64 << 20, Duration::from_secs(30))
+        .key_prefix(prefix)
+        .read_timeout(Duration::from_millis(500))
+        .write_timeout(Duration::from_millis(500))
+        .build()
+        .expect("layer")
+}
+
+/// Runs that each create a Cluster and start a fleet on it; `SETTLE_BATCH` at a time, so the
+/// 20 runs cost about what 5 cost one after another (each run's time is mostly Redis's own
+/// two-second delay before a new primary reports `cluster_state:ok`, not CPU).
+const SETTLE_RUNS: usize = 20;
+fn settle_runs() -> usize {
+    std::env::var("TRC_SETTLE_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(SETTLE_RUNS)
+}
+const SETTLE_BATCH: usize = 5;
+
+/// Issue 14, item 5: 3 instances started in the 0-3 s after `redis-cli --cluster create`
+/// returns cache (a MISS on one, then a HIT on another) within 2 s of every node reporting
+/// `cluster_state:ok`, in every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_started_while_its_cluster_settles_caches_once_it_can_serve() -> TestResult {
+    if std::env::var("REDIS_CLUSTER_URL").is_ok() {
+        return Ok(());
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut failures = Vec::new();
+    let total = settle_runs();
+    for batch in 0..total.div_ceil(SETTLE_BATCH) {
+        let mut runs = tokio::task::JoinSet::new();
+        for run in batch * SETTLE_BATCH..((batch + 1) * SETTLE_BATCH).min(total) {
+            runs.spawn(settle_run(run));
+        }
+        while let Some(result) = runs.join_next().await {
+            if let Err(failure) = result? {
+                failures.push(failure);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} runs failed: {failures:#?}",
+        failures.len()
+    );
+    Ok(())
+}
+
+async fn settle_run(run: usize) -> Result<(), String> {
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(|| Cluster::create(3, 0, false))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let created = Instant::now();
+    // When every node first reports ok, watched from a thread (the check is blocking I/O).
+    let watcher = {
+        let cluster = Arc::clone(&cluster);
+        tokio::task::spawn_blocking(move || cluster.wait_ok())
+    };
+    // Spread the fleet's start over the 0-3 s after creation, across runs.
+    let delay = Duration::from_millis((run as u64 * 617) % 3_000);
+    tokio::time::sleep_until((created + delay).into()).await;
+    let url = cluster.url();
+    let prefix = unique_prefix("settle");
+    let started = Instant::now();
+    let fleet = futures_util::future::join_all(
+        (0..3).map(|_| instance(&url, &prefix, Duration::from_secs(3))),
+    )
+    .await;
+    let calls = Calls::default();
+    let services: Vec<_> = fleet.iter().map(|l| l.layer(origin(&calls))).collect();
+    let mut ok_at: Option<Instant> = None;
+    let mut watcher = Some(watcher);
+    for n in 0u64.. {
+        if let Some(done) = watcher.as_ref().filter(|w| w.is_finished()) {
+            let _ = done;
+            ok_at = Some(
+                watcher
+                    .take()
+                    .expect("watcher")
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let now = Instant::now();
+        if let Some(ok) = ok_at {
+            // Within 2 s of the cluster being ok, or of the fleet's start when that is later.
+            if now > ok.max(started) + Duration::from_secs(2) {
+                return Err(format!(
+                    "run {run} (fleet started {:?} after create): no MISS then HIT within 2 s of cluster_state:ok ({:?} after create); stats {:?}",
+                    started - created,
+                    ok - created,
+                    fleet.iter().map(|l| l.stats()).collect::<Vec<_>>()
+                ));
+            }
+        } else if now > created + TOPOLOGY_PATIENCE {
+            return Err(format!("run {run}: the cluster never reached ok"));
+        }
+        let i = (n % 3) as usize;
+        let path = format!("http://example.test/settle/{n}");
+        let first = send(&services[i], get(&path)).await;
+        if first.x_cache() == "MISS" {
+            fleet[i].wait_for_writes().await;
+            let second = send(&services[(i + 1) % 3], get(&path)).await;
+            if second.x_cache() == "HIT" {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// An origin that takes 100 ms, so concurrent requests overlap and must coalesce.
+fn slow_origin(calls: &Calls) -> Origin {
+    let calls = calls.clone();
+    BoxCloneSyncService::new(service_fn(move |req: Request<ReqBody>| {
+        let n = calls.add();
+        let body = format!("{} #{n}", req.uri().path());
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        }
+    }))
+}
+
+/// Which primary holds each of `paths`' entries: every primary's keys are read and the
+/// entry whose body names the path is looked for (the origin puts the path in its body).
+fn entry_owners(
+    cluster: &Cluster,
+    prefix: &str,
+    paths: &[String],
+) -> std::collections::HashMap<String, u16> {
+    let mut owners = std::collections::HashMap::new();
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        if !node.command(&["ROLE"]).starts_with("master") {
+            continue;
+        }
+        let keys = node.command(&["KEYS", &format!("{prefix}*")]);
+        for key in keys.lines() {
+            let value = node.command(&["GET", key]);
+            for path in paths {
+                if value.contains(&format!("{path} #")) {
+                    owners.insert(path.clone(), node.port);
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// Issue 14, item 1: on a 3-primary Cluster with replicas a fleet caches and coalesces; with
+/// a primary killed and its replica promoted, every request still succeeds, entries on the
+/// other primaries keep being served as hits, and caching resumes on the promoted replica
+/// without restarting anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_replicas_keeps_caching_through_a_primary_failover() -> TestResult {
+    if std::env::var("REDIS_CLUSTER_URL").is_ok() {
+        return Ok(());
+    }
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(3, 1)).await?;
+    let url = cluster.url();
+    let prefix = unique_prefix("failover");
+    let calls = Calls::default();
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::connect(&url).await?;
+        // Short store timeouts: calls to the killed primary wait them out until it is failed over.
+        fleet.push(
+            builder(store, "failover")
+                .key_prefix(&prefix)
+                .read_timeout(Duration::from_millis(500))
+                .build()?,
+        );
+    }
+    let services: Vec<_> = fleet.iter().map(|l| l.layer(slow_origin(&calls))).collect();
+
+    // Fleet coalescing: 9 concurrent requests over 3 instances, one origin call.
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..9 {
+        let svc = services[i % 3].clone();
+        set.spawn(async move { send(&svc, get("http://example.test/item/coalesced")).await });
+    }
+    while let Some(reply) = set.join_next().await {
+        assert_eq!(reply?.status, http::StatusCode::OK);
+    }
+    assert_eq!(
+        calls.get(),
+        1,
+        "one origin call for 9 requests across the fleet"
+    );
+
+    // 24 entries spread over the primaries, each a hit on another instance.
+    let paths: Vec<String> = (0..24).map(|n| format!("/item/{n}")).collect();
+    for (n, path) in paths.iter().enumerate() {
+        let reply = send(&services[n % 3], get(&format!("http://example.test{path}"))).await;
+        assert_eq!(reply.x_cache(), "MISS", "{path}");
+    }
+    for layer in &fleet {
+        layer.wait_for_writes().await;
+    }
+    for (n, path) in paths.iter().enumerate() {
+        let reply = send(
+            &services[(n + 1) % 3],
+            get(&format!("http://example.test{path}")),
+        )
+        .await;
+        assert_eq!(reply.x_cache(), "HIT", "{path}");
+    }
+    // Purge by URL reaches the entry's slot.
+    assert!(fleet[0].purge_url("http://example.test/item/0").await?);
+    let before = calls.get();
+    let reply = send(&services[0], get("http://example.test/item/0")).await;
+    assert_ne!(reply.x_cache(), "HIT", "purged");
+    assert_eq!(calls.get(), before + 1);
+    for layer in &fleet {
+        layer.wait_for_writes().await;
+    }
+
+    // Kill the primary holding /item/1's entry.
+    let owners = entry_owners(&cluster, &prefix, &paths);
+    let victim = owners["/item/1"];
+    let survivors: Vec<&String> = paths
+        .iter()
+        .filter(|p| owners.get(*p).is_some_and(|o| *o != victim))
+        .collect();
+    assert!(
+        !survivors.is_empty(),
+        "entries on other primaries: {owners:?}"
+    );
+    cluster.kill(victim);
+    let cluster = Arc::new(cluster);
+
+    // Until a replica is promoted and the cluster is whole again, every request answers
+    // (fail-open), whatever node its key is on.
+    let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+    let mut outcomes = std::collections::BTreeMap::new();
+    loop {
+        for (n, path) in paths.iter().enumerate() {
+            let reply = send(&services[n % 3], get(&format!("http://example.test{path}"))).await;
+            assert_eq!(reply.status, http::StatusCode::OK, "{path} (fail-open)");
+            *outcomes.entry(reply.x_cache().to_owned()).or_insert(0) += 1;
+        }
+        let cluster = Arc::clone(&cluster);
+        if tokio::task::spawn_blocking(move || cluster.is_ok()).await? {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica was promoted; outcomes {outcomes:?}"
+        );
+    }
+
+    // With the failed node still down: the entries on the other primaries are served as
+    // hits again, and new keys cache on every primary, the promoted replica included,
+    // without restarting an instance. Reconnection is awaited, not assumed.
+    let mut round = 0;
+    loop {
+        round += 1;
+        let mut pending = Vec::new();
+        for (n, path) in survivors.iter().enumerate() {
+            let reply = send(&services[n % 3], get(&format!("http://example.test{path}"))).await;
+            if reply.x_cache() != "HIT" {
+                pending.push(format!("{path}: {}", reply.x_cache()));
+            }
+        }
+        for n in 0..12 {
+            let url = format!("http://example.test/after/{round}/{n}");
+            let first = send(&services[n % 3], get(&url)).await;
+            fleet[n % 3].wait_for_writes().await;
+            let second = send(&services[(n + 1) % 3], get(&url)).await;
+            if (first.x_cache(), second.x_cache()) != ("MISS", "HIT") {
+                pending.push(format!(
+                    "{url}: {} then {}",
+                    first.x_cache(),
+                    second.x_cache()
+                ));
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caching did not resume after the failover: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!cluster
+        .nodes
+        .iter()
+        .any(|n| n.port == victim && n.is_running()));
+    Ok(())
+}
+
+/// Issue 14, item 4: over TLS with a private CA and a client certificate, as an ACL user
+/// with only the documented rights, the store connects and the fleet caches (the scripts'
+/// `PUBLISH` included: a follower is woken by the notice).
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_least_privilege_acl_user_caches_and_coalesces() -> TestResult {
+    use support::topology::{tls_server, Pki};
+    use tower_redis_cache::store::RedisTls;
+    let pki = Pki::new();
+    let server = tls_server(&pki);
+    let url = format!("rediss://cache:cache-secret@127.0.0.1:{}", server.port);
+    let tls = RedisTls::new()
+        .ca_pem(pki.ca_pem.clone())
+        .client_certificate(pki.client_pem.clone(), pki.client_key_pem.clone());
+    let calls = Calls::default();
+    let prefix = unique_prefix("tls").replace("t-", "trc-");
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::builder(&url)?
+            .tls(tls.clone())
+            .connect()
+            .await?;
+        fleet.push(builder(store, "tls").key_prefix(&prefix).build()?);
+    }
+    let services: Vec<_> = fleet.iter().map(|l| l.layer(slow_origin(&calls))).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let svc = services[i % 2].clone();
+        set.spawn(async move { send(&svc, get("http://example.test/tls")).await });
+    }
+    while let Some(reply) = set.join_next().await {
+        assert_eq!(reply?.status, http::StatusCode::OK);
+    }
+    assert_eq!(calls.get(), 1, "one origin call across the fleet");
+    for layer in &fleet {
+        layer.wait_for_writes().await;
+    }
+    assert_eq!(
+        send(&services[1], get("http://example.test/tls"))
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    assert!(fleet[0].purge_url("http://example.test/tls").await?);
+    let stats: Vec<_> = fleet.iter().map(|l| l.stats()).collect();
+    assert!(stats.iter().all(|s| s.store_errors == 0), "{stats:?}");
+    Ok(())
+}
+
+/// A wrong password and an untrusted server certificate are errors from `connect` that
+/// name the cause, within the connect timeout; never a hang.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_misconfiguration_is_a_clear_error_from_connect() -> TestResult {
+    use support::topology::{tls_server, Pki};
+    use tower_redis_cache::store::RedisTls;
+    let pki = Pki::new();
+    let server = tls_server(&pki);
+    let client = |ca: &str| {
+        RedisTls::new()
+            .ca_pem(ca.to_owned())
+            .client_certificate(pki.client_pem.clone(), pki.client_key_pem.clone())
+    };
+    let attempt = |url: String, tls: RedisTls| async move {
+        RedisStore::builder(&url)
+            .expect("url")
+            .tls(tls)
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+    };
+    let wrong_password = attempt(
+        format!("rediss://cache:nope@127.0.0.1:{}", server.port),
+        client(&pki.ca_pem),
+    )
+    .await
+    .expect_err("a wrong password must not connect");
+    let message = format!("{wrong_password}");
+    assert!(
+        message.contains("WRONGPASS") || message.contains("Auth"),
+        "{message}"
+    );
+
+    let untrusted = attempt(
+        format!("rediss://cache:cache-secret@127.0.0.1:{}", server.port),
+        client(&pki.stranger_ca_pem),
+    )
+    .await
+    .expect_err("an untrusted certificate must not connect");
+    let message = format!("{untrusted}");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+
+    let bad_bundle = RedisStore::builder("rediss://127.0.0.1:1")?
+        .tls(RedisTls::new().ca_pem("not a certificate"))
+        .connect_lazy()
+        .expect_err("a CA bundle without certificates is rejected when the store is built");
+    assert!(
+        format!("{bad_bundle}").contains("CA bundle"),
+        "{bad_bundle}"
+    );
+    Ok(())
+}
