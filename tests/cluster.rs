@@ -139,6 +139,30 @@ async fn a_fleet_on_a_cluster_coalesces_and_shares_entries_across_slots() -> Tes
         "HIT"
     );
     assert_eq!(calls.get(), calls_before + 4);
+    // And by tag, from another instance: tagged values on several slots, purged at once.
+    let values: Vec<_> = layers.iter().map(|l| l.cache().typed::<u32>()).collect();
+    for i in 0..20u32 {
+        values[0]
+            .set_tagged(&format!("v{i}"), &i, Duration::from_secs(60), &["batch"])
+            .await?;
+    }
+    values[0]
+        .set("untagged", &7, Duration::from_secs(60))
+        .await?;
+    layers[1].cache().purge_tag("batch").await?;
+    for (n, typed) in values.iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while typed.get("v3").await?.is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "instance {n} kept v3"
+            );
+        }
+        for i in 0..20u32 {
+            assert_eq!(typed.get(&format!("v{i}")).await?, None);
+        }
+        assert_eq!(typed.get("untagged").await?, Some(7));
+    }
     assert!(cluster.ports().len() == 3 || std::env::var("REDIS_CLUSTER_URL").is_ok());
     Ok(())
 }
