@@ -35,6 +35,12 @@ pub(crate) struct Config {
     pub(crate) ttl_with_cookies: bool,
     pub(crate) stale_while_revalidate: Duration,
     pub(crate) stale_if_error: Duration,
+    /// How long past freshness an entry may be served when the origin cannot be reached.
+    pub(crate) stale_if_unreachable: Duration,
+    /// The targeted cache-control fields obeyed (RFC 9213), in order of precedence.
+    pub(crate) targeted: Vec<http::HeaderName>,
+    /// Whether responses with `Set-Cookie` may be stored when they say they may be shared.
+    pub(crate) share_set_cookie: bool,
     pub(crate) lock_ttl: Duration,
     pub(crate) lock_wait: Duration,
     pub(crate) distributed_lock: bool,

@@ -63,6 +63,8 @@ pub enum ConfigError {
     ZeroFillBytes,
     /// `purge_records` is 0: no purge by tag or prefix could be kept.
     ZeroPurgeRecords,
+    /// A targeted cache-control field name is not a valid header name, or is `Cache-Control`.
+    InvalidTargetedField(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -93,6 +95,10 @@ impl fmt::Display for ConfigError {
             Self::ZeroPendingWrites => f.write_str("max_pending_writes is 0: no miss could be stored"),
             Self::ZeroFillBytes => f.write_str("max_fill_bytes is 0: no fill could buffer a response"),
             Self::ZeroPurgeRecords => f.write_str("purge_records is 0: no purge by tag or prefix could be kept"),
+            Self::InvalidTargetedField(name) => write!(
+                f,
+                "targeted cache-control field {name:?} is not a header name other than Cache-Control"
+            ),
             Self::ZeroNearCache => f.write_str("near_cache has 0 bytes: give it room or leave it off"),
             Self::InvalidCacheName(name) => write!(
                 f,

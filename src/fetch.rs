@@ -24,6 +24,15 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
+/// Marks a response as made up because the origin could not be reached (a refused connection,
+/// a reset, a timeout), not sent by it: put it in the response's extensions, as the caching
+/// proxy does on its own `502`/`504`. With
+/// [`stale_if_unreachable`](crate::CacheLayerBuilder::stale_if_unreachable) the layer then
+/// answers from a stale entry instead, as it does when the inner service fails (`Err`). An
+/// origin's own error status is never read as unreachable: the origin answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginUnreachable;
+
 /// A response the origin gave that may be stored: the encoded value and its decoded form.
 pub(crate) struct Filled {
     pub(crate) entry: Arc<Entry>,
@@ -63,7 +72,12 @@ where
     let uri = parts.uri.clone();
     // Before the origin is asked: a purge recorded from here on covers what this fill stores.
     let filled_at_ms = shared.engine.purges().stamp();
-    conditional::strip_client_validators(&mut parts.headers);
+    let unsafe_method = ctx.class == RequestClass::Unsafe;
+    // An unsafe request's preconditions are the origin's to evaluate; a `GET`'s are answered
+    // by the cache from what it stores.
+    if !unsafe_method {
+        conditional::strip_client_validators(&mut parts.headers);
+    }
     if let Some(stale) = &ctx.stale {
         conditional::add_validators(&mut parts.headers, &stale.headers);
     }
@@ -77,19 +91,23 @@ where
         Ok(_) => None,
         Err(_) => Some(StatusCode::BAD_GATEWAY),
     };
+    let unreachable = match &result {
+        Ok(response) => response.extensions().get::<OriginUnreachable>().is_some(),
+        Err(_) => true,
+    };
     if let Some(status) = failed_status {
         let now = entry::unix_now_ms();
-        if let Some(stale) = ctx
-            .stale
-            .as_ref()
-            .filter(|s| s.meta.within_stale_if_error(now))
-        {
-            let verdict = stale_verdict(
-                stale,
-                now,
-                Some((Fwd::Stale, Some(status))),
-                "stale-if-error",
-            );
+        let usable = ctx.stale.as_ref().and_then(|stale| {
+            if stale.meta.within_stale_if_error(now) {
+                Some((stale, "stale-if-error"))
+            } else if unreachable && servable_unreachable(shared, stale, now) {
+                Some((stale, "origin-unreachable"))
+            } else {
+                None
+            }
+        });
+        if let Some((stale, detail)) = usable {
+            let verdict = stale_verdict(stale, now, Some((Fwd::Stale, Some(status))), detail);
             let reply = Ok(from_entry(
                 shared,
                 Entry::clone(stale),
@@ -119,7 +137,8 @@ where
     let request = RequestHead {
         uri: &uri,
         headers: &request_headers,
-        authorized: ctx.class.is_authorized(),
+        authorized: ctx.class.is_authorized()
+            || (unsafe_method && request_headers.contains_key(header::AUTHORIZATION)),
     };
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stale) = &ctx.stale {
@@ -133,16 +152,23 @@ where
             );
         }
     }
-    let decision = policy::decide(&shared.config, &request, parts.status, &parts.headers);
+    let decision = if unsafe_method && !reusable_post(shared, &uri, &request_headers, &parts) {
+        Decision::Skip(NoCacheReason::NotStorable)
+    } else {
+        policy::decide(&shared.config, &request, parts.status, &parts.headers)
+    };
     let status = parts.status;
     let verdict = |stored| Verdict::forwarded(outcome, ctx.fwd, status, stored);
     let lifetime = match decision {
         Decision::Store(lifetime) => lifetime,
         Decision::Skip(reason) => {
-            tracing::debug!(reason = reason.as_str(), "response not stored");
-            shared.engine.stats.not_stored(1);
+            // An unsafe method's answer is normally not for storing at all: no count, no detail.
+            if !unsafe_method {
+                tracing::debug!(reason = reason.as_str(), "response not stored");
+                shared.engine.stats.not_stored(1);
+            }
             let verdict = Verdict {
-                detail: Some(reason.as_str()),
+                detail: (!unsafe_method).then_some(reason.as_str()),
                 ..verdict(false)
             };
             finish(shared, &mut parts.headers, verdict, None);
@@ -231,11 +257,17 @@ where
         ttl: Some(ttl),
         ..verdict(true)
     };
+    // A `POST` is answered with what the origin sent it, never a `304` or a range of it.
+    let conditions = if unsafe_method {
+        HeaderMap::new()
+    } else {
+        request_headers
+    };
     let mut response = from_entry(
         shared,
         Entry::clone(&filled.entry),
         false,
-        &request_headers,
+        &conditions,
         verdict,
     );
     *response.version_mut() = parts.version;
@@ -248,6 +280,96 @@ where
         filled: Some(filled),
         stale_served: None,
     }
+}
+
+/// Whether a `POST`'s answer may be stored as the target's representation, for later `GET`s
+/// (RFC 9110 §9.3.3, RFC 9111 §4): it has explicit freshness (not the default ttl), and a
+/// `Content-Location` naming the request's own target, by which the origin says this is the
+/// target's current representation, whatever body the `POST` carried. Everything else about
+/// it (`private`, `no-store`, credentials, `Set-Cookie`) is judged as for a `GET`.
+fn reusable_post(
+    shared: &Shared,
+    target: &http::Uri,
+    request: &HeaderMap,
+    response: &http::response::Parts,
+) -> bool {
+    let effective = crate::targeted::effective(&response.headers, &shared.config.targeted);
+    let headers = effective.as_ref().unwrap_or(&response.headers);
+    let cc = policy::CacheControl::parse(headers);
+    let explicit =
+        cc.max_age.is_some() || cc.s_maxage.is_some() || headers.contains_key(header::EXPIRES);
+    let mut locations = response.headers.get_all(header::CONTENT_LOCATION).iter();
+    let names_target = match (locations.next(), locations.next()) {
+        (Some(location), None) => {
+            crate::respond::same_origin(target, request.get(header::HOST), location)
+                .is_some_and(|uri| uri.path_and_query() == target.path_and_query())
+        }
+        _ => false,
+    };
+    explicit
+        && names_target
+        && matches!(
+            response.status,
+            StatusCode::OK | StatusCode::NON_AUTHORITATIVE_INFORMATION
+        )
+}
+
+/// Forwards a `POST` and, when its answer says it is the target's representation (see
+/// [`reusable_post`]), stores it for later `GET`s, after invalidating what was stored for the
+/// target (RFC 9111 §4.4), so the new answer is what remains.
+pub(crate) async fn post_and_store<S, ReqBody, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    key: CacheKey,
+    parts: Parts,
+    body: ReqBody,
+) -> Reply<ResBody, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let target = parts.uri.clone();
+    let host = parts.headers.get(header::HOST).cloned();
+    let ctx = MissContext {
+        class: RequestClass::Unsafe,
+        stale: None,
+        fwd: Fwd::Bypass,
+        index: None,
+        lease: None,
+        purged: None,
+    };
+    let fetched = fetch(shared, inner, parts, body, CacheOutcome::Bypass, &ctx).await;
+    let response = fetched.reply?;
+    crate::respond::invalidate(
+        shared,
+        &target,
+        host.as_ref(),
+        response.status(),
+        response.headers(),
+    )
+    .await;
+    if let Some(filled) = fetched.filled {
+        let running = shared.engine.background.start();
+        let shared = Arc::clone(shared);
+        let write = async move {
+            write(&shared, &key, None, &filled, RequestClass::Unsafe).await;
+            drop(running);
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(write));
+    }
+    Ok(response)
+}
+
+/// Whether a stale entry may stand in for an origin that cannot be reached: within
+/// `stale_if_unreachable` past its freshness, and not forbidden by its directives
+/// (RFC 9111 §4.2.4: a disconnected cache may serve stale unless the response prohibits it).
+fn servable_unreachable(shared: &Shared, stale: &Entry, now: u64) -> bool {
+    let config = &shared.config;
+    let window = u64::try_from(config.stale_if_unreachable.as_millis()).unwrap_or(u64::MAX);
+    now < stale.meta.fresh_until_ms.saturating_add(window)
+        && !policy::CacheControl::for_response(&stale.headers, config)
+            .forbids_unpermitted_stale(config.mode == crate::CacheMode::Shared)
 }
 
 /// The origin confirmed a stale entry (`304`): refresh its headers and freshness.

@@ -4,7 +4,7 @@
 //! Every branch that cannot use the store forwards the request to the inner service, so a
 //! store that is down, slow or returning garbage costs at most one bounded lookup.
 
-use crate::config::CacheMode;
+use crate::config::{CacheMode, Config};
 use crate::context::{Outcome, Reply, Shared};
 use crate::entry::{self, Entry};
 use crate::error::BoxError;
@@ -46,7 +46,19 @@ where
         // An unsafe request naming two authorities is forwarded without invalidating: its
         // invalidation could otherwise reach entries of a host the origin was not asked about.
         RequestClass::Unsafe if policy::authority_agrees(&parts.uri, &parts.headers) => {
-            return Box::pin(forward_and_invalidate(&shared, inner, parts, body)).await
+            // A `POST` may answer with the target's new representation (shared mode only:
+            // in application mode the service owner's `GET` rules decide what is stored).
+            let post_key = (parts.method == http::Method::POST
+                && shared.config.mode == CacheMode::Shared)
+                .then(|| shared.keys.derive(&parts))
+                .flatten();
+            if let Some(key) = post_key {
+                return Box::pin(crate::fetch::post_and_store(
+                    &shared, inner, key, parts, body,
+                ))
+                .await;
+            }
+            return Box::pin(forward_and_invalidate(&shared, inner, parts, body)).await;
         }
         RequestClass::Unsafe => None,
         RequestClass::Bypass => None,
@@ -122,7 +134,7 @@ where
         Lookup::Unavailable => return Box::pin(bypass(&shared, inner, parts, body)).await,
         Lookup::Found(entry) => {
             let now = entry::unix_now_ms();
-            match usability(&entry, now, &wants, shared.config.mode) {
+            match usability(&entry, now, &wants, &shared.config) {
                 Usable::Fresh => {
                     let ttl = entry.meta.ttl_secs(now);
                     return Ok(from_entry(
@@ -218,7 +230,7 @@ enum Usable {
     Revalidate(Fwd),
 }
 
-fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode) -> Usable {
+fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, config: &Config) -> Usable {
     let meta = &entry.meta;
     let fresh_left_ms = meta.fresh_left_ms(now);
     if wants.no_cache
@@ -238,7 +250,8 @@ fn usability(entry: &Entry, now: u64, wants: &RequestDirectives, mode: CacheMode
     }
     if let Some(limit) = wants.max_stale {
         let staleness_ms = now.saturating_sub(meta.fresh_until_ms);
-        let allowed = !CacheControl::parse(&entry.headers).forbids_stale(mode == CacheMode::Shared);
+        let allowed = !CacheControl::for_response(&entry.headers, config)
+            .forbids_unpermitted_stale(config.mode == CacheMode::Shared);
         if allowed && limit.is_none_or(|secs| staleness_ms <= secs.saturating_mul(1000)) {
             return Usable::Stale("max-stale");
         }

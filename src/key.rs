@@ -310,6 +310,17 @@ pub(crate) fn variant_hash<'a>(
         let hasher = hasher.get_or_insert_with(Sha256::new);
         update_lowercase(hasher, name.as_bytes());
         hasher.update(b":");
+        if name.eq_ignore_ascii_case("accept-language") {
+            if let Some(languages) = language_preferences(request) {
+                for (range, q) in languages {
+                    hasher.update(range.as_bytes());
+                    hasher.update(q.to_be_bytes());
+                    hasher.update(b",");
+                }
+                hasher.update(b"\n");
+                continue;
+            }
+        }
         let list = LIST_FIELDS.iter().any(|l| l.eq_ignore_ascii_case(name));
         for value in request.get_all(name) {
             if list {
@@ -336,6 +347,66 @@ pub(crate) fn variant_hash<'a>(
         first.copy_from_slice(&digest[..8]);
         u64::from_be_bytes(first).max(1)
     })
+}
+
+/// A request's `Accept-Language` in a canonical form, so that requests saying the same thing
+/// select the same variant (RFC 9111 §4.1 allows normalising "in a way that is known to have
+/// identical semantics"): language ranges lowercased (they are case-insensitive, RFC 4647
+/// §2.1), `q` read as a number (`q=1.0` is `q=1` is no `q`, in thousandths), and the list
+/// ordered by weight, then by range. Order among ranges of equal weight is dropped: RFC 9110
+/// §12.5.4 says it "cannot be relied upon". So a request can only ever be served a variant
+/// chosen for a request naming the same languages at the same weights, one it declared
+/// acceptable. `None` (hash the field as written) when any element is not a well-formed
+/// `language-range [;q=qvalue]`.
+fn language_preferences(request: &http::HeaderMap) -> Option<Vec<(String, u16)>> {
+    let mut languages = Vec::new();
+    for value in request.get_all(http::header::ACCEPT_LANGUAGE) {
+        for element in value.to_str().ok()?.split(',') {
+            let element = element.trim_matches([' ', '\t']);
+            if element.is_empty() {
+                continue;
+            }
+            let mut params = element.split(';');
+            let range = params.next()?.trim_matches([' ', '\t']);
+            let is_range = range == "*"
+                || (!range.is_empty()
+                    && range.split('-').all(|sub| {
+                        (1..=8).contains(&sub.len())
+                            && sub.bytes().all(|b| b.is_ascii_alphanumeric())
+                    }));
+            if !is_range {
+                return None;
+            }
+            let q = match params.next() {
+                None => 1000,
+                Some(param) => {
+                    let (name, value) = param.trim_matches([' ', '\t']).split_once('=')?;
+                    if !name.eq_ignore_ascii_case("q") || params.next().is_some() {
+                        return None;
+                    }
+                    qvalue(value)?
+                }
+            };
+            languages.push((range.to_ascii_lowercase(), q));
+        }
+    }
+    languages.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    languages.dedup();
+    Some(languages)
+}
+
+/// An RFC 9110 §12.4.2 qvalue (`0`, `0.xyz`, `1`, `1.000`), in thousandths.
+fn qvalue(value: &str) -> Option<u16> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// The first 128 bits of a SHA-256 digest.
@@ -374,10 +445,10 @@ mod tests {
         let k = key(&maker(true), "GET", "http://example.test/x?a=1", None);
         assert_eq!(k.entry_key(), "p:{68960406f7f1bd2ace2fce95e9aa1b21}:e");
         let mut request = http::HeaderMap::new();
-        request.insert("accept-language", "en-GB".parse().unwrap());
+        request.insert("accept-encoding", "gzip".parse().unwrap());
         assert_eq!(
-            variant_hash(["Accept-Language"].into_iter(), &request),
-            0x290b_52bf_0941_0a8b
+            variant_hash(["Accept-Encoding"].into_iter(), &request),
+            0x4219_3d4f_2815_d360
         );
     }
 
@@ -482,5 +553,32 @@ mod tests {
         let mut tight = en.clone();
         tight.insert("accept-language", "en,fr".parse().unwrap());
         assert_eq!(hash(&spaced), hash(&tight));
+    }
+
+    #[test]
+    fn accept_language_is_normalised_only_where_the_meaning_is_the_same() {
+        let hash = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("accept-language", value.parse().unwrap());
+            variant_hash(["accept-language"].into_iter(), &headers)
+        };
+        let en_de = hash("en, de");
+        for same in [
+            "de, en",
+            "eN, De",
+            " en ,  de",
+            "de;q=1.0, en;q=1",
+            "EN;Q=1.000, de",
+        ] {
+            assert_eq!(hash(same), en_de, "{same}");
+        }
+        for different in ["en", "en, de;q=0.9", "en, fr", "en-GB, de", "en, de, *;q=0"] {
+            assert_ne!(hash(different), en_de, "{different}");
+        }
+        // Weight orders the list; names only break ties.
+        assert_eq!(hash("fr;q=0.5, de"), hash("de, fr;q=0.500"));
+        // Anything malformed is hashed as written: no two malformed values merge.
+        assert_ne!(hash("en;q=2, de"), hash("de, en;q=2"));
+        assert_ne!(hash("en;level=1, de"), hash("de, en;level=1"));
     }
 }

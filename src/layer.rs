@@ -201,6 +201,9 @@ pub struct CacheLayerBuilder {
     distributed_lock: bool,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
+    stale_if_unreachable: Duration,
+    targeted_cache_control: Vec<String>,
+    share_set_cookie: bool,
     hit_for_miss_ttl: Duration,
     cache_name: String,
     breaker_threshold: u32,
@@ -245,6 +248,9 @@ impl CacheLayerBuilder {
             distributed_lock: true,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            stale_if_unreachable: Duration::ZERO,
+            targeted_cache_control: vec!["CDN-Cache-Control".to_owned()],
+            share_set_cookie: false,
             hit_for_miss_ttl: Duration::from_secs(2),
             cache_name: "tower-redis-cache".to_owned(),
             breaker_threshold: 5,
@@ -452,6 +458,52 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// How long past freshness a stored response may be served when the origin cannot be
+    /// reached at all (default zero: never). RFC 9111 §4.2.4 lets a *disconnected* cache serve
+    /// stale responses unless the response forbids it (`must-revalidate`, `no-cache`, and in
+    /// shared mode `proxy-revalidate` and `s-maxage`), as Squid's `max_stale` and Traffic
+    /// Server's `max_stale_age` do. Unreachable means the inner service failed (`Err`) or
+    /// answered with a response carrying the [`OriginUnreachable`](crate::OriginUnreachable)
+    /// extension (a proxy's own `502`/`504` for a refused connection or a timeout). Unlike
+    /// [`stale_if_error`](Self::stale_if_error), an error status the origin itself sends is
+    /// passed on: the origin answered.
+    pub fn stale_if_unreachable(mut self, window: Duration) -> Self {
+        self.stale_if_unreachable = window;
+        self
+    }
+
+    /// The targeted cache-control fields (RFC 9213) this cache obeys, in order of precedence
+    /// (default `CDN-Cache-Control`; empty: none). The first listed field a response carries
+    /// with a valid, non-empty value replaces its `Cache-Control` and `Expires` for this
+    /// cache, so an origin can give its CDN tier rules browsers never see acted on
+    /// (`CDN-Cache-Control: max-age=600` beside `Cache-Control: no-store`), or address this
+    /// cache alone under a name of its own (`["Tower-Cache-Control", "CDN-Cache-Control"]`). A
+    /// field that is not a valid Structured Field Dictionary is ignored. Only response fields
+    /// are read; they are passed to clients unchanged. A name that is not a valid header
+    /// name, or names `Cache-Control` itself, fails [`build`](Self::build).
+    pub fn targeted_cache_control<I>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.targeted_cache_control = fields.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Stores responses that set cookies when they say they may be shared: explicit
+    /// freshness (`max-age`, `s-maxage`, `Expires`) or `public`, and not `private` or
+    /// `no-store` (default off: a response with `Set-Cookie` is never stored). RFC 9111 allows
+    /// storing `Set-Cookie`, but an origin that sets a session cookie on a page it also marks
+    /// cacheable would hand that session to every client served the copy; off, the cache
+    /// cannot make that mistake for it (Varnish's choice too). Turn on only for an origin
+    /// whose cacheable responses set only cookies everyone may have (a consent or A/B bucket
+    /// cookie). Never for responses to requests carrying credentials or cookies the default
+    /// ttl would apply to: those rules still hold.
+    pub fn share_set_cookie(mut self, on: bool) -> Self {
+        self.share_set_cookie = on;
+        self
+    }
+
     /// After a response that may not be shared, how long the key skips coalescing and goes
     /// straight to the origin, as Varnish's hit-for-miss does (default 2 s; zero disables).
     pub fn hit_for_miss_ttl(mut self, ttl: Duration) -> Self {
@@ -561,6 +613,16 @@ impl CacheLayerBuilder {
                 max: MAX_LOCK_WAIT,
             });
         }
+        let targeted = self
+            .targeted_cache_control
+            .iter()
+            .map(
+                |name| match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                    Ok(header) if header != http::header::CACHE_CONTROL => Ok(header),
+                    _ => Err(ConfigError::InvalidTargetedField(name.clone())),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
         if !crate::headers::is_sf_token(&self.cache_name) {
             return Err(ConfigError::InvalidCacheName(self.cache_name));
         }
@@ -588,6 +650,9 @@ impl CacheLayerBuilder {
             ttl_with_cookies: self.ttl_with_cookies,
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
+            stale_if_unreachable: self.stale_if_unreachable,
+            targeted,
+            share_set_cookie: self.share_set_cookie,
             lock_ttl: self.lock_ttl,
             lock_wait: self.lock_wait,
             distributed_lock: self.distributed_lock,
@@ -704,6 +769,23 @@ mod tests {
             builder().max_fill_bytes(0).build().unwrap_err(),
             ConfigError::ZeroFillBytes
         );
+        for invalid in ["", "Bad Name", "cache-control", "Cache-Control"] {
+            assert_eq!(
+                builder()
+                    .targeted_cache_control([invalid])
+                    .build()
+                    .unwrap_err(),
+                ConfigError::InvalidTargetedField(invalid.to_owned())
+            );
+        }
+        assert!(builder()
+            .targeted_cache_control(["Tower-Cache-Control", "CDN-Cache-Control"])
+            .build()
+            .is_ok());
+        assert!(builder()
+            .targeted_cache_control(Vec::<String>::new())
+            .build()
+            .is_ok());
     }
 
     #[test]

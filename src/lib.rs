@@ -55,6 +55,8 @@
 //! - `fetch`: the origin call that may fill, buffering within budget, and entry writes.
 //! - `respond`: every response the cache gives, marked and counted in one place.
 //! - `policy`: request classification, what is stored and for how long (both modes).
+//! - `targeted`: targeted cache control (RFC 9213): which response field speaks for this cache.
+//! - `date`: HTTP dates exactly as RFC 9110 §5.6.7 writes them.
 //! - `conditional`: `304`s for clients and validators for revalidation.
 //! - `range`: single byte ranges from stored whole responses.
 //! - `key`: canonical request keys and variant keys.
@@ -111,6 +113,7 @@ mod body;
 mod conditional;
 mod config;
 mod context;
+mod date;
 mod engine;
 #[doc(hidden)]
 pub mod entry;
@@ -130,6 +133,7 @@ mod service;
 mod stats;
 pub mod store;
 mod tags;
+mod targeted;
 mod typed;
 
 pub use body::CacheBody;
@@ -138,6 +142,7 @@ pub use error::{
     BoxError, CacheError, ConfigError, GetOrSetError, LockError, OptionsError, PurgeError,
     StoreError, StoreErrorKind,
 };
+pub use fetch::OriginUnreachable;
 pub use key::{BypassFn, CacheKey, KeyFn};
 pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use service::{CacheService, ResponseFuture};

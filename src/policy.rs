@@ -288,6 +288,7 @@ pub(crate) struct CacheControl {
     pub(crate) s_maxage: Option<u64>,
     pub(crate) stale_while_revalidate: Option<u64>,
     pub(crate) stale_if_error: Option<u64>,
+    pub(crate) must_understand: bool,
 }
 
 /// Iterates the directives of `Cache-Control`-like fields as (lowercased name, argument).
@@ -323,6 +324,7 @@ impl CacheControl {
                 "public" => cc.public = true,
                 "must-revalidate" => cc.must_revalidate = true,
                 "proxy-revalidate" => cc.proxy_revalidate = true,
+                "must-understand" => cc.must_understand = true,
                 // A bad argument is read as zero, the conservative reading (RFC 9111 §4.2.1).
                 "max-age" => cc.max_age = Some(arg.and_then(seconds).unwrap_or(0)),
                 "s-maxage" => cc.s_maxage = Some(arg.and_then(seconds).unwrap_or(0)),
@@ -334,9 +336,26 @@ impl CacheControl {
         cc
     }
 
+    /// The directives of a stored response as this cache obeys them: its targeted field
+    /// (RFC 9213) when it has a valid one, else its `Cache-Control`.
+    pub(crate) fn for_response(headers: &HeaderMap, config: &Config) -> Self {
+        match crate::targeted::effective(headers, &config.targeted) {
+            Some(effective) => Self::parse(&effective),
+            None => Self::parse(headers),
+        }
+    }
+
     /// Whether stale serving is forbidden (RFC 9111 §5.2.2.2, §5.2.2.8, §5.2.2.4).
     pub(crate) fn forbids_stale(&self, shared: bool) -> bool {
         self.must_revalidate || (shared && self.proxy_revalidate) || self.no_cache
+    }
+
+    /// Whether stale serving that the origin did not itself permit (by
+    /// `stale-while-revalidate` or `stale-if-error`) is forbidden: a client's `max-stale`, or
+    /// a disconnected cache's fallback. In a shared cache `s-maxage` forbids it too, as it
+    /// carries `proxy-revalidate`'s semantics (RFC 9111 §5.2.2.10, §4.2.4).
+    pub(crate) fn forbids_unpermitted_stale(&self, shared: bool) -> bool {
+        self.forbids_stale(shared) || (shared && self.s_maxage.is_some())
     }
 }
 
@@ -354,15 +373,24 @@ pub(crate) fn decide(
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Decision {
+    // A targeted field (RFC 9213) speaks for this cache in place of `Cache-Control` and
+    // `Expires`; every rule below reads the headers as this cache should see them.
+    let targeted = crate::targeted::effective(headers, &config.targeted);
+    let headers = targeted.as_ref().unwrap_or(headers);
     let cc = CacheControl::parse(headers);
     // Rules for every mode: never share what is personal or cannot be keyed.
-    if cc.no_store {
+    // `must-understand` lifts `no-store` for a status whose caching rules this cache
+    // implements, and only for those (RFC 9111 §5.2.2.3).
+    if cc.no_store && !(cc.must_understand && understood(status)) {
         return Decision::Skip(NoCacheReason::NoStore);
+    }
+    if cc.must_understand && !understood(status) {
+        return Decision::Skip(NoCacheReason::Status);
     }
     if cc.private {
         return Decision::Skip(NoCacheReason::Private);
     }
-    if headers.contains_key(header::SET_COOKIE) {
+    if headers.contains_key(header::SET_COOKIE) && !shares_set_cookie(config, headers, &cc) {
         return Decision::Skip(NoCacheReason::SetCookie);
     }
     if crate::key::vary_names(headers).any(|name| name == "*") {
@@ -411,8 +439,14 @@ pub(crate) fn decide(
     } else {
         Duration::from_secs(60)
     };
+    // Kept for the unreachable-origin window too, when the response allows stale serving.
+    let unreachable = if cc.forbids_unpermitted_stale(shared) {
+        Duration::ZERO
+    } else {
+        config.stale_if_unreachable
+    };
     let keep = fresh
-        .saturating_add(stale.max(error).max(grace))
+        .saturating_add(stale.max(error).max(grace).max(unreachable))
         .min(MAX_KEEP);
     Decision::Store(Lifetime {
         fresh,
@@ -421,6 +455,27 @@ pub(crate) fn decide(
         keep,
         initial_age,
     })
+}
+
+/// Statuses whose caching requirements this cache implements, so that `must-understand` may
+/// lift `no-store` for them: those RFC 9110 §15.1 lets caches store heuristically, but `206`
+/// (whose combination rules a `must-understand` response would demand).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Whether a response that sets a cookie may be stored: only when the operator opted in
+/// (`share_set_cookie`) and the response itself says it may be reused, by explicit freshness
+/// or `public` (`private`/`no-store` were refused before).
+fn shares_set_cookie(config: &Config, headers: &HeaderMap, cc: &CacheControl) -> bool {
+    config.share_set_cookie
+        && (cc.public
+            || cc.max_age.is_some()
+            || cc.s_maxage.is_some()
+            || headers.contains_key(header::EXPIRES))
 }
 
 fn application_freshness(
@@ -531,7 +586,7 @@ fn shared_freshness(
     // Any other final status may be stored when the origin says for how long (RFC 9111 §3);
     // the crate only knows the classic list, so explicit freshness is evaluated as for a 200.
     let evaluated_status = if explicit { StatusCode::OK } else { status };
-    let headers = normalized_for_policy(headers, cc);
+    let headers = normalized_for_policy(headers, cc, status, config);
     let now = SystemTime::now();
     let options = CacheOptions {
         shared: true,
@@ -553,10 +608,23 @@ fn shared_freshness(
 /// directive names case-sensitively and reads `Age` strictly, so `Cache-Control` is rebuilt
 /// from our own parse (names lowercased, `proxy-revalidate` as `must-revalidate`: see the
 /// module docs) and `Age` is reduced to its first value when that is a number (RFC 9111 §5.1),
-/// else dropped.
-fn normalized_for_policy(headers: &HeaderMap, cc: &CacheControl) -> HeaderMap {
+/// else dropped. Dates are rewritten as [`normalize_dates`] says.
+fn normalized_for_policy(
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    status: StatusCode,
+    config: &Config,
+) -> HeaderMap {
     let mut copy = headers.clone();
+    // What `decide` already allowed, the crate must not refuse again: `no-store` lifted by
+    // `must-understand`, and a `Set-Cookie` the operator opted in to sharing (the crate
+    // wants `public` for it).
+    let lifted = cc.must_understand && understood(status);
+    if config.share_set_cookie {
+        copy.remove(header::SET_COOKIE);
+    }
     let rebuilt: Vec<String> = directives(headers.get_all(header::CACHE_CONTROL))
+        .filter(|(name, _)| !(lifted && name == "no-store"))
         .map(|(name, arg)| {
             let name = if name == "proxy-revalidate" && !cc.must_revalidate {
                 "must-revalidate".to_owned()
@@ -595,7 +663,37 @@ fn normalized_for_policy(headers: &HeaderMap, cc: &CacheControl) -> HeaderMap {
             copy.insert(header::AGE, age);
         }
     }
+    normalize_dates(&mut copy);
     copy
+}
+
+/// Rewrites the dates `http-cache-semantics` reads into IMF-fixdate, the one form its parser
+/// (RFC 2822, more lenient than RFC 9110 in some ways and stricter in others) reads as HTTP
+/// means it, after reading them with [`crate::date`]. An `Expires` that is not one valid
+/// HTTP-date (or is sent twice) becomes `0`, "already expired" (RFC 9111 §5.3); an invalid
+/// `Date` or `Last-Modified` is dropped, as if absent (the receipt time then stands for `Date`,
+/// and no heuristic freshness is drawn from a modification time nobody can read).
+fn normalize_dates(headers: &mut HeaderMap) {
+    for name in [header::EXPIRES, header::DATE, header::LAST_MODIFIED] {
+        let mut values = headers.get_all(&name).iter();
+        let parsed = match (values.next(), values.next()) {
+            (None, _) => continue,
+            (Some(value), None) => crate::date::parse(value.as_bytes()),
+            (Some(_), Some(_)) => None,
+        };
+        let rewritten =
+            parsed.and_then(|t| http::HeaderValue::from_str(&crate::date::format(t)).ok());
+        headers.remove(&name);
+        match (rewritten, name == header::EXPIRES) {
+            (Some(value), _) => {
+                headers.insert(name, value);
+            }
+            (None, true) => {
+                headers.insert(name, http::HeaderValue::from_static("0"));
+            }
+            (None, false) => {}
+        }
+    }
 }
 
 /// The body length the response declares, if it declares a valid one.

@@ -171,18 +171,38 @@ where
     let target = parts.uri.clone();
     let host = parts.headers.get(header::HOST).cloned();
     let response = bypass(shared, inner, parts, body).await?;
-    if !(response.status().is_success() || response.status().is_redirection()) {
-        return Ok(response);
+    invalidate(
+        shared,
+        &target,
+        host.as_ref(),
+        response.status(),
+        response.headers(),
+    )
+    .await;
+    Ok(response)
+}
+
+/// After an unsafe request's `response`: when it succeeded, deletes what is stored for its
+/// target and for same-origin `Location` / `Content-Location` (RFC 9111 §4.4).
+pub(crate) async fn invalidate(
+    shared: &Shared,
+    target: &Uri,
+    host: Option<&HeaderValue>,
+    status: StatusCode,
+    response: &HeaderMap,
+) {
+    if !(status.is_success() || status.is_redirection()) {
+        return;
     }
     let related = [header::LOCATION, header::CONTENT_LOCATION]
         .into_iter()
-        .filter_map(|name| response.headers().get(name))
-        .filter_map(|value| same_origin(&target, host.as_ref(), value));
+        .filter_map(|name| response.get(name))
+        .filter_map(|value| same_origin(target, host, value));
     let uris: Vec<Uri> = std::iter::once(target.clone()).chain(related).collect();
     for uri in uris {
         let mut head = Request::new(());
         *head.uri_mut() = uri;
-        if let Some(host) = &host {
+        if let Some(host) = host {
             head.headers_mut().insert(header::HOST, host.clone());
         }
         let (parts, ()) = head.into_parts();
@@ -192,11 +212,10 @@ where
             }
         }
     }
-    Ok(response)
 }
 
 /// `value` as a URI on the same origin as `target`, if it is one.
-fn same_origin(
+pub(crate) fn same_origin(
     target: &Uri,
     host: Option<&http::HeaderValue>,
     value: &http::HeaderValue,

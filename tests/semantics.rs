@@ -348,11 +348,13 @@ async fn vary_keeps_one_entry_per_variant() -> TestResult {
     );
     assert_eq!(origin.calls.get(), 2);
 
-    // Whitespace around list elements is not significant (RFC 9111 §4.1); case is.
+    // Whitespace around list elements is not significant (RFC 9111 §4.1), nor is the case
+    // of language tags (RFC 4647 §2.1); the languages and their weights are.
     send(&svc, lang("en, fr")).await;
     layer.wait_for_writes().await;
     assert_eq!(send(&svc, lang("en,fr")).await.x_cache(), "HIT");
-    assert_eq!(send(&svc, lang("EN,FR")).await.x_cache(), "MISS");
+    assert_eq!(send(&svc, lang("EN,FR")).await.x_cache(), "HIT");
+    assert_eq!(send(&svc, lang("en,fr;q=0.5")).await.x_cache(), "MISS");
 
     // `Vary: *` is never stored.
     let star = "http://example.test/star";

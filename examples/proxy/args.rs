@@ -43,6 +43,33 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub(crate) stale_if_error: u64,
 
+    /// Seconds past freshness during which a stale entry is served when the upstream cannot be
+    /// reached at all (refused, reset, timed out), unless the response forbids stale serving
+    /// (must-revalidate, no-cache, proxy-revalidate, s-maxage): RFC 9111 §4.2.4 lets a
+    /// disconnected cache do so, as Squid and Traffic Server do by default. An error status
+    /// the upstream sends is passed on (that is --stale-if-error's). 0: never.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub(crate) stale_if_unreachable: u64,
+
+    /// The targeted cache-control response fields (RFC 9213) this cache obeys, first present
+    /// and valid wins, in place of Cache-Control and Expires (e.g.
+    /// `Tower-Cache-Control,CDN-Cache-Control`; an empty value: none). They are passed on to
+    /// clients unchanged.
+    #[arg(
+        long,
+        value_name = "FIELD,...",
+        value_delimiter = ',',
+        default_value = "CDN-Cache-Control"
+    )]
+    pub(crate) targeted_cache_control: Vec<String>,
+
+    /// Store responses that set cookies when they declare freshness or `public` (default: a
+    /// response with Set-Cookie is never stored, as a session cookie on a cacheable page
+    /// would be handed to every client). Only for upstreams whose cacheable responses set
+    /// cookies everyone may share.
+    #[arg(long)]
+    pub(crate) share_set_cookie: bool,
+
     /// Lifetime of a fill lock, in milliseconds (its holder extends it while filling).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub(crate) lock_ttl_ms: u64,

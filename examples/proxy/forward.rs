@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::Service;
-use tower_redis_cache::BoxError;
+use tower_redis_cache::{BoxError, OriginUnreachable};
 
 /// The `Via` token this proxy adds to forwarded messages.
 const VIA_NAME: &str = "tower-redis-cache";
@@ -98,11 +98,14 @@ impl Forward {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 tracing::warn!(%method, error = %chain(&error), "upstream request failed");
-                return error_response(StatusCode::BAD_GATEWAY, "bad gateway: upstream failed\n");
+                return unreachable_response(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway: upstream failed\n",
+                );
             }
             Err(_) => {
                 tracing::warn!(%method, timeout = ?self.timeout, "upstream did not answer in time");
-                return error_response(
+                return unreachable_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "gateway timeout: upstream did not answer in time\n",
                 );
@@ -175,6 +178,14 @@ fn append_via(headers: &mut HeaderMap, version: Version) {
     if let Ok(value) = HeaderValue::from_str(&format!("{protocol} {VIA_NAME}")) {
         headers.append(header::VIA, value);
     }
+}
+
+/// The proxy's own answer when the upstream could not be reached, marked so that the cache
+/// layer may answer from a stale entry instead (`--stale-if-unreachable`).
+fn unreachable_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
+    let mut response = error_response(status, message);
+    response.extensions_mut().insert(OriginUnreachable);
+    response
 }
 
 pub(crate) fn error_response(status: StatusCode, message: &'static str) -> Response<ProxyBody> {

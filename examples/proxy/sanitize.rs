@@ -289,7 +289,9 @@ pub(crate) fn sanitize(
         .headers
         .insert(HeaderName::from_static("x-forwarded-proto"), proto);
 
-    if has_content {
+    // Only a safe method's content is out of place: a `POST`'s is its meaning, and its answer
+    // is stored only when the origin names it the target's representation (the layer's rule).
+    if has_content && parts.method.is_safe() {
         parts.extensions.insert(CarriesContent);
     }
     Ok(())
