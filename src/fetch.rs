@@ -318,7 +318,7 @@ fn reusable_post(
 /// [`reusable_post`]), stores it for later `GET`s, after invalidating what was stored for the
 /// target (RFC 9111 §4.4), so the new answer is what remains.
 pub(crate) async fn post_and_store<S, ReqBody, ResBody>(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     inner: S,
     key: CacheKey,
     parts: Parts,
@@ -349,14 +349,10 @@ where
         response.headers(),
     )
     .await;
+    // Written before the answer goes back (as the invalidation is), so the client's next
+    // `GET` finds it: a `POST` is not on a hit's latency budget.
     if let Some(filled) = fetched.filled {
-        let running = shared.engine.background.start();
-        let shared = Arc::clone(shared);
-        let write = async move {
-            write(&shared, &key, None, &filled, RequestClass::Unsafe).await;
-            drop(running);
-        };
-        tokio::spawn(tracing::Instrument::in_current_span(write));
+        write(shared, &key, None, &filled, RequestClass::Unsafe).await;
     }
     Ok(response)
 }

@@ -579,3 +579,69 @@ async fn a_post_answer_naming_its_target_is_reused_for_get() -> TestResult {
     }
     Ok(())
 }
+
+/// `Set-Cookie` is never stored by default; with `share_set_cookie` a response that declares
+/// itself reusable is stored with its cookie, and one that does not (a login answer the
+/// default ttl would otherwise cover) still is not: the next client never gets the first
+/// one's session.
+#[tokio::test]
+async fn set_cookie_is_shared_only_when_opted_in_and_declared_reusable() -> TestResult {
+    let origin = Scripted::default();
+    let service = origin.service(|req, _| match req.uri().path() {
+        "/bucket" => ok(
+            &[("cache-control", "max-age=600"), ("set-cookie", "bucket=a")],
+            "page",
+        ),
+        _ => {
+            let who = req
+                .headers()
+                .get("x-user")
+                .map_or("nobody", |v| v.to_str().unwrap_or("?"));
+            let cookie: &'static str = if who == "attacker" {
+                "session=attacker"
+            } else {
+                "session=innocent"
+            };
+            ok(&[("set-cookie", cookie)], "welcome")
+        }
+    });
+    let default = memory_layer(|b| b.ttl(Duration::from_secs(60)));
+    let svc = default.layer(service.clone());
+    let uri = "http://example.test/bucket";
+    exchange(&default, &svc, support::get(uri)).await;
+    assert_eq!(
+        exchange(&default, &svc, support::get(uri)).await.x_cache(),
+        "MISS"
+    );
+    assert_eq!(origin.calls.get(), 2, "not stored by default");
+
+    let opted = memory_layer(|b| b.ttl(Duration::from_secs(60)).share_set_cookie(true));
+    let svc = opted.layer(service);
+    exchange(&opted, &svc, support::get(uri)).await;
+    let hit = exchange(&opted, &svc, support::get(uri)).await;
+    assert_eq!(
+        (
+            hit.x_cache(),
+            hit.headers.get("set-cookie").map(|v| v.to_str().unwrap())
+        ),
+        ("HIT", Some("bucket=a"))
+    );
+    assert_eq!(origin.calls.get(), 3);
+
+    let login = "http://example.test/login";
+    exchange(
+        &opted,
+        &svc,
+        with_headers("GET", login, &[("x-user", "attacker")]),
+    )
+    .await;
+    let innocent = exchange(
+        &opted,
+        &svc,
+        with_headers("GET", login, &[("x-user", "innocent")]),
+    )
+    .await;
+    assert_eq!(innocent.headers["set-cookie"], "session=innocent");
+    assert_eq!(origin.calls.get(), 5);
+    Ok(())
+}
