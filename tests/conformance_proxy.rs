@@ -34,6 +34,7 @@ fn headers_for(path: &str) -> &'static str {
         "/stale" => "Cache-Control: max-age=1\r\nAge: 1\r\nETag: \"v1\"\r\n",
         "/posted" => "Cache-Control: max-age=600\r\nContent-Location: /posted\r\n",
         "/cookie" => "Cache-Control: max-age=600\r\nSet-Cookie: bucket=a\r\n",
+        "/hints" | "/hints-10" => "Cache-Control: max-age=600\r\n",
         _ => "",
     }
 }
@@ -62,8 +63,14 @@ async fn start_origin() -> (String, Origin) {
                 let text = String::from_utf8_lossy(&head);
                 let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
                 let body = "origin body";
+                // `/hints*` send an interim response first, then a cacheable final one.
+                let interim = if path.starts_with("/hints") {
+                    "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                } else {
+                    ""
+                };
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\n{}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "{interim}HTTP/1.1 200 OK\r\n{}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     headers_for(&path),
                     body.len()
                 );
@@ -141,5 +148,47 @@ async fn conformance_flags_work_through_the_proxy() -> TestResult {
     assert!(down.header("cache-status").contains("origin-unreachable"));
     let never_stored = get(&client, &default.url("/not-stored")).await;
     assert_eq!(never_stored.status.as_u16(), 502);
+    Ok(())
+}
+
+/// Everything the proxy sends for one raw request on a fresh connection.
+async fn raw(proxy: &Proxy, version: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let request =
+        format!("GET {path} {version}\r\nHost: example.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// An upstream's `103 Early Hints` reaches the HTTP/1.1 client ahead of the final response,
+/// is never stored (the hit that follows has none, and the final response did not take its
+/// `Link`), and is not sent to an HTTP/1.0 client (RFC 9110 §15.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_are_relayed_and_never_stored() -> TestResult {
+    let (upstream, origin) = start_origin().await;
+    let proxy = Proxy::start(&upstream, &["--mode", "shared", "--ttl", "0"]).await;
+    let first = raw(&proxy, "HTTP/1.1", "/hints").await;
+    assert!(
+        first.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{first}"
+    );
+    assert_eq!(first.matches("link:").count(), 1, "{first}");
+    let hit = raw(&proxy, "HTTP/1.1", "/hints").await;
+    assert!(hit.starts_with("HTTP/1.1 200 OK\r\n"), "{hit}");
+    assert!(
+        hit.contains("x-cache: HIT") && !hit.contains("link:"),
+        "{hit}"
+    );
+    assert_eq!(origin.calls.get(), 1);
+    let old_client = raw(&proxy, "HTTP/1.0", "/hints-10").await;
+    assert!(
+        old_client.starts_with("HTTP/1.0 200 OK\r\n"),
+        "{old_client}"
+    );
+    assert!(!old_client.contains("103"), "{old_client}");
     Ok(())
 }

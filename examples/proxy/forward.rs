@@ -2,6 +2,7 @@
 //! HTTPS) and streams its answer back, or tunnels an `Upgrade` (WebSocket) both ways.
 
 use crate::args::Upstream;
+use crate::interim::Interim;
 use crate::sanitize::{strip_hop_by_hop, UpgradeRequest};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -91,7 +92,15 @@ impl Forward {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let request = Request::from_parts(parts, body);
+        // The upstream's interim responses (`103 Early Hints`, ...) go straight to this
+        // client's connection; they never reach the cache.
+        let interim = parts.extensions.remove::<Interim>();
+        let mut request = Request::from_parts(parts, body);
+        if let Some(interim) = interim.filter(|_| client_version == Version::HTTP_11) {
+            hyper::ext::on_informational(&mut request, move |response| {
+                interim.send(response.status(), response.headers());
+            });
+        }
 
         let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
         {

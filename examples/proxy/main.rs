@@ -55,6 +55,7 @@
 mod admin;
 mod args;
 mod forward;
+mod interim;
 mod sanitize;
 mod serve;
 

@@ -12,6 +12,7 @@
 //! wait in the kernel's backlog) and `/readyz` says it is shedding.
 
 use crate::forward::chain;
+use crate::interim::{AnsweredOnDrop, InterimIo, InterimSource};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -124,9 +125,11 @@ pub(crate) async fn serve<M, S, B>(
         let open = metrics::gauge!("proxy_connections_open", "listener" => listener_name);
         open.increment(1.0);
         let first_request = Arc::new(Notify::new());
+        let (stream, interim) = InterimIo::new(stream);
         let service = FirstRequest {
             inner: make(peer),
             seen: Arc::clone(&first_request),
+            interim,
         };
         let connection = server
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -183,23 +186,55 @@ pub(crate) fn describe_metrics() {
     );
 }
 
-/// Wraps a connection's service to tell the accept timer that a request head has arrived.
+/// Wraps a connection's service to tell the accept timer that a request head has arrived,
+/// and to give each HTTP/1.1 request the connection's [`Interim`] handle.
 struct FirstRequest<S> {
     inner: S,
     seen: Arc<Notify>,
+    interim: InterimSource,
 }
 
-impl<S, R> hyper::service::Service<R> for FirstRequest<S>
+impl<S> hyper::service::Service<Request<Incoming>> for FirstRequest<S>
 where
-    S: hyper::service::Service<R>,
+    S: hyper::service::Service<Request<Incoming>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Answered<S::Future>;
 
-    fn call(&self, request: R) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         // `notify_one` keeps a permit when nobody waits yet, so no call is missed.
         self.seen.notify_one();
-        self.inner.call(request)
+        // Interim heads are written on the raw socket: HTTP/1.1 only (see `interim`).
+        let interim = self.interim.next_request();
+        let answered = interim.answered_on_drop();
+        if request.version() == http::Version::HTTP_11 {
+            request.extensions_mut().insert(interim);
+        }
+        Answered {
+            inner: self.inner.call(request),
+            _answered: answered,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's service future, marking the request answered (for its interim handle)
+    /// when it is dropped.
+    struct Answered<F> {
+        #[pin]
+        inner: F,
+        _answered: AnsweredOnDrop,
+    }
+}
+
+impl<F: Future> Future for Answered<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().inner.poll(cx)
     }
 }
