@@ -58,7 +58,14 @@ where
             let outcome = tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await;
             drop(deposit);
             match outcome {
-                Ok(Outcome::Stored(entry)) if entry.matches(&parts.headers) => {
+                // Only a fresh entry answers a follower, as in other processes (`Judge`): one
+                // that must be revalidated on every use (`no-cache`, `max-age=0`) was the
+                // leader's answer, not one to reuse, and a request joining just after the
+                // leader was answered (the flight lasts until its write ends) is a new use.
+                Ok(Outcome::Stored(entry))
+                    if entry.matches(&parts.headers)
+                        && entry.meta.is_fresh(entry::unix_now_ms()) =>
+                {
                     shared.engine.stats.coalesced(1);
                     return Ok(served_by_fill(&shared, &entry, &parts.headers));
                 }

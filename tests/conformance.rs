@@ -645,3 +645,122 @@ async fn set_cookie_is_shared_only_when_opted_in_and_declared_reusable() -> Test
     assert_eq!(origin.calls.get(), 5);
     Ok(())
 }
+
+/// The in-process store, with every fill's closing write held until the test releases it:
+/// the window in which a fill has answered its client but still runs.
+struct HeldWrites {
+    inner: MemoryStore,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+mod held {
+    use super::HeldWrites;
+    use std::time::Duration;
+    use tower_redis_cache::store::{FillEnd, FillNotice, FillWaiter, LockAttempt};
+    use tower_redis_cache::{Store, StoreFuture};
+
+    impl Store for HeldWrites {
+        fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<bytes::Bytes>> {
+            self.inner.get(key)
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: bytes::Bytes,
+            ttl: Duration,
+        ) -> StoreFuture<'a, ()> {
+            self.inner.put(key, value, ttl)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
+            self.inner.delete(key)
+        }
+        fn try_lock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.inner.try_lock(key, token, ttl)
+        }
+        fn read_or_lock<'a>(
+            &'a self,
+            entry_key: &'a str,
+            lock_key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, LockAttempt> {
+            self.inner.read_or_lock(entry_key, lock_key, token, ttl)
+        }
+        fn extend_lock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            ttl: Duration,
+        ) -> StoreFuture<'a, bool> {
+            self.inner.extend_lock(key, token, ttl)
+        }
+        fn unlock<'a>(
+            &'a self,
+            key: &'a str,
+            token: &'a str,
+            entry_key: Option<&'a str>,
+        ) -> StoreFuture<'a, ()> {
+            self.inner.unlock(key, token, entry_key)
+        }
+        fn publish_fill<'a>(
+            &'a self,
+            entry_key: &'a str,
+            notice: FillNotice,
+        ) -> StoreFuture<'a, ()> {
+            self.inner.publish_fill(entry_key, notice)
+        }
+        fn subscribe_fill(&self, entry_key: &str) -> FillWaiter {
+            self.inner.subscribe_fill(entry_key)
+        }
+        fn finish_fill<'a>(&'a self, end: FillEnd<'a>) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                let _permit = self.release.acquire().await;
+                self.inner.finish_fill(end).await
+            })
+        }
+    }
+}
+
+/// A response that must be revalidated on every use (`no-cache`) answers only the request
+/// that drew it: a request arriving after that one was answered, while its fill is still
+/// writing, goes to the origin itself instead of taking the leader's copy.
+#[tokio::test]
+async fn a_no_cache_answer_is_not_handed_to_a_request_joining_its_fill_late() -> TestResult {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = HeldWrites {
+        inner: MemoryStore::new(1 << 20),
+        release: Arc::clone(&release),
+    };
+    let layer = builder(store, "late-follower")
+        .mode(CacheMode::Shared)
+        .ttl(Duration::ZERO)
+        .build()?;
+    let origin = Scripted::default();
+    let svc = layer.layer(origin.service(|_, n| {
+        let body: &'static str = if n == 1 { "first" } else { "second" };
+        ok(
+            &[
+                ("cache-control", "max-age=600, no-cache"),
+                ("etag", "\"e\""),
+            ],
+            body,
+        )
+    }));
+    let uri = "http://example.test/no-cache";
+    let first = send(&svc, support::get(uri)).await;
+    assert_eq!(first.body, "first");
+    // The first fill's write is held: its flight is still open.
+    let second = send(&svc, support::get(uri)).await;
+    assert_eq!(
+        (second.body, origin.calls.get()),
+        (Bytes::from("second"), 2)
+    );
+    release.add_permits(16);
+    layer.wait_for_writes().await;
+    Ok(())
+}
