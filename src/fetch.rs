@@ -38,6 +38,8 @@ pub(crate) struct Filled {
     pub(crate) entry: Arc<Entry>,
     pub(crate) encoded: Bytes,
     pub(crate) keep: std::time::Duration,
+    /// The language alias to keep the entry under too (see [`language_alias`]).
+    pub(crate) language_alias: Option<u64>,
     /// The share of `max_fill_bytes` the buffered body holds, given back when the fill is
     /// done with it (written, shared, dropped).
     pub(crate) _budget: Option<OwnedSemaphorePermit>,
@@ -252,6 +254,9 @@ where
         };
     };
     filled._budget = budget;
+    if !unsafe_method && !ctx.class.is_authorized() {
+        filled.language_alias = language_alias(&parts.headers, &request_headers);
+    }
     let ttl = lifetime.fresh.as_secs() as i64;
     let verdict = Verdict {
         ttl: Some(ttl),
@@ -492,6 +497,7 @@ fn encode_filled(
         entry: Arc::new(entry),
         encoded,
         keep: lifetime.keep,
+        language_alias: None,
         _budget: None,
     })
 }
@@ -505,9 +511,45 @@ pub(crate) async fn write(
     class: RequestClass,
 ) -> bool {
     match prepare_write(shared, key, index, filled, class).await {
-        Some((target, _permit)) => put_entry(shared, &target, filled).await,
+        Some(prepared) => {
+            let stored = put_entry(shared, &prepared.target, filled).await;
+            if stored {
+                put_alias(shared, &prepared, filled).await;
+            }
+            stored
+        }
         None => false,
     }
+}
+
+/// Writes a filled entry under its language alias too, when it has one (best effort: the
+/// alias only saves a later request an origin call).
+pub(crate) async fn put_alias(shared: &Shared, prepared: &Prepared<'_>, filled: &Filled) {
+    if let Some(alias) = &prepared.alias {
+        let _ = shared
+            .engine
+            .store
+            .put(alias, filled.encoded.clone(), filled.keep)
+            .await;
+    }
+}
+
+/// The language alias of an answer (a variant name, see `key::language_alias`), when it may
+/// be kept under one: it varies on `Accept-Language` alone, the origin labelled it with one
+/// language (`Content-Language`), and the request that drew it was well formed and accepted
+/// that language. A later request preferring that language above all others is then served
+/// it (`lookup::language_alias`): the origin said this is its representation in that
+/// language, and a request ranking it first would be given that language. Requiring a
+/// well-formed `Accept-Language` (language tags and weights only) bounds what an origin that
+/// reflects the header into its page could carry from one client's request to another's.
+fn language_alias(response: &HeaderMap, request: &HeaderMap) -> Option<u64> {
+    let mut names = key::vary_names(response);
+    let only_language = names
+        .next()
+        .is_some_and(|name| name.eq_ignore_ascii_case("accept-language"))
+        && names.next().is_none();
+    let language = lookup::content_language(response).filter(|_| only_language)?;
+    key::accepts_language(request, &language).then(|| key::language_alias(&language))
 }
 
 /// Readies a filled entry's write and says where the entry goes: the primary key, or for an
@@ -526,7 +568,35 @@ pub(crate) async fn prepare_write<'a>(
     index: Option<&VaryIndex>,
     filled: &Filled,
     class: RequestClass,
-) -> Option<(String, tokio::sync::SemaphorePermit<'a>)> {
+) -> Option<Prepared<'a>> {
+    let (target, generation, permit) = prepare_target(shared, key, index, filled, class).await?;
+    let alias = generation
+        .zip(filled.language_alias)
+        .map(|(generation, alias)| key.variant(generation, alias).entry_key().to_owned());
+    Some(Prepared {
+        target,
+        alias,
+        _permit: permit,
+    })
+}
+
+/// Where a filled entry is written: its key, the key of its language alias when it has
+/// one, and the permit that bounds writes in flight (held until dropped).
+pub(crate) struct Prepared<'a> {
+    pub(crate) target: String,
+    pub(crate) alias: Option<String>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// [`prepare_write`]'s target, with the vary index generation it is under (`None` for an
+/// entry that does not vary, or an authorized request's).
+async fn prepare_target<'a>(
+    shared: &'a Shared,
+    key: &CacheKey,
+    index: Option<&VaryIndex>,
+    filled: &Filled,
+    class: RequestClass,
+) -> Option<(String, Option<u64>, tokio::sync::SemaphorePermit<'a>)> {
     let Ok(permit) = shared.engine.writes.try_acquire() else {
         shared.engine.stats.writes_dropped(1);
         return None;
@@ -535,19 +605,19 @@ pub(crate) async fn prepare_write<'a>(
     let varies = VaryIndex::for_response(&entry.headers, 0).filter(|_| entry.meta.variant != 0);
     if class.is_authorized() {
         let target = authorized_target(shared, key, varies.as_ref(), filled).await?;
-        return Some((target, permit));
+        return Some((target, None, permit));
     }
     let Some(mut new_index) = varies else {
         // It does not vary: the entry goes to the primary key, unless a live index is there
         // (see below).
         return index
             .is_none()
-            .then(|| (key.primary_key().to_owned(), permit));
+            .then(|| (key.primary_key().to_owned(), None, permit));
     };
     match index {
         Some(old) if old.names == new_index.names => {
             let target = key.variant(old.generation, entry.meta.variant);
-            return Some((target.entry_key().to_owned(), permit));
+            return Some((target.entry_key().to_owned(), Some(old.generation), permit));
         }
         // One answer that varies on other headers than the live index lists (an origin that
         // adds `Vary: Origin` only when asked with `Origin`) does not replace it: that would
@@ -567,7 +637,11 @@ pub(crate) async fn prepare_write<'a>(
         .await;
     index_written.ok()?;
     let target = key.variant(new_index.generation, entry.meta.variant);
-    Some((target.entry_key().to_owned(), permit))
+    Some((
+        target.entry_key().to_owned(),
+        Some(new_index.generation),
+        permit,
+    ))
 }
 
 /// Where a shareable answer to an authorized request may go without changing what anonymous

@@ -260,8 +260,8 @@ async fn lead<S, ReqBody, ResBody>(
         None => None,
     };
     let write = match (&fetched.filled, &prepared) {
-        (Some(filled), Some((target, _))) => Some(FillWrite::value(
-            target.as_str(),
+        (Some(filled), Some(prepared)) => Some(FillWrite::value(
+            prepared.target.as_str(),
             filled.encoded.clone(),
             filled.keep,
         )),
@@ -289,8 +289,9 @@ async fn lead<S, ReqBody, ResBody>(
         None => FillNotice::NotStorable,
     };
     let finished = fill::finish(&shared.engine, lease, write, (key.entry_key(), notice)).await;
-    if let (Ok(()), Some(filled), Some(_)) = (finished, &fetched.filled, &prepared) {
+    if let (Ok(()), Some(filled), Some(prepared)) = (finished, &fetched.filled, &prepared) {
         fetch::count_stored(&shared, filled);
+        fetch::put_alias(&shared, prepared, filled).await;
     }
     drop(prepared);
     // The flight ends here, after the write, so requests that came meanwhile were followers.

@@ -395,6 +395,40 @@ fn language_preferences(request: &http::HeaderMap) -> Option<Vec<(String, u16)>>
     Some(languages)
 }
 
+/// The one language a request prefers above all others: the highest-weighted range when no
+/// other shares its weight, and it is a language (not `*`, not refused with `q=0`).
+pub(crate) fn top_language(request: &http::HeaderMap) -> Option<String> {
+    let languages = language_preferences(request)?;
+    let mut ranked = languages.into_iter();
+    let (top, q) = ranked.next()?;
+    let unique = ranked.next().is_none_or(|(_, next)| next < q);
+    (unique && q > 0 && top != "*").then_some(top)
+}
+
+/// Whether a request's `Accept-Language` is well formed and accepts `language` (a range equal
+/// to it, case-insensitively, with a weight above zero).
+pub(crate) fn accepts_language(request: &http::HeaderMap, language: &str) -> bool {
+    language_preferences(request).is_some_and(|languages| {
+        languages
+            .iter()
+            .any(|(range, q)| *q > 0 && range.eq_ignore_ascii_case(language))
+    })
+}
+
+/// The variant name of a resource's language alias: where the representation the origin
+/// labelled `Content-Language: <language>` is also kept, for requests that prefer exactly
+/// that language above all others (see `fetch::language_alias`). Its hash input starts
+/// with a NUL, which no header name can, so it is never a [`variant_hash`].
+pub(crate) fn language_alias(language: &str) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"\0content-language:");
+    hasher.update(language.to_ascii_lowercase().as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
+}
+
 /// An RFC 9110 §12.4.2 qvalue (`0`, `0.xyz`, `1`, `1.000`), in thousandths.
 fn qvalue(value: &str) -> Option<u16> {
     let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));

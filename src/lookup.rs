@@ -117,15 +117,17 @@ async fn resolve_from(
     match first {
         Read::Index(index) => {
             let variant = key::variant_hash(index.names.split(','), request);
-            let key = key.variant(index.generation, variant);
-            let found = match read(shared, key.entry_key()).await {
+            let variant_key = key.variant(index.generation, variant);
+            let found = match read(shared, variant_key.entry_key()).await {
                 Read::Entry(entry) if entry.matches(request) => Lookup::Found(entry),
                 Read::HitForMiss => Lookup::HitForMiss,
                 Read::Unavailable => Lookup::Unavailable,
                 Read::Purged(seen) => Lookup::Purged(seen),
-                Read::Entry(_) | Read::Index(_) | Read::Missing => Lookup::VaryMiss,
+                Read::Entry(_) | Read::Index(_) | Read::Missing => {
+                    language_alias(shared, &key, &index, request).await
+                }
             };
-            (key, Some(index), found)
+            (variant_key, Some(index), found)
         }
         Read::Entry(entry) if entry.matches(request) => (key, None, Lookup::Found(entry)),
         Read::Entry(_) => (key, None, Lookup::VaryMiss),
@@ -147,6 +149,45 @@ fn purged(shared: &Shared, entry: &Entry) -> bool {
         shared.engine.stats.purged_reads(1);
     }
     covered
+}
+
+/// For a resource that varies on `Accept-Language` alone and has nothing stored for this
+/// request's exact preferences: the representation stored in the language the request
+/// prefers above all others, if the origin labelled one so (RFC 9111 §4.1 lets a cache use
+/// the selecting header's semantics; `fetch::language_alias` says when one is kept).
+async fn language_alias(
+    shared: &Shared,
+    key: &CacheKey,
+    index: &VaryIndex,
+    request: &HeaderMap,
+) -> Lookup {
+    let Some(top) = index
+        .names
+        .eq_ignore_ascii_case("accept-language")
+        .then(|| key::top_language(request))
+        .flatten()
+    else {
+        return Lookup::VaryMiss;
+    };
+    let alias = key.variant(index.generation, key::language_alias(&top));
+    match read(shared, alias.entry_key()).await {
+        Read::Entry(entry) if content_language(&entry.headers).as_deref() == Some(&top) => {
+            Lookup::Found(entry)
+        }
+        _ => Lookup::VaryMiss,
+    }
+}
+
+/// A response's one `Content-Language` tag, lowercased; `None` for none, several, or a value
+/// that is not a language tag.
+pub(crate) fn content_language(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(http::header::CONTENT_LANGUAGE).iter();
+    let value = values.next()?.to_str().ok()?.trim();
+    let tag_like = !value.is_empty()
+        && value.split('-').all(|sub| {
+            (1..=8).contains(&sub.len()) && sub.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+    (values.next().is_none() && tag_like).then(|| value.to_ascii_lowercase())
 }
 
 /// What one stored value is.

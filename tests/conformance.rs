@@ -764,3 +764,79 @@ async fn a_no_cache_answer_is_not_handed_to_a_request_joining_its_fill_late() ->
     layer.wait_for_writes().await;
     Ok(())
 }
+
+/// A resource varying on `Accept-Language` alone: a request with no stored variant of its own
+/// is served the representation the origin labelled in the language it prefers above all
+/// others. Ties, other languages and a representation drawn by a malformed header (which an
+/// origin reflecting the header could fill with anything) are not.
+#[tokio::test]
+async fn the_variant_in_the_preferred_language_is_selected_by_content_language() -> TestResult {
+    let layer = memory_layer(|b| b);
+    let origin = Scripted::default();
+    let svc = layer.layer(origin.service(|req, _| {
+        let asked = req
+            .headers()
+            .get("accept-language")
+            .map_or("", |v| v.to_str().unwrap_or(""));
+        // The origin has German and French; it picks the first of those the client names,
+        // and echoes what it was asked into the page.
+        let german =
+            asked.find("de").unwrap_or(usize::MAX) < asked.find("fr").unwrap_or(usize::MAX);
+        let (language, body): (&str, &'static str) = match (german, req.uri().path()) {
+            (true, "/echo") => ("de", Box::leak(format!("Hallo ({asked})").into_boxed_str())),
+            (true, _) => ("de", "Hallo"),
+            (false, _) => ("fr", "Bonjour"),
+        };
+        ok(
+            &[
+                ("cache-control", "max-age=600"),
+                ("vary", "Accept-Language"),
+                ("content-language", language),
+            ],
+            body,
+        )
+    }));
+    let ask = |path: &str, value: &str| {
+        with_headers(
+            "GET",
+            &format!("http://example.test{path}"),
+            &[("accept-language", value)],
+        )
+    };
+    assert_eq!(
+        exchange(&layer, &svc, ask("/page", "en, de")).await.body,
+        "Hallo"
+    );
+    let preferred = exchange(&layer, &svc, ask("/page", "fr;q=0.5, de;q=1.0")).await;
+    assert_eq!(
+        (preferred.x_cache(), &preferred.body[..]),
+        ("HIT", &b"Hallo"[..])
+    );
+    assert_eq!(origin.calls.get(), 1);
+    // No single preference: the origin is asked (and labels its answer French) ...
+    let tie = exchange(&layer, &svc, ask("/page", "fr, de")).await;
+    assert_eq!((tie.x_cache(), &tie.body[..]), ("MISS", &b"Bonjour"[..]));
+    // ... which then serves a client preferring French.
+    let french = exchange(&layer, &svc, ask("/page", "fr;q=0.9, de;q=0.1")).await;
+    assert_eq!(
+        (french.x_cache(), &french.body[..]),
+        ("HIT", &b"Bonjour"[..])
+    );
+    let english = exchange(&layer, &svc, ask("/page", "en")).await;
+    assert_eq!(
+        english.x_cache(),
+        "MISS",
+        "no representation labelled English"
+    );
+    assert_eq!(origin.calls.get(), 3);
+
+    // An attacker's malformed header reflected into the German page is kept for that header
+    // only: the next client preferring German gets its own page.
+    exchange(&layer, &svc, ask("/echo", "de, <script>")).await;
+    let innocent = exchange(&layer, &svc, ask("/echo", "de;q=1, en;q=0.5")).await;
+    assert_eq!(
+        (innocent.x_cache(), &innocent.body[..]),
+        ("MISS", &b"Hallo (de;q=1, en;q=0.5)"[..])
+    );
+    Ok(())
+}
