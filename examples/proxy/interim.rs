@@ -23,29 +23,33 @@
 //! HTTP/2 server has no way to send them). `100` and `101` are never relayed: hyper answers
 //! `Expect: 100-continue` itself, and upgrades are tunnelled.
 
+use futures_util::task::AtomicWaker;
 use http::{HeaderMap, StatusCode};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What the handles and the socket share: encoded heads not yet written, the connection
-/// task's waker (to make it write them), and how many of the connection's requests have been
-/// answered: a handle whose request is answered sends nothing more (a background refresh
-/// that kept the request's extensions must not put its `1xx` before another response).
+/// What the handles and the socket share: encoded heads not yet written (with a flag, so the
+/// socket's every read and write costs one atomic load, not a lock, while none is queued), the
+/// connection task's waker (to make it write them), and how many of the connection's requests
+/// have been answered: a handle whose request is answered sends nothing more (a background
+/// refresh that kept the request's extensions must not put its `1xx` before another response).
 #[derive(Default)]
 struct Queue {
-    bytes: Vec<u8>,
-    waker: Option<Waker>,
-    answered: u64,
+    queued: AtomicBool,
+    bytes: Mutex<Vec<u8>>,
+    waker: AtomicWaker,
+    answered: AtomicU64,
 }
 
 /// A request extension: sends interim responses to the request's client connection while
 /// the request is unanswered.
 #[derive(Clone)]
 pub(crate) struct Interim {
-    queue: Arc<Mutex<Queue>>,
+    queue: Arc<Queue>,
     /// This request's number on its connection, from 1.
     request: u64,
 }
@@ -63,15 +67,19 @@ impl Interim {
         }
         let head = encode(status, headers);
         // A poisoned lock means a panic elsewhere mid-push: drop the hint, not the request.
-        if let Ok(mut queue) = self.queue.lock() {
-            if queue.answered >= self.request {
-                return;
-            }
-            queue.bytes.extend_from_slice(&head);
-            if let Some(waker) = queue.waker.take() {
-                waker.wake();
-            }
+        let Ok(mut bytes) = self.queue.bytes.lock() else {
+            return;
+        };
+        // The request's own upstream call reports its interim responses before its final
+        // one, so before the request is answered; only a later call (a background refresh
+        // that kept the request's extensions) finds it answered.
+        if self.queue.answered.load(Ordering::Acquire) >= self.request {
+            return;
         }
+        bytes.extend_from_slice(&head);
+        self.queue.queued.store(true, Ordering::Release);
+        drop(bytes);
+        self.queue.waker.wake();
     }
 
     /// A guard that marks this request answered when dropped (with the service's future:
@@ -86,25 +94,23 @@ pub(crate) struct AnsweredOnDrop(Interim);
 
 impl Drop for AnsweredOnDrop {
     fn drop(&mut self) {
-        if let Ok(mut queue) = self.0.queue.lock() {
-            queue.answered = queue.answered.max(self.0.request);
-        }
+        self.0
+            .queue
+            .answered
+            .fetch_max(self.0.request, Ordering::AcqRel);
     }
 }
 
 /// A connection's source of per-request [`Interim`] handles.
 pub(crate) struct InterimSource {
-    queue: Arc<Mutex<Queue>>,
-    requests: std::sync::atomic::AtomicU64,
+    queue: Arc<Queue>,
+    requests: AtomicU64,
 }
 
 impl InterimSource {
     /// The handle of the connection's next request.
     pub(crate) fn next_request(&self) -> Interim {
-        let request = self
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let request = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         Interim {
             queue: Arc::clone(&self.queue),
             request,
@@ -136,7 +142,7 @@ fn encode(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 /// A client connection's socket, writing queued interim heads before anything else.
 pub(crate) struct InterimIo<T> {
     inner: T,
-    queue: Arc<Mutex<Queue>>,
+    queue: Arc<Queue>,
     /// Heads taken from the queue and partly written.
     pending: Vec<u8>,
     written: usize,
@@ -145,7 +151,7 @@ pub(crate) struct InterimIo<T> {
 impl<T> InterimIo<T> {
     /// Wraps a socket; the source hands out its requests' handles.
     pub(crate) fn new(inner: T) -> (Self, InterimSource) {
-        let queue = Arc::new(Mutex::new(Queue::default()));
+        let queue = Arc::new(Queue::default());
         let io = Self {
             inner,
             queue: Arc::clone(&queue),
@@ -154,7 +160,7 @@ impl<T> InterimIo<T> {
         };
         let source = InterimSource {
             queue,
-            requests: std::sync::atomic::AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         };
         (io, source)
     }
@@ -167,15 +173,19 @@ impl<T: AsyncWrite + Unpin> InterimIo<T> {
             if self.written == self.pending.len() {
                 self.pending.clear();
                 self.written = 0;
-                let Ok(mut queue) = self.queue.lock() else {
-                    return Poll::Ready(Ok(()));
-                };
-                // Remember whom to wake when a head is queued later.
-                queue.waker = Some(cx.waker().clone());
-                if queue.bytes.is_empty() {
+                // Remember whom to wake when a head is queued later (a no-op when the waker
+                // is the same as last time), then look.
+                self.queue.waker.register(cx.waker());
+                if !self.queue.queued.swap(false, Ordering::AcqRel) {
                     return Poll::Ready(Ok(()));
                 }
-                std::mem::swap(&mut self.pending, &mut queue.bytes);
+                let Ok(mut bytes) = self.queue.bytes.lock() else {
+                    return Poll::Ready(Ok(()));
+                };
+                std::mem::swap(&mut self.pending, &mut bytes);
+                if self.pending.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
             }
             let n = std::task::ready!(
                 Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.written..])
