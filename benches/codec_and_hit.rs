@@ -68,7 +68,7 @@ fn meta() -> EntryMeta {
         stale_until_ms: 1_700_000_360_000,
         error_until_ms: 1_700_000_900_000,
         variant: 0x9e37_79b9_7f4a_7c15,
-        filled_at_ms: 1_700_000_000_000,
+        filled_at_us: 1_700_000_000_000,
     }
 }
 

@@ -8,13 +8,13 @@
 //!
 //! ```text
 //! "TRC" | version u8 (2) | stored_at_ms u64 | fresh_until_ms u64 | stale_until_ms u64 |
-//! error_until_ms u64 | variant u64 | filled_at_ms u64 | status u16 | n_headers u16 |
+//! error_until_ms u64 | variant u64 | filled_at_us u64 | status u16 | n_headers u16 |
 //! (name_len u16, name, value_len u32, value)* | url_len u16 | url | tags_len u16 | tags |
 //! body_len u32 | checksum u32 (low 32 bits of xxh3-64 of everything before it) | body
 //! ```
 //!
 //! The URL and the tags (space-separated) are what purges by prefix and by tag compare with,
-//! and `filled_at_ms` (when the fill began, on the store's clock) says which purges came
+//! and `filled_at_us` (when the fill began, in µs on the store's clock) says which purges came
 //! after the entry's content was asked for: those do not apply to it. Version 1 (without
 //! them) is no longer read: such a value is corrupt to this build, deleted and refilled once.
 //!
@@ -89,9 +89,9 @@ pub struct EntryMeta {
     pub error_until_ms: u64,
     /// Hash of the request headers named by the response's `Vary` (0 when it has none).
     pub variant: u64,
-    /// Unix time in milliseconds, on the store's clock, when the fill that stored the entry
+    /// Unix time in microseconds, on the store's clock, when the fill that stored the entry
     /// began (before the origin was asked): a purge at or after it applies to the entry.
-    pub filled_at_ms: u64,
+    pub filled_at_us: u64,
 }
 
 impl EntryMeta {
@@ -165,6 +165,14 @@ impl std::error::Error for DecodeError {}
 /// The value of a hit-for-miss marker: "this key's last answer could not be shared; go to
 /// the origin without waiting for a fill". Never a valid entry (the version byte is 0xff).
 pub(crate) const HIT_FOR_MISS: &[u8] = b"TRC\xffhit-for-miss";
+
+/// Unix time in microseconds: purge stamps (see `engine::purge`) are compared across
+/// machines, finer than a millisecond so a write and a purge in one millisecond are ordered.
+pub(crate) fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
 /// Unix time in milliseconds: entry timestamps are compared across machines.
 pub(crate) fn unix_now_ms() -> u64 {
@@ -300,7 +308,7 @@ pub fn encode_with(
     buf.put_u64(meta.stale_until_ms);
     buf.put_u64(meta.error_until_ms);
     buf.put_u64(meta.variant);
-    buf.put_u64(meta.filled_at_ms);
+    buf.put_u64(meta.filled_at_us);
     buf.put_u16(status.as_u16());
     let count_at = buf.len();
     buf.put_u16(0);
@@ -422,7 +430,7 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
         stale_until_ms: reader.u64()?,
         error_until_ms: reader.u64()?,
         variant: reader.u64()?,
-        filled_at_ms: reader.u64()?,
+        filled_at_us: reader.u64()?,
     };
     let status = reader.u16()?;
     let count = reader.u16()? as usize;
@@ -515,7 +523,7 @@ mod tests {
             stale_until_ms: 3,
             error_until_ms: 4,
             variant: 5,
-            filled_at_ms: 6,
+            filled_at_us: 6,
         };
         let encoded = encode_with(
             StatusCode::CREATED,

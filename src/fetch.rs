@@ -73,7 +73,7 @@ where
     let request_headers = parts.headers.clone();
     let uri = parts.uri.clone();
     // Before the origin is asked: a purge recorded from here on covers what this fill stores.
-    let filled_at_ms = shared.engine.purges().stamp();
+    let filled_at_us = shared.engine.purges().stamp();
     let unsafe_method = ctx.class == RequestClass::Unsafe;
     // An unsafe request's preconditions are the origin's to evaluate; a `GET`'s are answered
     // by the cache from what it stores.
@@ -150,7 +150,7 @@ where
                 &parts.headers,
                 &request,
                 ctx.fwd,
-                filled_at_ms,
+                filled_at_us,
             );
         }
     }
@@ -221,7 +221,7 @@ where
     }
     let url = key::url_of(&uri, &request_headers);
     let provenance = Provenance {
-        filled_at_ms,
+        filled_at_us,
         url: &url,
         tags: &tags,
     };
@@ -380,7 +380,7 @@ fn revalidated<B, E>(
     update: &HeaderMap,
     request: &RequestHead<'_>,
     fwd: Fwd,
-    filled_at_ms: u64,
+    filled_at_us: u64,
 ) -> Fetched<B, E> {
     let mut headers = conditional::merge_not_modified(&stale.headers, update);
     // The entry keeps the tags it was stored with; a `304`'s tag headers are not stored.
@@ -390,7 +390,7 @@ fn revalidated<B, E>(
         String::from_utf8_lossy(&stale.tags),
     );
     let provenance = Provenance {
-        filled_at_ms,
+        filled_at_us,
         url: &url,
         tags: &tags,
     };
@@ -460,7 +460,7 @@ fn revalidated<B, E>(
 
 /// What an entry records for purges: when its fill began, its URL, its tags.
 struct Provenance<'a> {
-    filled_at_ms: u64,
+    filled_at_us: u64,
     url: &'a str,
     tags: &'a str,
 }
@@ -482,7 +482,7 @@ fn encode_filled(
         stale_until_ms: fresh_until_ms.saturating_add(ms(lifetime.stale)),
         error_until_ms: fresh_until_ms.saturating_add(ms(lifetime.error)),
         variant,
-        filled_at_ms: provenance.filled_at_ms,
+        filled_at_us: provenance.filled_at_us,
     };
     let encoded = entry::encode_with(
         status,

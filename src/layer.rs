@@ -299,9 +299,9 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// How long after a purge a fill that began counts as begun before it (default 10 ms):
-    /// the drift allowed between the clock that stamps fills (this process's, corrected to
-    /// the store's every 30 s) and the store's, which stamps purges.
+    /// How much earlier than this process's estimate of the store's clock fills are stamped
+    /// (default 2 ms): the drift allowed between two measurements of the offset (every 30 s),
+    /// so a stamp may err early (refilled once more after a purge), never late.
     pub fn purge_clock_margin(mut self, margin: Duration) -> Self {
         self.purge_clock_margin = margin;
         self

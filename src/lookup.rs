@@ -144,7 +144,7 @@ fn purged(shared: &Shared, entry: &Entry) -> bool {
     let covered = shared
         .engine
         .purges()
-        .covers(entry.meta.filled_at_ms, &entry.tags, name);
+        .covers(entry.meta.filled_at_us, &entry.tags, name);
     if covered {
         shared.engine.stats.purged_reads(1);
     }

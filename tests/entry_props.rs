@@ -193,7 +193,7 @@ fn meta() -> impl Strategy<Value = EntryMeta> {
         stale_until_ms: c,
         error_until_ms: d,
         variant: e,
-        filled_at_ms: f,
+        filled_at_us: f,
     })
 }
 

@@ -16,12 +16,13 @@
 //! writes, on every process. Clocks: purges are stamped by the clock of the store node holding
 //! the records, and fills by this process's clock corrected by its offset to that same node's
 //! clock, measured whenever the records are read (so node-to-node skew on a Cluster does not
-//! enter). The measurement errs early (the reply's travel time), which only makes a fill
-//! begun just after a purge count as before it (refilled once more, harmless). A record also
-//! covers values stamped up to [`DEFAULT_CLOCK_MARGIN`] after it, for this clock's drift
-//! between measurements; but a fill that begins after this process learned of a purge is
-//! stamped past that purge and its margin (it certainly began after it), so a write right
-//! after a purge is never covered by it.
+//! enter), in microseconds, so a write and a purge in one millisecond are still ordered.
+//! Stamps may err early, never late: the measurement errs early by the reply's travel time,
+//! and stamps are taken [`DEFAULT_CLOCK_MARGIN`] earlier still, for this clock's drift between
+//! measurements; an early stamp only makes a fill begun just after a purge count as before it
+//! (refilled once more, harmless). And a fill that begins after this process learned of a
+//! purge is stamped past it (it certainly began after it), so a write right after a purge (or
+//! a prefix delete) is never covered by it.
 //!
 //! The table is read in full when the engine starts, again whenever the store reports that
 //! its purge feed may have missed something (a reconnection), and every 30 seconds (every
@@ -35,9 +36,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-/// How long after a purge a fill's stamp still counts as before it: the error allowed between
-/// the clocks that stamp fills and the one that stamps purges.
-pub(crate) const DEFAULT_CLOCK_MARGIN: Duration = Duration::from_millis(10);
+/// How much earlier than this process's estimate of the store's clock fills are stamped: the
+/// drift allowed between two measurements of the offset (a stamp may err early, never late).
+pub(crate) const DEFAULT_CLOCK_MARGIN: Duration = Duration::from_millis(2);
 
 /// How many purge records a store keeps before folding the oldest into its floor.
 pub(crate) const DEFAULT_PURGE_RECORDS: usize = 10_000;
@@ -94,10 +95,10 @@ struct Prefixes {
 }
 
 impl Prefixes {
-    fn insert(&mut self, prefix: &str, at_ms: u64) {
+    fn insert(&mut self, prefix: &str, at_us: u64) {
         self.lengths.insert(prefix.len());
         let latest = self.at.entry(prefix.as_bytes().into()).or_default();
-        *latest = (*latest).max(at_ms);
+        *latest = (*latest).max(at_us);
     }
 
     /// The latest purge of a prefix of `name`, if any.
@@ -111,28 +112,28 @@ impl Prefixes {
 
 #[derive(Default)]
 struct Table {
-    floor_ms: u64,
+    floor_us: u64,
     tags: HashMap<Box<[u8]>, u64>,
     urls: Prefixes,
     keys: Prefixes,
 }
 
 impl Table {
-    fn apply(&mut self, member: &str, at_ms: u64) {
+    fn apply(&mut self, member: &str, at_us: u64) {
         match member.split_once(':') {
             Some(("t", tag)) => {
                 let latest = self.tags.entry(tag.as_bytes().into()).or_default();
-                *latest = (*latest).max(at_ms);
+                *latest = (*latest).max(at_us);
             }
-            Some(("u", prefix)) => self.urls.insert(prefix, at_ms),
-            Some(("k", prefix)) => self.keys.insert(prefix, at_ms),
+            Some(("u", prefix)) => self.urls.insert(prefix, at_us),
+            Some(("k", prefix)) => self.keys.insert(prefix, at_us),
             // A kind a newer release records: ignored rather than misread.
             _ => {}
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.floor_ms == 0
+        self.floor_us == 0
             && self.tags.is_empty()
             && self.urls.at.is_empty()
             && self.keys.at.is_empty()
@@ -145,16 +146,16 @@ pub(crate) struct Purges {
     /// beside it, `…:floor`, shares its Cluster slot).
     records: String,
     keep: usize,
-    margin_ms: u64,
+    margin_us: u64,
     table: RwLock<Table>,
     /// `false` while nothing was ever purged: reads then skip the table's lock.
     any: AtomicBool,
     /// The store's clock minus this process's, in ms, as last measured.
-    offset_ms: AtomicI64,
+    offset_us: AtomicI64,
     /// The latest purge this process knows of (a record's time, or the floor): a fill that
     /// begins after this process learned of a purge began after that purge, so its stamp is
     /// never below this plus the margin (a write right after a purge is not covered by it).
-    latest_ms: AtomicU64,
+    latest_us: AtomicU64,
     /// Wakes the loader to read the records again.
     reload: Arc<tokio::sync::Notify>,
     /// Set once the loader task runs.
@@ -166,11 +167,11 @@ impl Purges {
         Self {
             records,
             keep: keep.max(1),
-            margin_ms: u64::try_from(margin.as_millis()).unwrap_or(u64::MAX),
+            margin_us: u64::try_from(margin.as_micros()).unwrap_or(u64::MAX),
             table: RwLock::default(),
             any: AtomicBool::new(false),
-            offset_ms: AtomicI64::new(0),
-            latest_ms: AtomicU64::new(0),
+            offset_us: AtomicI64::new(0),
+            latest_us: AtomicU64::new(0),
             reload: Arc::default(),
             started: AtomicBool::new(false),
         }
@@ -179,25 +180,30 @@ impl Purges {
     /// Now, on the store's clock as far as this process knows it: what a fill stamps its value
     /// with before it asks the origin.
     pub(crate) fn stamp(&self) -> u64 {
-        let local = crate::entry::unix_now_ms();
-        let offset = self.offset_ms.load(Ordering::Relaxed);
-        let known = self.latest_ms.load(Ordering::Acquire);
-        let after_known = match known {
-            0 => 0,
-            known => known.saturating_add(self.margin_ms).saturating_add(1),
-        };
-        local.saturating_add_signed(offset).max(after_known)
+        let local = crate::entry::unix_now_us();
+        let offset = self.offset_us.load(Ordering::Relaxed);
+        // Early by the margin: a stamp may err early (the value is refilled once more), never
+        // late (a purge would miss it). But never at or before a purge this process knows of:
+        // a fill that begins now certainly began after it.
+        let estimate = local
+            .saturating_add_signed(offset)
+            .saturating_sub(self.margin_us);
+        let known = self.latest_us.load(Ordering::Acquire);
+        match known {
+            0 => estimate,
+            known => estimate.max(known.saturating_add(1)),
+        }
     }
 
-    /// Whether a purge covers a value stamped `filled_at_ms`, carrying `tags` (separated by
+    /// Whether a purge covers a value stamped `filled_at_us`, carrying `tags` (separated by
     /// spaces) and named `name`.
-    pub(crate) fn covers(&self, filled_at_ms: u64, tags: &[u8], name: Name<'_>) -> bool {
+    pub(crate) fn covers(&self, filled_at_us: u64, tags: &[u8], name: Name<'_>) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return false;
         }
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let covered = |at_ms: u64| filled_at_ms <= at_ms.saturating_add(self.margin_ms);
-        if table.floor_ms > 0 && covered(table.floor_ms) {
+        let covered = |at_us: u64| filled_at_us <= at_us;
+        if table.floor_us > 0 && covered(table.floor_us) {
             return true;
         }
         let by_tag = !table.tags.is_empty()
@@ -212,32 +218,32 @@ impl Purges {
             }
     }
 
-    fn apply(&self, member: &str, at_ms: u64) {
+    fn apply(&self, member: &str, at_us: u64) {
         self.table
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .apply(member, at_ms);
+            .apply(member, at_us);
         self.any.store(true, Ordering::Release);
-        self.latest_ms.fetch_max(at_ms, Ordering::AcqRel);
+        self.latest_us.fetch_max(at_us, Ordering::AcqRel);
     }
 
     fn replace(&self, read: PurgeRecords) {
-        let local = crate::entry::unix_now_ms();
-        let offset = i128::from(read.now_ms) - i128::from(local);
-        self.offset_ms.store(
+        let local = crate::entry::unix_now_us();
+        let offset = i128::from(read.now_us) - i128::from(local);
+        self.offset_us.store(
             offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
             Ordering::Relaxed,
         );
         let mut table = Table {
-            floor_ms: read.floor_ms,
+            floor_us: read.floor_us,
             ..Table::default()
         };
-        let mut latest = read.floor_ms;
-        for (member, at_ms) in &read.records {
-            table.apply(member, *at_ms);
-            latest = latest.max(*at_ms);
+        let mut latest = read.floor_us;
+        for (member, at_us) in &read.records {
+            table.apply(member, *at_us);
+            latest = latest.max(*at_us);
         }
-        self.latest_ms.fetch_max(latest, Ordering::AcqRel);
+        self.latest_us.fetch_max(latest, Ordering::AcqRel);
         let empty = table.is_empty();
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = table;
         self.any.store(!empty, Ordering::Release);
@@ -261,11 +267,11 @@ impl Engine {
     ) -> Result<(), crate::StoreError> {
         let purges = self.purges();
         let member = target.member();
-        let at_ms = self
+        let at_us = self
             .store
             .record_purge(&purges.records, &member, purges.keep)
             .await?;
-        purges.apply(&member, at_ms);
+        purges.apply(&member, at_us);
         Ok(())
     }
 }
@@ -291,8 +297,8 @@ fn start_loader(engine: &Arc<Engine>) {
             PurgeEvent::Recorded {
                 records: key,
                 member,
-                at_ms,
-            } if key == records => engine.purges.apply(member, at_ms),
+                at_us,
+            } if key == records => engine.purges.apply(member, at_us),
             PurgeEvent::Lost => engine.purges.reload.notify_one(),
             _ => {}
         }
@@ -338,12 +344,12 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_covers_values_stamped_before_it_and_within_the_margin() {
+    fn a_tag_covers_values_stamped_at_or_before_it() {
         let purges = purges();
         purges.apply(&Target::Tag("product:1").member(), 10_000);
         assert!(purges.covers(9_000, b"list product:1", Name::Url(b"http://h/p/1")));
-        assert!(purges.covers(10_050, b"product:1", Name::Url(b"http://h/p/1")));
-        assert!(!purges.covers(10_200, b"product:1", Name::Url(b"http://h/p/1")));
+        assert!(purges.covers(10_000, b"product:1", Name::Url(b"http://h/p/1")));
+        assert!(!purges.covers(10_001, b"product:1", Name::Url(b"http://h/p/1")));
         assert!(!purges.covers(9_000, b"product:10 list", Name::Url(b"http://h/p/1")));
     }
 
@@ -362,10 +368,10 @@ mod tests {
     fn a_reload_replaces_the_table_and_measures_the_clock() {
         let purges = purges();
         purges.apply(&Target::Tag("gone").member(), 10_000);
-        let now = crate::entry::unix_now_ms();
+        let now = crate::entry::unix_now_us();
         purges.replace(PurgeRecords {
-            now_ms: now + 60_000,
-            floor_ms: 5_000,
+            now_us: now + 60_000_000,
+            floor_us: 5_000,
             records: vec![("t:kept".into(), 20_000)],
         });
         assert!(!purges.covers(10_000, b"gone", Name::Key(b"k")));
@@ -375,13 +381,13 @@ mod tests {
             "the floor covers all"
         );
         let stamp = purges.stamp();
-        assert!(stamp >= now + 59_000, "stamps follow the store's clock");
+        assert!(stamp >= now + 59_000_000, "stamps follow the store's clock");
     }
 
     #[test]
     fn a_fill_begun_after_a_known_purge_is_not_covered_by_it() {
         let purges = purges();
-        let far = crate::entry::unix_now_ms() + 3_600_000;
+        let far = crate::entry::unix_now_us() + 3_600_000_000;
         purges.apply(&Target::Tag("t").member(), far);
         let stamp = purges.stamp();
         assert!(stamp > far + 100);

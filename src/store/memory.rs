@@ -227,12 +227,12 @@ impl Store for MemoryStore {
         member: &'a str,
         keep: usize,
     ) -> StoreFuture<'a, u64> {
-        let at_ms = crate::entry::unix_now_ms();
+        let at_us = crate::entry::unix_now_us();
         let watchers = {
             let mut purges = self.purges.lock().unwrap_or_else(PoisonError::into_inner);
             let (floor, book) = purges.books.entry(records.to_owned()).or_default();
             book.retain(|(m, _)| m != member);
-            book.push_back((member.to_owned(), at_ms));
+            book.push_back((member.to_owned(), at_us));
             while book.len() > keep.max(1) {
                 if let Some((_, at)) = book.pop_front() {
                     *floor = (*floor).max(at);
@@ -245,22 +245,22 @@ impl Store for MemoryStore {
             watcher(PurgeEvent::Recorded {
                 records,
                 member,
-                at_ms,
+                at_us,
             });
         }
-        Box::pin(std::future::ready(Ok(at_ms)))
+        Box::pin(std::future::ready(Ok(at_us)))
     }
 
     fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
         let purges = self.purges.lock().unwrap_or_else(PoisonError::into_inner);
         let read = match purges.books.get(records) {
             Some((floor, book)) => PurgeRecords {
-                now_ms: crate::entry::unix_now_ms(),
-                floor_ms: *floor,
+                now_us: crate::entry::unix_now_us(),
+                floor_us: *floor,
                 records: book.iter().cloned().collect(),
             },
             None => PurgeRecords {
-                now_ms: crate::entry::unix_now_ms(),
+                now_us: crate::entry::unix_now_us(),
                 ..PurgeRecords::default()
             },
         };

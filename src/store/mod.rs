@@ -104,13 +104,14 @@ pub struct FillEnd<'a> {
 /// [`Store::purges`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeRecords {
-    /// The store's clock when it answered (Unix ms), so a process can tell how far its own
+    /// The store's clock when it answered (Unix µs), so a process can tell how far its own
     /// clock is from the store's.
-    pub now_ms: u64,
-    /// Every value stamped before this instant (Unix ms, store clock) counts as purged: the
+    pub now_us: u64,
+    /// Every value stamped before this instant (Unix µs, store clock) counts as purged: the
     /// oldest records, trimmed to bound the list, leave their time here.
-    pub floor_ms: u64,
-    /// Each purge: what was purged (an opaque member string) and when, on the store's clock.
+    pub floor_us: u64,
+    /// Each purge: what was purged (an opaque member string) and when (Unix µs, the store's
+    /// clock).
     pub records: Vec<(String, u64)>,
 }
 
@@ -118,14 +119,14 @@ pub struct PurgeRecords {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PurgeEvent<'a> {
-    /// A purge was recorded under `records`: `member` as of `at_ms` (store clock).
+    /// A purge was recorded under `records`: `member` as of `at_us` (store clock).
     Recorded {
         /// The records key it was recorded under.
         records: &'a str,
         /// What was purged.
         member: &'a str,
-        /// When, on the store's clock (Unix ms).
-        at_ms: u64,
+        /// When, on the store's clock (Unix µs).
+        at_us: u64,
     },
     /// Events may have been missed (the feed's connection dropped or lagged): read the
     /// records again.
@@ -281,7 +282,7 @@ pub trait Store: Send + Sync + 'static {
         })
     }
     /// Records a purge under the `records` key: `member` (what was purged, opaque to the
-    /// store) as of the store's clock, which it returns (Unix ms); announces it to every
+    /// store) as of the store's clock, which it returns (Unix µs); announces it to every
     /// process's [`watch_purges`](Self::watch_purges) watcher in the same call; and keeps at
     /// most `keep` records, folding the oldest into the floor (see [`PurgeRecords`]). Purges
     /// by tag and prefix rest on it. The default reports

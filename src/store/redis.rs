@@ -63,27 +63,29 @@ return removed";
 
 /// Records a purge at the server's clock, trims the records to the most recent `keep` (the
 /// oldest leave their time in the floor key) and announces it, in one step.
-/// KEYS: records floor. ARGV: member keep channel. Returns the time (Unix ms).
+/// KEYS: records floor. ARGV: member keep channel. Returns the time (Unix µs; below 2^53, so
+/// exact in Lua's doubles).
 const RECORD_PURGE_LUA: &str = r"
 local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('zadd', KEYS[1], now, ARGV[1])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local stamp = string.format('%.0f', now)
+redis.call('zadd', KEYS[1], stamp, ARGV[1])
 local over = redis.call('zcard', KEYS[1]) - tonumber(ARGV[2])
 if over > 0 then
     local old = redis.call('zpopmin', KEYS[1], over)
     local top = tonumber(old[#old])
     if top > tonumber(redis.call('get', KEYS[2]) or '0') then
-        redis.call('set', KEYS[2], tostring(top))
+        redis.call('set', KEYS[2], string.format('%.0f', top))
     end
 end
-redis.call('publish', ARGV[3], 'X' .. KEYS[1] .. '\n' .. now .. '\n' .. ARGV[1])
+redis.call('publish', ARGV[3], 'X' .. KEYS[1] .. '\n' .. stamp .. '\n' .. ARGV[1])
 return now";
 
 /// Reads every purge record with the server's clock. KEYS: records floor.
-/// Returns { now_ms, floor_ms, { member, ms, member, ms, ... } }.
+/// Returns { now_us, floor_us, { member, µs, member, µs, ... } }.
 const READ_PURGES_LUA: &str = r"
 local t = redis.call('time')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 return { now, tonumber(redis.call('get', KEYS[2]) or '0'),
     redis.call('zrange', KEYS[1], 0, -1, 'withscores') }";
 
@@ -841,7 +843,7 @@ impl Store for RedisStore {
             let reply: Value = self
                 .run(&self.inner.read_purges, READ_PURGES_LUA, keys, Vec::new())
                 .await?;
-            let as_ms = |value: &Value| {
+            let as_us = |value: &Value| {
                 value
                     .as_i64()
                     .or_else(|| {
@@ -862,11 +864,11 @@ impl Store for RedisStore {
             };
             let records = pairs
                 .chunks_exact(2)
-                .filter_map(|pair| Some((pair[0].as_string()?, as_ms(&pair[1]))))
+                .filter_map(|pair| Some((pair[0].as_string()?, as_us(&pair[1]))))
                 .collect();
             Ok(PurgeRecords {
-                now_ms: as_ms(now),
-                floor_ms: as_ms(floor),
+                now_us: as_us(now),
+                floor_us: as_us(floor),
                 records,
             })
         })

@@ -12,14 +12,14 @@
 //!       36..44  fingerprint     u64 BE: xxh3-64 of the value's identity (its
 //!                               `CacheValue` name and version, or the handle's name) and
 //!                               the cache's schema version
-//!       44..52  filled_at_ms    u64 BE: when the load (or write) began, on the store's
+//!       44..52  filled_at_us    u64 BE: when the load (or write) began, on the store's
 //!                               clock: purges at or after it cover the value
 //!       52..54  tags_len        u16 BE
 //!       54      format          1 = MessagePack (rmp-serde, structs as maps), 2 = JSON
 //!       55..    tags (space-separated, tags_len bytes), then the payload
 //! ```
 //!
-//! Version 1 (without `filled_at_ms` and tags) is no longer read: such a value is corrupt to
+//! Version 1 (without `filled_at_us` and tags) is no longer read: such a value is corrupt to
 //! this build, deleted and loaded again once.
 //!
 //! MessagePack through `rmp-serde` is the default: it is maintained, compact (about half of
@@ -79,7 +79,7 @@ pub(crate) struct Meta {
     pub(crate) fail_safe_until_ms: u64,
     pub(crate) fingerprint: u64,
     /// When the load or write began, on the store's clock (purges compare with it).
-    pub(crate) filled_at_ms: u64,
+    pub(crate) filled_at_us: u64,
 }
 
 impl Meta {
@@ -158,7 +158,7 @@ fn put_meta(out: &mut BytesMut, meta: &Meta) {
     out.put_u64(meta.stale_until_ms);
     out.put_u64(meta.fail_safe_until_ms);
     out.put_u64(meta.fingerprint);
-    out.put_u64(meta.filled_at_ms);
+    out.put_u64(meta.filled_at_us);
 }
 
 /// The envelope's format byte, tags and payload, bounds-checked.
@@ -221,7 +221,7 @@ pub(crate) fn meta(bytes: &[u8]) -> Result<Meta, DecodeError> {
         stale_until_ms: word(20)?,
         fail_safe_until_ms: word(28)?,
         fingerprint: word(36)?,
-        filled_at_ms: word(44)?,
+        filled_at_us: word(44)?,
     })
 }
 
@@ -287,7 +287,7 @@ mod tests {
             stale_until_ms: 3_000,
             fail_safe_until_ms: 4_000,
             fingerprint: fingerprint::<T>(schema),
-            filled_at_ms: 900,
+            filled_at_us: 900,
         }
     }
 

@@ -379,7 +379,7 @@ where
             valid: self.valid.clone(),
             options: options.settings(),
             seen: None,
-            filled_at_ms: inner.engine.purges().stamp(),
+            filled_at_us: inner.engine.purges().stamp(),
         };
         call.get_or_set(loader).await
     }

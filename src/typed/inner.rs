@@ -118,7 +118,7 @@ impl Inner {
         ttl: Duration,
         options: &GetOrSetOptions<M>,
         fingerprint: u64,
-        filled_at_ms: u64,
+        filled_at_us: u64,
     ) -> Meta {
         let fresh_until = now.saturating_add(millis(ttl));
         let stale_until = options
@@ -135,7 +135,7 @@ impl Inner {
             stale_until_ms: stale_until,
             fail_safe_until_ms: fail_safe_until,
             fingerprint,
-            filled_at_ms,
+            filled_at_us,
         }
     }
 
@@ -146,7 +146,7 @@ impl Inner {
             return false;
         };
         let name = crate::engine::purge::Name::Key(entry.as_bytes());
-        let covered = self.engine.purges().covers(meta.filled_at_ms, tags, name);
+        let covered = self.engine.purges().covers(meta.filled_at_us, tags, name);
         if covered {
             self.engine.stats.purged_reads(1);
         }

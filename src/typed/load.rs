@@ -118,7 +118,7 @@ pub(super) struct Call<T> {
     pub(super) seen: Option<[u8; 8]>,
     /// When the call began, on the store's clock: what it stores carries it, so a purge
     /// recorded while its loader ran covers the value (taken before the loader starts).
-    pub(super) filled_at_ms: u64,
+    pub(super) filled_at_us: u64,
 }
 
 impl<T> Clone for Call<T> {
@@ -130,7 +130,7 @@ impl<T> Clone for Call<T> {
             valid: self.valid.clone(),
             options: self.options,
             seen: self.seen,
-            filled_at_ms: self.filled_at_ms,
+            filled_at_us: self.filled_at_us,
         }
     }
 }
@@ -528,7 +528,7 @@ where
         tags: &[String],
     ) -> Result<(Bytes, Meta), crate::BoxError> {
         let options = &self.options;
-        let filled_at = self.filled_at_ms;
+        let filled_at = self.filled_at_us;
         let meta = |ttl| {
             self.inner
                 .meta_for(now, ttl, options, self.fingerprint, filled_at)

@@ -145,7 +145,11 @@ mod tests {
             .await
             .unwrap();
         let raw = store.get(&cache.store_key("k")).await.unwrap().unwrap();
-        assert_eq!(&raw[45..], b"[1,2]");
+        assert_eq!(
+            &raw[55..],
+            b"[1,2]",
+            "the JSON after the 55-byte envelope (no tags)"
+        );
         // Read in the format written, whatever the reader's own.
         let msgpack = Cache::new(store);
         assert_eq!(msgpack.get::<Vec<u8>>("k").await.unwrap(), Some(vec![1, 2]));

@@ -4,7 +4,7 @@
 //! Every message on the store's channel is one byte of kind and a payload:
 //! `S<key>` stored, `N<key>` not storable, `C<key>` changed, `R<key>` lock released,
 //! `P<prefix>` every key under a prefix changed, `H<sender>:<round>` a heartbeat,
-//! `X<records key>\n<ms>\n<member>` a purge recorded (sent by the script that records it). Writes and
+//! `X<records key>\n<µs>\n<member>` a purge recorded (sent by the script that records it). Writes and
 //! deletes send theirs from inside the script that makes them, so a change is never made
 //! without its message (a crash between two calls cannot leave other processes' copies stale).
 //!
@@ -149,11 +149,11 @@ impl Feed {
                 else {
                     return;
                 };
-                if let Ok(at_ms) = at.parse::<u64>() {
+                if let Ok(at_us) = at.parse::<u64>() {
                     self.emit_purge(PurgeEvent::Recorded {
                         records,
                         member,
-                        at_ms,
+                        at_us,
                     });
                 }
             }
