@@ -57,15 +57,34 @@ impl Node {
     /// Starts `redis-server` on a free port with `args` (after the port, bind and persistence
     /// settings), and returns once it accepts connections.
     pub fn start(args: &[&str]) -> Self {
-        let port = free_port();
-        let mut node = Self {
-            port,
-            child: None,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            dir: Scratch::new("node"),
+        // A free port can be taken by another test's server between the probe and our bind
+        // (then ours exits and the other answers on the port): retry on a new port unless the
+        // process answering is ours.
+        for _ in 0..10 {
+            let port = free_port();
+            let mut node = Self {
+                port,
+                child: None,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                dir: Scratch::new("node"),
+            };
+            node.spawn();
+            if node.is_ours() {
+                return node;
+            }
+            node.kill();
+        }
+        panic!("no free port for redis-server after 10 tries");
+    }
+
+    /// Whether the server answering on this node's port is this node's own process.
+    fn is_ours(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(std::process::Child::id) else {
+            return false;
         };
-        node.spawn();
-        node
+        command(self.port, &["INFO", "server"])
+            .lines()
+            .any(|line| line.trim() == format!("process_id:{pid}"))
     }
 
     /// A node with a configuration file (Sentinel needs one it can rewrite).
