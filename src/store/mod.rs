@@ -136,6 +136,13 @@ pub enum PurgeEvent<'a> {
 /// Receives a store's [`PurgeEvent`]s.
 pub type PurgeWatcher = Arc<dyn Fn(PurgeEvent<'_>) + Send + Sync>;
 
+/// The answer of a [`Store`] method the store does not implement (the trait's defaults).
+fn unsupported<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Err(StoreError::from_kind(
+        crate::error::StoreErrorKind::Unsupported,
+    ))))
+}
+
 /// What [`Store::try_lock_or_read`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockAttempt {
@@ -268,9 +275,7 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported).
     fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         let _ = prefix;
-        Box::pin(std::future::ready(Err(StoreError::from_kind(
-            crate::error::StoreErrorKind::Unsupported,
-        ))))
+        unsupported()
     }
     /// Removes a value and says whether there was one (the typed face's `delete` reports
     /// it). The default reads, then deletes, in two calls.
@@ -294,17 +299,13 @@ pub trait Store: Send + Sync + 'static {
         keep: usize,
     ) -> StoreFuture<'a, u64> {
         let _ = (records, member, keep);
-        Box::pin(std::future::ready(Err(StoreError::from_kind(
-            crate::error::StoreErrorKind::Unsupported,
-        ))))
+        unsupported()
     }
     /// Every purge recorded under `records`, with the store's clock. The default reports
     /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported).
     fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
         let _ = records;
-        Box::pin(std::future::ready(Err(StoreError::from_kind(
-            crate::error::StoreErrorKind::Unsupported,
-        ))))
+        unsupported()
     }
     /// Starts reporting purges recorded by any process to `watcher`, and returns `true`. A
     /// store that cannot (the default) returns `false`; the engine then reads the records
@@ -337,9 +338,7 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreFuture<'a, Option<u64>> {
         let _ = (key, fence_key, token, ttl);
-        Box::pin(std::future::ready(Err(StoreError::from_kind(
-            crate::error::StoreErrorKind::Unsupported,
-        ))))
+        unsupported()
     }
 }
 

@@ -97,6 +97,17 @@ impl Cache {
     }
 }
 
+/// The options and store lifetime a write for `expiry` takes: a zero duration is an error,
+/// `Never` is fresh forever and kept `NEVER_KEEP`.
+fn expiry_options(expiry: Expiry) -> Result<(GetOrSetOptions, Option<u64>), CacheError> {
+    let (ttl, keep) = match expiry {
+        Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::ZeroTtl),
+        Expiry::After(ttl) => (ttl, None),
+        Expiry::Never => (NEVER_KEEP, Some(u64::MAX)),
+    };
+    Ok((GetOrSetOptions::builder(ttl).options_unchecked(), keep))
+}
+
 impl<T> TypedCache<T> {
     fn new(cache: Cache, identity: String) -> Self {
         let fingerprint = cache.inner.fingerprint(&identity);
@@ -195,12 +206,7 @@ impl<T> TypedCache<T> {
         T: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        let (ttl, keep) = match expiry.into() {
-            Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::ZeroTtl),
-            Expiry::After(ttl) => (ttl, None),
-            Expiry::Never => (NEVER_KEEP, Some(u64::MAX)),
-        };
-        let options = GetOrSetOptions::builder(ttl).options_unchecked();
+        let (options, keep) = expiry_options(expiry.into())?;
         self.write(key.as_ref(), value, &options, keep, &[]).await
     }
 
@@ -217,12 +223,7 @@ impl<T> TypedCache<T> {
         T: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        let (ttl, keep) = match expiry.into() {
-            Expiry::After(ttl) if ttl.is_zero() => return Err(CacheError::ZeroTtl),
-            Expiry::After(ttl) => (ttl, None),
-            Expiry::Never => (NEVER_KEEP, Some(u64::MAX)),
-        };
-        let options = GetOrSetOptions::builder(ttl).options_unchecked();
+        let (options, keep) = expiry_options(expiry.into())?;
         let tags: Vec<String> = tags.iter().map(|tag| (*tag).to_owned()).collect();
         self.write(key.as_ref(), value, &options, keep, &tags).await
     }
