@@ -41,14 +41,9 @@ pub(crate) struct Config {
     pub(crate) targeted: Vec<http::HeaderName>,
     /// Whether responses with `Set-Cookie` may be stored when they say they may be shared.
     pub(crate) share_set_cookie: bool,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) lock_wait: Duration,
     pub(crate) distributed_lock: bool,
     pub(crate) hit_for_miss_ttl: Duration,
     pub(crate) cache_name: String,
     /// Where response tags come from, and whether their headers reach clients.
     pub(crate) tagging: crate::tags::Tagging,
 }
-
-/// The key-prefix rule lives in `crate::prefix`, shared with the typed face.
-pub(crate) use crate::prefix::check_prefix;

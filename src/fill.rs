@@ -55,7 +55,8 @@ where
                 .lease
                 .take()
                 .map(|lease| shared.engine.handoffs.deposit(lease));
-            let outcome = tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await;
+            let outcome =
+                tokio::time::timeout(shared.engine.fills.lock_wait, follower.outcome()).await;
             drop(deposit);
             match outcome {
                 // Only a fresh entry answers a follower, as in other processes (`Judge`): one
@@ -197,7 +198,7 @@ async fn lead<S, ReqBody, ResBody>(
             FillRequest {
                 keys: &keys,
                 // A background refresh does not wait: another process is already at it.
-                wait: respond.is_some().then_some(shared.config.lock_wait),
+                wait: respond.is_some().then_some(shared.engine.fills.lock_wait),
                 seen: ctx
                     .stale
                     .as_ref()

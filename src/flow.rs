@@ -213,7 +213,7 @@ async fn outcome_of_running_fill(
     request: &HeaderMap,
 ) -> Option<Entry> {
     let follower = shared.flights.follow(key.flight())?;
-    match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
+    match tokio::time::timeout(shared.engine.fills.lock_wait, follower.outcome()).await {
         Ok(Outcome::Stored(entry)) if entry.matches(request) => Some(Entry::clone(&entry)),
         _ => None,
     }

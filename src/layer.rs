@@ -3,21 +3,18 @@
 use crate::config::{CacheMode, Config};
 use crate::context::Shared;
 use crate::engine::purge::Target;
-use crate::engine::{Engine, FillSettings};
+use crate::engine::{EngineConfig, Face};
 use crate::error::{ConfigError, PurgeError, StoreError};
 use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
 use crate::service::CacheService;
-use crate::stats::{Counters, Stats};
-use crate::store::{GuardedStore, Store};
+use crate::stats::Stats;
+use crate::store::Store;
 use http::{Method, Request, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 use tower_layer::Layer;
 
-pub use crate::engine::DEFAULT_MAX_FILL_BYTES;
-
-/// The longest a request may wait for another request's fill before asking the origin itself.
-pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(600);
+pub use crate::engine::config::{DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 
 /// A [`Layer`] that caches the responses of the service it wraps in a shared [`Store`].
 ///
@@ -180,7 +177,8 @@ impl<S> Layer<S> for CacheLayer {
 /// Settings for a [`CacheLayer`]; [`build`](Self::build) checks them.
 #[must_use]
 pub struct CacheLayerBuilder {
-    store: Arc<dyn Store>,
+    /// What the engine is built from (store, guard, near tier, fills, budgets, purges).
+    engine: EngineConfig,
     mode: CacheMode,
     ttl: Duration,
     negative_ttl: Option<Duration>,
@@ -191,13 +189,8 @@ pub struct CacheLayerBuilder {
     normalize_query: bool,
     share_authorized: bool,
     ttl_with_cookies: bool,
-    prefix: String,
     key_fn: Option<Arc<KeyFn>>,
     bypass: Option<Arc<BypassFn>>,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    lock_ttl: Duration,
-    lock_wait: Duration,
     distributed_lock: bool,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
@@ -205,21 +198,13 @@ pub struct CacheLayerBuilder {
     targeted_cache_control: Vec<String>,
     share_set_cookie: bool,
     hit_for_miss_ttl: Duration,
-    cache_name: String,
-    breaker_threshold: u32,
-    breaker_cooldown: Duration,
-    max_pending_writes: usize,
-    max_fill_bytes: u64,
-    near_cache: Option<(u64, Duration)>,
     tagging: crate::tags::Tagging,
-    purge_clock_margin: Duration,
-    purge_records: usize,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheLayerBuilder")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.engine.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -227,7 +212,7 @@ impl std::fmt::Debug for CacheLayerBuilder {
 impl CacheLayerBuilder {
     fn new(store: Arc<dyn Store>) -> Self {
         Self {
-            store,
+            engine: EngineConfig::new(Face::Http, store),
             mode: CacheMode::Application,
             ttl: Duration::from_secs(60),
             negative_ttl: None,
@@ -238,13 +223,8 @@ impl CacheLayerBuilder {
             normalize_query: true,
             share_authorized: false,
             ttl_with_cookies: false,
-            prefix: "trc".to_owned(),
             key_fn: None,
             bypass: None,
-            read_timeout: Duration::from_millis(50),
-            write_timeout: Duration::from_millis(500),
-            lock_ttl: Duration::from_secs(5),
-            lock_wait: Duration::from_secs(5),
             distributed_lock: true,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
@@ -252,18 +232,7 @@ impl CacheLayerBuilder {
             targeted_cache_control: vec!["CDN-Cache-Control".to_owned()],
             share_set_cookie: false,
             hit_for_miss_ttl: Duration::from_secs(2),
-            cache_name: "tower-redis-cache".to_owned(),
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(1),
-            max_pending_writes: 1024,
-            max_fill_bytes: DEFAULT_MAX_FILL_BYTES,
-            near_cache: Some((
-                crate::engine::DEFAULT_NEAR_CACHE_BYTES,
-                crate::engine::DEFAULT_NEAR_CACHE_TTL,
-            )),
             tagging: crate::tags::Tagging::default(),
-            purge_clock_margin: crate::engine::purge::DEFAULT_CLOCK_MARGIN,
-            purge_records: crate::engine::purge::DEFAULT_PURGE_RECORDS,
         }
     }
 
@@ -303,14 +272,14 @@ impl CacheLayerBuilder {
     /// (default 2 ms): the drift allowed between two measurements of the offset (every 30 s),
     /// so a stamp may err early (refilled once more after a purge), never late.
     pub fn purge_clock_margin(mut self, margin: Duration) -> Self {
-        self.purge_clock_margin = margin;
+        self.engine.purge_clock_margin = margin;
         self
     }
 
     /// How many purge records the store keeps (default 10,000); older ones fold into a floor
     /// that covers every entry filled before it (they refill once).
     pub fn purge_records(mut self, records: usize) -> Self {
-        self.purge_records = records;
+        self.engine.purge_records = records;
         self
     }
 
@@ -387,7 +356,7 @@ impl CacheLayerBuilder {
 
     /// The prefix of every store key (default `trc`).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.engine.prefix = prefix.into();
         self
     }
 
@@ -414,28 +383,28 @@ impl CacheLayerBuilder {
     /// The longest a lookup or lock call may take before the request goes on without the
     /// cache (default 50 ms).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+        self.engine.read_timeout = timeout;
         self
     }
 
     /// The longest a write, delete or unlock may take (default 500 ms); writes are off the
     /// response path.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout;
+        self.engine.write_timeout = timeout;
         self
     }
 
     /// How long a fill lock lives unless its holder extends it (default 5 s). A holder that
     /// dies delays the others by at most this.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.lock_ttl = ttl;
+        self.engine.lock_ttl = ttl;
         self
     }
 
     /// The longest a request waits for another's fill before calling the origin itself
     /// (default 5 s).
     pub fn lock_wait(mut self, wait: Duration) -> Self {
-        self.lock_wait = wait;
+        self.engine.lock_wait = wait;
         self
     }
 
@@ -514,15 +483,15 @@ impl CacheLayerBuilder {
     /// The name this cache gives itself in `Cache-Status` (default `tower-redis-cache`); an
     /// RFC 8941 token, such as `edge-1` or `cdn/eu`.
     pub fn cache_name(mut self, name: impl Into<String>) -> Self {
-        self.cache_name = name.into();
+        self.engine.name = name.into();
         self
     }
 
     /// Consecutive store failures that open the circuit breaker (default 5), and how long it
     /// then skips the store (default 1 s).
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.breaker_threshold = failures;
-        self.breaker_cooldown = cooldown;
+        self.engine.breaker_threshold = failures;
+        self.engine.breaker_cooldown = cooldown;
         self
     }
 
@@ -538,13 +507,13 @@ impl CacheLayerBuilder {
     /// past the entry's own freshness. Stores that cannot report changes (the
     /// [`MemoryStore`](crate::MemoryStore), already in process) get no near tier.
     pub fn near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
-        self.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
+        self.engine.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
         self
     }
 
     /// The most store writes in flight at once (default 1024); misses beyond it are not stored.
     pub fn max_pending_writes(mut self, writes: usize) -> Self {
-        self.max_pending_writes = writes;
+        self.engine.max_pending_writes = writes;
         self
     }
 
@@ -556,7 +525,7 @@ impl CacheLayerBuilder {
     /// (`Cache-Status: …; detail=fill-budget`, counted in `fills_over_budget`). Bounds memory
     /// when many large misses run at once (clients asking for many big URLs and hanging up).
     pub fn max_fill_bytes(mut self, bytes: u64) -> Self {
-        self.max_fill_bytes = bytes;
+        self.engine.max_fill_bytes = bytes;
         self
     }
 
@@ -592,26 +561,8 @@ impl CacheLayerBuilder {
         if self.max_body_bytes > u64::from(u32::MAX) {
             return Err(ConfigError::MaxBodyTooLarge(self.max_body_bytes));
         }
-        self.prefix = crate::config::check_prefix(self.prefix)?;
-        for (field, value) in [
-            ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
-            ("lock_ttl", self.lock_ttl),
-            ("lock_wait", self.lock_wait),
-            ("circuit breaker cooldown", self.breaker_cooldown),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::ZeroDuration(field));
-            }
-        }
         if self.negative_ttl.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::ZeroDuration("negative_ttl"));
-        }
-        if self.lock_wait > MAX_LOCK_WAIT {
-            return Err(ConfigError::LockWaitTooLong {
-                wait: self.lock_wait,
-                max: MAX_LOCK_WAIT,
-            });
         }
         let targeted = self
             .targeted_cache_control
@@ -623,21 +574,7 @@ impl CacheLayerBuilder {
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
-        if !crate::headers::is_sf_token(&self.cache_name) {
-            return Err(ConfigError::InvalidCacheName(self.cache_name));
-        }
-        if let Some((0, _)) = self.near_cache {
-            return Err(ConfigError::ZeroNearCache);
-        }
-        if self.max_pending_writes == 0 {
-            return Err(ConfigError::ZeroPendingWrites);
-        }
-        if self.max_fill_bytes == 0 {
-            return Err(ConfigError::ZeroFillBytes);
-        }
-        #[cfg(feature = "metrics")]
-        crate::stats::describe_metrics();
-        let stats = Arc::new(Counters::named(&self.cache_name));
+        self.engine.validate()?;
         let config = Config {
             mode: self.mode,
             ttl: self.ttl,
@@ -653,47 +590,18 @@ impl CacheLayerBuilder {
             stale_if_unreachable: self.stale_if_unreachable,
             targeted,
             share_set_cookie: self.share_set_cookie,
-            lock_ttl: self.lock_ttl,
-            lock_wait: self.lock_wait,
             distributed_lock: self.distributed_lock,
             hit_for_miss_ttl: self.hit_for_miss_ttl,
-            cache_name: self.cache_name,
+            cache_name: self.engine.name.clone(),
             tagging: self.tagging,
         };
-        let store = GuardedStore::new(
-            self.store,
-            self.read_timeout,
-            self.write_timeout,
-            self.breaker_threshold.max(1),
-            self.breaker_cooldown,
-            Arc::clone(&stats),
-        );
-        let store = match self.near_cache {
-            Some((max_bytes, ttl)) => {
-                store.with_near_tier(max_bytes, ttl, crate::engine::fresh_until)
-            }
-            None => store,
-        };
         let keys = KeyMaker {
-            prefix: self.prefix.into(),
+            prefix: self.engine.prefix.as_str().into(),
             normalize_query: self.normalize_query,
             custom: self.key_fn,
             bypass: self.bypass,
         };
-        let fills = FillSettings {
-            lock_ttl: config.lock_ttl,
-            lock_wait: config.lock_wait,
-        };
-        if self.purge_records == 0 {
-            return Err(ConfigError::ZeroPurgeRecords);
-        }
-        let engine = Engine::new(store, stats, Arc::default(), fills)
-            .with_budgets(self.max_pending_writes, self.max_fill_bytes)
-            .with_purges(
-                format!("{{{}}}:purges", keys.prefix),
-                self.purge_records,
-                self.purge_clock_margin,
-            );
+        let engine = self.engine.start();
         let shared = Shared {
             config,
             keys,

@@ -10,12 +10,16 @@
 //! one connection pool, one lock protocol and one set of counters.
 
 pub(crate) mod background;
+pub(crate) mod config;
 pub(crate) mod fill;
 pub(crate) mod flight;
 pub(crate) mod keeper;
 pub(crate) mod purge;
 
 use crate::engine::background::{Background, Running};
+pub(crate) use crate::engine::config::{
+    EngineConfig, Face, DEFAULT_MAX_FILL_BYTES, DEFAULT_PENDING_WRITES,
+};
 use crate::stats::Counters;
 use crate::store::GuardedStore;
 use std::future::Future;
@@ -62,17 +66,6 @@ pub(crate) struct Engine {
     purges: purge::Purges,
 }
 
-/// The default of [`CacheLayerBuilder::max_fill_bytes`](crate::CacheLayerBuilder::max_fill_bytes):
-/// 256 MiB.
-pub const DEFAULT_MAX_FILL_BYTES: u64 = 256 << 20;
-
-/// The near tier's default size: 64 MiB of copies per layer or cache.
-pub(crate) const DEFAULT_NEAR_CACHE_BYTES: u64 = 64 << 20;
-
-/// The near tier's default longest life of a copy (it is dropped sooner on any change, and
-/// never kept past the value's own freshness).
-pub(crate) const DEFAULT_NEAR_CACHE_TTL: Duration = Duration::from_secs(30);
-
 /// When a value in either face's format stops being fresh (Unix ms), for the near tier: HTTP
 /// entries (`TRC`) and typed values (`TRV`), both at version 2, keep their store stamp at
 /// bytes 4..12 and their freshness at 12..20 (see `crate::entry` and `crate::typed::codec`).
@@ -86,9 +79,6 @@ pub(crate) fn fresh_until(value: &[u8]) -> Option<u64> {
         u64::from_be_bytes(until)
     })
 }
-
-/// The default bound on store writes in flight.
-pub(crate) const DEFAULT_PENDING_WRITES: usize = 1024;
 
 impl Engine {
     pub(crate) fn new(

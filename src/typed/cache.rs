@@ -8,10 +8,10 @@ use super::inner::{count, escape, escape_key, Inner};
 use super::load::Loader;
 use super::lock::{self, HeldLock, LockGuard, LockOptions};
 use super::options::{Expiry, GetOrSetOptions, InCaller};
-use crate::engine::{Engine, FillSettings};
+use crate::engine::{Engine, EngineConfig, Face};
 use crate::error::{CacheError, ConfigError, GetOrSetError, LockError};
-use crate::stats::{Counters, Stats};
-use crate::store::{GuardedStore, Store};
+use crate::stats::Stats;
+use crate::store::Store;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -69,27 +69,19 @@ impl std::fmt::Debug for Cache {
 /// Settings for a [`Cache`]; [`build`](Self::build) checks them.
 #[must_use]
 pub struct CacheBuilder {
-    store: Arc<dyn Store>,
-    name: String,
-    prefix: String,
+    /// What the engine is built from (store, guard, near tier, fills, budgets, purges).
+    engine: EngineConfig,
     codec: Codec,
     schema: u32,
     defaults: GetOrSetOptions<InCaller>,
-    read_timeout: Duration,
-    write_timeout: Duration,
     admin_timeout: Duration,
-    fill_lock_ttl: Duration,
-    fill_wait: Duration,
-    breaker_threshold: u32,
-    breaker_cooldown: Duration,
-    near_cache: Option<(u64, Duration)>,
 }
 
 impl std::fmt::Debug for CacheBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheBuilder")
-            .field("name", &self.name)
-            .field("prefix", &self.prefix)
+            .field("name", &self.engine.name)
+            .field("prefix", &self.engine.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -98,14 +90,14 @@ impl CacheBuilder {
     /// The `cache` label of this cache's metrics (default `tower-redis-cache`), so caches
     /// of one process are told apart on a dashboard.
     pub fn cache_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.engine.name = name.into();
         self
     }
 
     /// The prefix of every key (default `trc`, the layer's: typed keys sit apart under
     /// `{prefix}:v:`).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.engine.prefix = prefix.into();
         self
     }
 
@@ -133,13 +125,13 @@ impl CacheBuilder {
     /// The longest a read or lock attempt may take before the call goes on without the
     /// cache (default 100 ms).
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
+        self.engine.read_timeout = timeout;
         self
     }
 
     /// The longest a write, delete or unlock may take (default 500 ms).
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout;
+        self.engine.write_timeout = timeout;
         self
     }
 
@@ -153,22 +145,22 @@ impl CacheBuilder {
     /// (default 5 s): a loader that dies delays the fleet's next load of its key by at most
     /// this. (Named locks, [`Cache::lock`], take their ttl from [`LockOptions`].)
     pub fn fill_lock_ttl(mut self, ttl: Duration) -> Self {
-        self.fill_lock_ttl = ttl;
+        self.engine.lock_ttl = ttl;
         self
     }
 
     /// The longest `get_or_set` waits for another process's load of its key before loading
     /// itself (default 10 s).
     pub fn fill_wait(mut self, wait: Duration) -> Self {
-        self.fill_wait = wait;
+        self.engine.lock_wait = wait;
         self
     }
 
     /// Consecutive store failures that open the circuit breaker (default 5), and how long
     /// it stays open (default 1 s).
     pub fn circuit_breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
-        self.breaker_threshold = threshold;
-        self.breaker_cooldown = cooldown;
+        self.engine.breaker_threshold = threshold;
+        self.engine.breaker_cooldown = cooldown;
         self
     }
 
@@ -178,65 +170,29 @@ impl CacheBuilder {
     /// [`CacheLayerBuilder::near_cache`](crate::CacheLayerBuilder::near_cache)); a copy never
     /// outlives the value's fresh time.
     pub fn near_cache(mut self, max_bytes: u64, ttl: Duration) -> Self {
-        self.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
+        self.engine.near_cache = (!ttl.is_zero()).then_some((max_bytes, ttl));
         self
     }
 
     /// Checks the settings and builds the cache.
     pub fn build(mut self) -> Result<Cache, ConfigError> {
-        if let Some((0, _)) = self.near_cache {
-            return Err(ConfigError::ZeroNearCache);
-        }
-        self.prefix = crate::prefix::check_prefix(self.prefix)?;
-        if self.name.trim().is_empty() || self.name.chars().any(char::is_control) {
-            return Err(ConfigError::InvalidCacheName(self.name));
-        }
-        for (field, duration) in [
-            ("read_timeout", self.read_timeout),
-            ("write_timeout", self.write_timeout),
-            ("admin_timeout", self.admin_timeout),
-            ("fill_lock_ttl", self.fill_lock_ttl),
-            ("fill_wait", self.fill_wait),
-        ] {
-            if duration.is_zero() {
-                return Err(ConfigError::ZeroDuration(field));
-            }
+        self.engine.validate()?;
+        if self.admin_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("admin_timeout"));
         }
         Ok(self.assemble())
     }
 
     fn assemble(self) -> Cache {
-        let stats = Arc::new(Counters::named(&self.name));
-        let store = GuardedStore::new(
-            self.store,
-            self.read_timeout,
-            self.write_timeout,
-            self.breaker_threshold.max(1),
-            self.breaker_cooldown,
-            Arc::clone(&stats),
-        );
-        let store = match self.near_cache {
-            Some((max_bytes, ttl)) => {
-                store.with_near_tier(max_bytes, ttl, crate::engine::fresh_until)
-            }
-            None => store,
-        };
-        let fills = FillSettings {
-            lock_ttl: self.fill_lock_ttl,
-            lock_wait: self.fill_wait,
-        };
-        let engine = Engine::new(store, stats, Arc::default(), fills).with_purges(
-            format!("{{{}}}:purges", self.prefix),
-            crate::engine::purge::DEFAULT_PURGE_RECORDS,
-            crate::engine::purge::DEFAULT_CLOCK_MARGIN,
-        );
-        let engine = Arc::new(engine);
+        let prefix = self.engine.prefix.clone();
+        let name = self.engine.name.clone();
+        let engine = Arc::new(self.engine.start());
         Cache {
             inner: Arc::new(Inner {
                 engine,
-                prefix: self.prefix,
+                prefix,
                 namespace: String::new(),
-                name: self.name,
+                name,
                 codec: self.codec,
                 schema: self.schema,
                 defaults: self.defaults,
@@ -299,23 +255,11 @@ impl Cache {
     /// Starts configuring a cache over `store`.
     pub fn builder(store: impl Store) -> CacheBuilder {
         CacheBuilder {
-            store: Arc::new(store),
-            name: "tower-redis-cache".to_owned(),
-            prefix: "trc".to_owned(),
+            engine: EngineConfig::new(Face::Values, Arc::new(store)),
             codec: Codec::default(),
             schema: 0,
             defaults: DEFAULT_OPTIONS,
-            read_timeout: Duration::from_millis(100),
-            write_timeout: Duration::from_millis(500),
             admin_timeout: Duration::from_secs(60),
-            fill_lock_ttl: Duration::from_secs(5),
-            fill_wait: Duration::from_secs(10),
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(1),
-            near_cache: Some((
-                crate::engine::DEFAULT_NEAR_CACHE_BYTES,
-                crate::engine::DEFAULT_NEAR_CACHE_TTL,
-            )),
         }
     }
 
