@@ -67,7 +67,8 @@
 //!
 //! The typed face:
 //! - `typed`: module docs and re-exports.
-//! - `typed::cache`: [`Cache`] and its builder: namespaces, per-call-typed calls, locks, health.
+//! - `typed::cache`: [`Cache`]: namespaces, per-call-typed calls, locks, health.
+//! - `typed::builder`: [`CacheBuilder`], the typed face's settings over the engine's.
 //! - `typed::handle`: [`TypedCache`], the cache for one value type (`cache.typed::<T>()`).
 //! - `typed::identity`: [`CacheValue`], the stable name and version a value is stored under.
 //! - `typed::inner`: the state a cache shares with its clones, and what a read found.
@@ -80,6 +81,7 @@
 //!
 //! The engine and the store:
 //! - `engine`: keyed byte values with lifetimes: the guarded store, counters, budgets.
+//! - `engine::config`: the engine's settings, defaulted and validated once for both builders.
 //! - `engine::fill`: one fill per key across the fleet (lock, wait, takeover, extension).
 //! - `engine::flight`: in-process single flight, one leader per key.
 //! - `engine::background`: work run off the caller's path, for `wait_for_writes`.

@@ -423,7 +423,9 @@ where
 
     /// Hands a load's outcome to this process's followers and ends the fill: the value
     /// written (or the fail-safe value, fresh for the throttle window, on an error), the
-    /// notice, the unlock.
+    /// notice, the unlock. The flight ends (`leader` dropped) only after the write, so callers
+    /// that came meanwhile followed, and before an error is answered, so the next call loads
+    /// again.
     async fn finish<E: Send + Sync + 'static>(
         &self,
         leader: Option<Leader<Landed>>,
@@ -431,91 +433,101 @@ where
         loaded: Result<Loaded<T>, Failure<E>>,
         fallback: Option<Fallback<T>>,
     ) -> Result<T, GetOrSetError<E>> {
-        let inner = &self.inner;
-        let stats = &inner.engine.stats;
-        let resolve = |landed: Landed| {
-            if let Some(leader) = &leader {
-                leader.resolve(Outcome::Stored(landed));
-            }
-        };
-        let entry = self.keys.entry.as_str();
-        let now = unix_now_ms();
+        let leader = leader.as_ref();
         let failure = match loaded {
-            Ok(loaded) => {
-                let Loaded {
-                    value,
-                    ttl,
-                    store,
-                    tags,
-                } = loaded;
-                match self.seal(now, &value, ttl, &tags) {
-                    Ok((bytes, meta)) => {
-                        resolve(Landed::Value(bytes.clone()));
-                        let keep = meta.keep_until_ms().saturating_sub(now);
-                        let stored = store && meta.fresh_until_ms > now;
-                        let write = stored.then(|| {
-                            fill::FillWrite::value(entry, bytes, Duration::from_millis(keep))
-                        });
-                        let notice = match stored {
-                            true => FillNotice::Stored,
-                            false => FillNotice::NotStorable,
-                        };
-                        let _ = fill::finish(&inner.engine, lease, write, (entry, notice)).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, key = entry, "typed cache value not encodable: not stored");
-                        resolve(Landed::Unstored);
-                        let notice = (entry, FillNotice::NotStorable);
-                        let _ = fill::finish(&inner.engine, lease, None, notice).await;
-                    }
-                }
-                // The flight ends after the write, so callers that came meanwhile followed.
-                drop(leader);
-                return Ok(value);
-            }
+            Ok(loaded) => return Ok(self.land(leader, lease, loaded).await),
             Err(failure) => failure,
         };
-        stats.typed_load_errors(1);
+        self.inner.engine.stats.typed_load_errors(1);
         if let Some(stale) = fallback {
-            // Fail-safe: the last value answers, and is stored fresh for the throttle window
-            // so the failing loader is not run again on every call, here or elsewhere.
-            let fresh_until = now
-                .saturating_add(millis(self.options.fail_safe_throttle))
-                .min(stale.meta.fail_safe_until_ms);
-            let meta = Meta {
-                stored_at_ms: now,
-                fresh_until_ms: fresh_until,
-                stale_until_ms: fresh_until,
-                ..stale.meta
-            };
-            let write = codec::with_meta(&stale.bytes, &meta).map(|bytes| {
-                resolve(Landed::Value(bytes.clone()));
-                let keep = meta.keep_until_ms().saturating_sub(now);
-                fill::FillWrite::value(entry, bytes, Duration::from_millis(keep))
-            });
-            let _ = fill::finish(&inner.engine, lease, write, (entry, FillNotice::Stored)).await;
-            stats.typed_stale(1);
-            stats.typed_throttled(1);
-            drop(leader);
-            return Ok(stale.value);
+            return Ok(self.fail_safe(leader, lease, stale).await);
         }
         let error = match failure {
             Failure::Loader(error) => {
                 let error = Arc::new(error);
-                resolve(Landed::Failed(Arc::clone(&error) as _));
+                resolve(leader, Landed::Failed(Arc::clone(&error) as _));
                 GetOrSetError::Loader(error)
             }
             Failure::HardTimeout(after) => {
-                resolve(Landed::TimedOut(after));
+                resolve(leader, Landed::TimedOut(after));
                 GetOrSetError::HardTimeout(after)
             }
         };
         // Nothing stored; waiters elsewhere are told to load themselves.
-        let notice = (entry, FillNotice::NotStorable);
-        let _ = fill::finish(&inner.engine, lease, None, notice).await;
-        // End the flight before answering, so the next call loads again.
-        drop(leader);
+        let notice = (self.keys.entry.as_str(), FillNotice::NotStorable);
+        let _ = fill::finish(&self.inner.engine, lease, None, notice).await;
         Err(error)
+    }
+
+    /// A loaded value: handed to this process's followers, written (when it may be stored
+    /// and is fresh), announced, unlocked.
+    async fn land(
+        &self,
+        leader: Option<&Leader<Landed>>,
+        lease: Option<Lease>,
+        loaded: Loaded<T>,
+    ) -> T {
+        let engine = &self.inner.engine;
+        let entry = self.keys.entry.as_str();
+        let now = unix_now_ms();
+        let Loaded {
+            value,
+            ttl,
+            store,
+            tags,
+        } = loaded;
+        match self.seal(now, &value, ttl, &tags) {
+            Ok((bytes, meta)) => {
+                resolve(leader, Landed::Value(bytes.clone()));
+                let keep = meta.keep_until_ms().saturating_sub(now);
+                let stored = store && meta.fresh_until_ms > now;
+                let write = stored
+                    .then(|| fill::FillWrite::value(entry, bytes, Duration::from_millis(keep)));
+                let notice = match stored {
+                    true => FillNotice::Stored,
+                    false => FillNotice::NotStorable,
+                };
+                let _ = fill::finish(engine, lease, write, (entry, notice)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, key = entry, "typed cache value not encodable: not stored");
+                resolve(leader, Landed::Unstored);
+                let notice = (entry, FillNotice::NotStorable);
+                let _ = fill::finish(engine, lease, None, notice).await;
+            }
+        }
+        value
+    }
+
+    /// Fail-safe, for a load that failed: the last value answers, and is stored fresh for the
+    /// throttle window so the failing loader is not run again on every call, here or elsewhere.
+    async fn fail_safe(
+        &self,
+        leader: Option<&Leader<Landed>>,
+        lease: Option<Lease>,
+        stale: Fallback<T>,
+    ) -> T {
+        let engine = &self.inner.engine;
+        let entry = self.keys.entry.as_str();
+        let now = unix_now_ms();
+        let fresh_until = now
+            .saturating_add(millis(self.options.fail_safe_throttle))
+            .min(stale.meta.fail_safe_until_ms);
+        let meta = Meta {
+            stored_at_ms: now,
+            fresh_until_ms: fresh_until,
+            stale_until_ms: fresh_until,
+            ..stale.meta
+        };
+        let write = codec::with_meta(&stale.bytes, &meta).map(|bytes| {
+            resolve(leader, Landed::Value(bytes.clone()));
+            let keep = meta.keep_until_ms().saturating_sub(now);
+            fill::FillWrite::value(entry, bytes, Duration::from_millis(keep))
+        });
+        let _ = fill::finish(engine, lease, write, (entry, FillNotice::Stored)).await;
+        engine.stats.typed_stale(1);
+        engine.stats.typed_throttled(1);
+        stale.value
     }
 
     /// Encodes a loaded value with its lifetimes: the loader's ttl if it gave one, else the
@@ -593,5 +605,12 @@ where
             inner: Arc::clone(&self.inner),
             entry: self.keys.entry.clone(),
         }
+    }
+}
+
+/// Hands `landed` to this process's followers of the flight `leader` leads, if any.
+fn resolve(leader: Option<&Leader<Landed>>, landed: Landed) {
+    if let Some(leader) = leader {
+        leader.resolve(Outcome::Stored(landed));
     }
 }

@@ -6,6 +6,7 @@
 //! future that may borrow, options checked once where built ([`GetOrSetOptions`]), and
 //! shares a loader's error with every coalesced caller as an `Arc`.
 
+mod builder;
 mod cache;
 mod codec;
 mod handle;
@@ -16,7 +17,8 @@ mod load;
 mod lock;
 mod options;
 
-pub use cache::{BreakerState, Cache, CacheBuilder, Health};
+pub use builder::CacheBuilder;
+pub use cache::{BreakerState, Cache, Health};
 pub use codec::Codec;
 pub use handle::TypedCache;
 pub use identity::CacheValue;
