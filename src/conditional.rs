@@ -84,7 +84,12 @@ pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
 pub(crate) fn merge_not_modified(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in update.keys() {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        // The stored body's length and range are the stored body's: a `304` (or a combined
+        // part, RFC 9111 §3.4) does not restate them.
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_RANGE
+        {
             continue;
         }
         merged.remove(name);
