@@ -84,12 +84,7 @@ pub(crate) fn add_validators(request: &mut HeaderMap, stored: &HeaderMap) {
 pub(crate) fn merge_not_modified(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in update.keys() {
-        // The stored body's length and range are the stored body's: a `304` (or a combined
-        // part, RFC 9111 §3.4) does not restate them.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONTENT_RANGE
-        {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
         merged.remove(name);

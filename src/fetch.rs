@@ -454,6 +454,13 @@ fn revalidated<B, E>(
     filled_at_us: u64,
 ) -> Fetched<B, E> {
     let mut headers = conditional::merge_not_modified(&stale.headers, update);
+    if stale.status == StatusCode::PARTIAL_CONTENT {
+        // A stored part's range is its body's: a `304` does not restate it.
+        headers.remove(header::CONTENT_RANGE);
+        for value in stale.headers.get_all(header::CONTENT_RANGE) {
+            headers.append(header::CONTENT_RANGE, value.clone());
+        }
+    }
     // The entry keeps the tags it was stored with; a `304`'s tag headers are not stored.
     shared.config.tagging.strip(&mut headers);
     let (url, tags) = (

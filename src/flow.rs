@@ -226,7 +226,9 @@ async fn outcome_of_running_fill(
 ) -> Option<Entry> {
     let follower = shared.flights.follow(key.flight())?;
     match tokio::time::timeout(shared.config.lock_wait, follower.outcome()).await {
-        Ok(Outcome::Stored(entry)) if entry.matches(request) && range::answers(&entry, request, true) => {
+        Ok(Outcome::Stored(entry))
+            if entry.matches(request) && range::answers(&entry, request, true) =>
+        {
             Some(Entry::clone(&entry))
         }
         _ => None,

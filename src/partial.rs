@@ -67,7 +67,7 @@ pub(crate) enum Kept {
     AsReceived,
     /// The answer made into another entry: a part joined with the stored one, or a `206`
     /// holding every byte, kept as the complete `200` it is.
-    Made(Made),
+    Made(Box<Made>),
     /// A `206` whose numbers disagree with its bytes, or too large to complete: not kept.
     Refused,
 }
@@ -122,13 +122,13 @@ pub(crate) fn keep(
     // Judged again on the headers it is kept with (the stored fields an answer left alone
     // count too).
     match policy::decide(config, request, status, &headers) {
-        Decision::Store(lifetime) => Kept::Made(Made {
+        Decision::Store(lifetime) => Kept::Made(Box::new(Made {
             status,
             headers,
             body: pieces,
             lifetime,
             budget,
-        }),
+        })),
         Decision::Skip(_) => Kept::AsReceived,
     }
 }

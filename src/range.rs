@@ -136,8 +136,7 @@ pub(crate) fn received(headers: &HeaderMap, body_len: usize, limit: u64) -> Opti
         None => true,
         Some(value) => value.to_str().ok().and_then(digits) == Some(body_len),
     };
-    (part.range.len() == body_len && length_agrees && part.complete as u64 <= limit)
-        .then_some(part)
+    (part.range.len() == body_len && length_agrees && part.complete as u64 <= limit).then_some(part)
 }
 
 /// Whether a stored response may answer `request` at all: anything but a part may (its own
@@ -349,7 +348,11 @@ mod tests {
             "bytes -4-8/10",
             "bytes 4-8/99999999999999999999999",
         ] {
-            assert_eq!(received(&with_content_range(value), 5, 100), None, "{value}");
+            assert_eq!(
+                received(&with_content_range(value), 5, 100),
+                None,
+                "{value}"
+            );
         }
         // Past the limit (the complete representation could never be stored).
         assert_eq!(received(&ok, 5, 9), None);
@@ -371,7 +374,7 @@ mod tests {
         let ask = |value: &str| {
             let mut request = HeaderMap::new();
             request.insert(header::RANGE, value.parse().unwrap());
-            from_part(&headers, &body, &request).map(|(bytes, range, len)| (bytes, range, len))
+            from_part(&headers, &body, &request)
         };
         assert_eq!(
             ask("bytes=5-7"),
@@ -408,8 +411,7 @@ mod tests {
         let old = Bytes::from_static(b"01234");
         let joined = |new: &Part, body: &[&'static [u8]]| {
             let chunks: Vec<Bytes> = body.iter().map(|b| Bytes::from_static(b)).collect();
-            combine(&part(0..5, 10), &old, new, &chunks)
-                .map(|(p, pieces)| (p, pieces.concat()))
+            combine(&part(0..5, 10), &old, new, &chunks).map(|(p, pieces)| (p, pieces.concat()))
         };
         assert_eq!(
             joined(&part(5..10, 10), &[b"56", b"789"]),

@@ -147,8 +147,14 @@ fn assert_range(reply: &Reply, range: Range<usize>, x_cache: &str) {
             reply.status,
             reply.x_cache(),
             &reply.body[..],
-            reply.headers.get("content-range").map(|v| v.to_str().unwrap()),
-            reply.headers.get("content-length").map(|v| v.to_str().unwrap()),
+            reply
+                .headers
+                .get("content-range")
+                .map(|v| v.to_str().unwrap()),
+            reply
+                .headers
+                .get("content-length")
+                .map(|v| v.to_str().unwrap()),
         ),
         (
             StatusCode::PARTIAL_CONTENT,
@@ -260,10 +266,7 @@ async fn a_part_is_extended_by_a_range_request_and_completed(layer: CacheLayer) 
     // Across a gap: the gap is asked for too, so one continuous part holds both.
     let gap = exchange(&layer, &svc, ranged(uri, "bytes=5-6")).await;
     assert_range(&gap, 5..7, "MISS");
-    assert_eq!(
-        origin.asked(2),
-        (Some("bytes=3-6".into()), Some(V1.into()))
-    );
+    assert_eq!(origin.asked(2), (Some("bytes=3-6".into()), Some(V1.into())));
     let joined = exchange(&layer, &svc, ranged(uri, "bytes=1-6")).await;
     assert_range(&joined, 1..7, "HIT");
     assert_eq!(origin.calls.get(), 2);
@@ -271,10 +274,7 @@ async fn a_part_is_extended_by_a_range_request_and_completed(layer: CacheLayer) 
     // To the end: the union is the whole representation.
     let tail = exchange(&layer, &svc, ranged(uri, "bytes=8-")).await;
     assert_range(&tail, 8..10, "MISS");
-    assert_eq!(
-        origin.asked(3),
-        (Some("bytes=7-9".into()), Some(V1.into()))
-    );
+    assert_eq!(origin.asked(3), (Some("bytes=7-9".into()), Some(V1.into())));
     let complete = exchange(&layer, &svc, get(uri)).await;
     assert_whole(&complete, "HIT");
     assert_eq!(complete.headers["content-length"], "10");
@@ -329,7 +329,10 @@ async fn parts_whose_numbers_disagree_are_never_stored() -> TestResult {
     let layer = memory_layer(|b| b.max_body_bytes(64));
     let origin = Scripted::default();
     let svc = layer.layer(origin.service(|req, _| {
-        let base = [("cache-control", "max-age=600".to_owned()), ("etag", V1.into())];
+        let base = [
+            ("cache-control", "max-age=600".to_owned()),
+            ("etag", V1.into()),
+        ];
         let with = |extra: &[(&'static str, &str)]| {
             let mut headers = base.to_vec();
             headers.extend(extra.iter().map(|(n, v)| (*n, (*v).to_owned())));
@@ -479,5 +482,57 @@ async fn a_range_for_a_key_not_stored_reaches_the_origin_as_asked() -> TestResul
     let innocent = exchange(&layer, &svc, get(uri)).await;
     assert_whole(&innocent, "HIT");
     assert_eq!(origin.calls.get(), 3);
+    Ok(())
+}
+
+/// A stale part is revalidated like any entry (`If-None-Match`, no `Range`), and a `304` does
+/// not restate its range: a `Content-Range` on the `304` is not taken for the part's.
+#[tokio::test]
+async fn a_revalidated_part_keeps_its_own_range() -> TestResult {
+    let layer = memory_layer(|b| b);
+    let origin = Scripted::default();
+    let svc = layer.layer(origin.service(|_, n| match n {
+        1 => respond(
+            206,
+            &[
+                ("cache-control", "max-age=0".into()),
+                ("etag", V1.into()),
+                ("content-range", "bytes 0-4/10".into()),
+            ],
+            &REP[..5],
+        ),
+        _ => respond(
+            304,
+            &[
+                ("cache-control", "max-age=600".into()),
+                ("etag", V1.into()),
+                ("content-range", "bytes 0-9/10".into()),
+            ],
+            b"",
+        ),
+    }));
+    let uri = "http://example.test/revalidated";
+    exchange(&layer, &svc, ranged(uri, "bytes=0-4")).await;
+    let revalidated = exchange(&layer, &svc, ranged(uri, "bytes=1-2")).await;
+    assert_eq!(
+        (
+            revalidated.status,
+            &revalidated.body[..],
+            revalidated.headers["content-range"].to_str().ok()
+        ),
+        (
+            StatusCode::PARTIAL_CONTENT,
+            &REP[1..3],
+            Some("bytes 1-2/10")
+        )
+    );
+    let seen = origin.seen.lock().expect("seen")[1].clone();
+    assert_eq!(
+        (seen.get("if-none-match"), seen.get("range")),
+        (Some(&http::HeaderValue::from_static(V1)), None)
+    );
+    let hit = exchange(&layer, &svc, ranged(uri, "bytes=3-4")).await;
+    assert_range(&hit, 3..5, "HIT");
+    assert_eq!(origin.calls.get(), 2);
     Ok(())
 }
