@@ -10,7 +10,9 @@ use crate::error::BoxError;
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::{self, CacheKey};
 use crate::lookup::{self, MissContext, Read};
+use crate::partial::{self, Completion, Kept};
 use crate::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
+use crate::range;
 use crate::respond::stale_verdict;
 use crate::respond::{finish, from_entry};
 use bytes::Bytes;
@@ -83,6 +85,17 @@ where
     if let Some(stale) = &ctx.stale {
         conditional::add_validators(&mut parts.headers, &stale.headers);
     }
+    let completion = Completion::for_request(ctx.partial.as_deref(), &request_headers);
+    if let Some(completion) = &completion {
+        completion.ask(&mut parts.headers);
+    } else if ctx.forward_range && !unsafe_method {
+        for name in [header::RANGE, header::IF_RANGE] {
+            for value in request_headers.get_all(&name) {
+                parts.headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+    let ranged = parts.headers.contains_key(header::RANGE);
     #[cfg(feature = "metrics")]
     let started = std::time::Instant::now();
     let result = inner.call(Request::from_parts(parts, body)).await;
@@ -156,6 +169,10 @@ where
     }
     let decision = if unsafe_method && !reusable_post(shared, &uri, &request_headers, &parts) {
         Decision::Skip(NoCacheReason::NotStorable)
+    } else if ranged && !matches!(parts.status, StatusCode::OK | StatusCode::PARTIAL_CONTENT) {
+        // An answer to a range request (a `416`, a `304`) says something about that range,
+        // not about the resource every client asks for.
+        Decision::Skip(NoCacheReason::Status)
     } else {
         policy::decide(&shared.config, &request, parts.status, &parts.headers)
     };
@@ -213,25 +230,45 @@ where
             };
         }
     };
-    let body_len: usize = chunks.iter().map(Bytes::len).sum();
-    let variant = key::variant_hash(key::vary_names(&parts.headers), &request_headers);
     let (tags, dropped) = shared.config.tagging.collect(&uri, &mut parts);
     if dropped > 0 {
         shared.engine.stats.tags_dropped(dropped);
     }
+    // A `206` is kept only as a part whose numbers agree with its bytes, joined with the
+    // stored part when both are one representation (`partial`).
+    let kept = partial::keep(
+        &shared.config,
+        ctx.partial.as_deref(),
+        &parts,
+        &chunks,
+        &request,
+        |len| reserve(&shared.engine.fill_bytes, len),
+    );
+    let (refused, made) = match kept {
+        Kept::AsReceived => (false, None),
+        Kept::Made(made) => (false, Some(made)),
+        Kept::Refused => (true, None),
+    };
+    let (status, headers_kept, body_kept, lifetime) = match &made {
+        Some(made) => (made.status, &made.headers, &made.body[..], made.lifetime),
+        None => (parts.status, &parts.headers, &chunks[..], lifetime),
+    };
+    let body_len: usize = body_kept.iter().map(Bytes::len).sum();
+    let variant = key::variant_hash(key::vary_names(headers_kept), &request_headers);
     let url = key::url_of(&uri, &request_headers);
     let provenance = Provenance {
         filled_at_us,
         url: &url,
         tags: &tags,
     };
-    let filled = (entry::fits_entry(&parts.headers, body_len as u64)
+    let filled = (!refused
+        && entry::fits_entry(headers_kept, body_len as u64)
         && url.len() <= entry::MAX_URL_LEN)
         .then(|| {
             encode_filled(
-                parts.status,
-                &parts.headers,
-                &chunks,
+                status,
+                headers_kept,
+                body_kept,
                 lifetime,
                 variant,
                 &provenance,
@@ -239,9 +276,19 @@ where
         })
         .flatten();
     let Some(mut filled) = filled else {
-        // Not representable as an entry (too many headers): hand back what was read.
+        // Not representable as an entry (too many headers), or a part whose numbers disagree
+        // with its bytes: hand back what was read.
         shared.engine.stats.not_stored(1);
-        finish(shared, &mut parts.headers, verdict(false), None);
+        let detail = refused.then_some("invalid-range");
+        finish(
+            shared,
+            &mut parts.headers,
+            Verdict {
+                detail,
+                ..verdict(false)
+            },
+            None,
+        );
         let frames = chunks.into_iter().map(Frame::data).collect();
         let reply = Ok(Response::from_parts(
             parts,
@@ -253,7 +300,13 @@ where
             stale_served: None,
         };
     };
-    filled._budget = budget;
+    filled._budget = match (budget, made.and_then(|made| made.budget)) {
+        (Some(mut held), Some(more)) => {
+            held.merge(more);
+            Some(held)
+        }
+        (held, more) => held.or(more),
+    };
     if !unsafe_method && !ctx.class.is_authorized() {
         filled.language_alias = language_alias(&parts.headers, &request_headers);
     }
@@ -268,6 +321,22 @@ where
     } else {
         request_headers
     };
+    if !range::answers(&filled.entry, &conditions, false) {
+        // A part that does not hold what the client asked for (the origin answered `206` to
+        // a request the cache made without the client's range): kept, and the client gets
+        // the origin's answer as it came, never a part of it as if it were whole.
+        finish(shared, &mut parts.headers, verdict, None);
+        let frames = chunks.into_iter().map(Frame::data).collect();
+        let reply = Ok(Response::from_parts(
+            parts,
+            CacheBody::replay(frames, rest, true),
+        ));
+        return Fetched {
+            reply,
+            filled: Some(filled),
+            stale_served: None,
+        };
+    }
     let mut response = from_entry(
         shared,
         Entry::clone(&filled.entry),
@@ -339,6 +408,8 @@ where
     let ctx = MissContext {
         class: RequestClass::Unsafe,
         stale: None,
+        partial: None,
+        forward_range: false,
         fwd: Fwd::Bypass,
         index: None,
         lease: None,
@@ -383,6 +454,13 @@ fn revalidated<B, E>(
     filled_at_us: u64,
 ) -> Fetched<B, E> {
     let mut headers = conditional::merge_not_modified(&stale.headers, update);
+    if stale.status == StatusCode::PARTIAL_CONTENT {
+        // A stored part's range is its body's: a `304` does not restate it.
+        headers.remove(header::CONTENT_RANGE);
+        for value in stale.headers.get_all(header::CONTENT_RANGE) {
+            headers.append(header::CONTENT_RANGE, value.clone());
+        }
+    }
     // The entry keeps the tags it was stored with; a `304`'s tag headers are not stored.
     shared.config.tagging.strip(&mut headers);
     let (url, tags) = (
@@ -761,6 +839,14 @@ enum Collected<B> {
     Partial(CacheBody<B>, bool),
 }
 
+/// `bytes` more of the fill budget ([`FILL_COPIES`] permits each), if that much is left.
+fn reserve(budget: &Arc<Semaphore>, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    u32::try_from(bytes)
+        .ok()
+        .and_then(|n| n.checked_mul(FILL_COPIES))
+        .and_then(|n| Arc::clone(budget).try_acquire_many_owned(n).ok())
+}
+
 /// How many times a fill holds each byte it buffers, at its peak: the body as read, the
 /// encoded entry (written before the chunks are dropped) and the store client's write buffer
 /// (while the entry is sent), so the budget bounds the memory fills really hold, not just
@@ -790,10 +876,7 @@ where
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     len += data.len() as u64;
-                    let reserved = u32::try_from(data.len())
-                        .ok()
-                        .and_then(|n| n.checked_mul(FILL_COPIES))
-                        .and_then(|n| Arc::clone(budget).try_acquire_many_owned(n).ok());
+                    let reserved = reserve(budget, data.len());
                     chunks.push(data);
                     if len > limit {
                         let body = CacheBody::replay(frames(chunks), body, false);

@@ -19,6 +19,7 @@ use crate::fetch;
 use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
 use crate::lookup::{self, Lookup, MissContext, Read};
+use crate::range;
 use crate::respond;
 use crate::store::FillNotice;
 use bytes::Bytes;
@@ -65,7 +66,8 @@ where
                 // leader was answered (the flight lasts until its write ends) is a new use.
                 Ok(Outcome::Stored(entry))
                     if entry.matches(&parts.headers)
-                        && entry.meta.is_fresh(entry::unix_now_ms()) =>
+                        && entry.meta.is_fresh(entry::unix_now_ms())
+                        && range::answers(&entry, &parts.headers, false) =>
                 {
                     shared.engine.stats.coalesced(1);
                     return Ok(served_by_fill(&shared, &entry, &parts.headers));
@@ -202,7 +204,8 @@ async fn lead<S, ReqBody, ResBody>(
                 seen: ctx
                     .stale
                     .as_ref()
-                    .map(|stale| stale.meta.stored_at_ms.to_be_bytes())
+                    .or(ctx.partial.as_ref())
+                    .map(|stored| stored.meta.stored_at_ms.to_be_bytes())
                     .or(ctx.purged),
                 judge: &judge,
             },
@@ -223,7 +226,11 @@ async fn lead<S, ReqBody, ResBody>(
                     None => Outcome::GoToOrigin,
                 });
                 if let Some(respond) = respond {
-                    let reply = match filled.filter(|entry| entry.matches(&parts.headers)) {
+                    let answers = |entry: &Arc<Entry>| {
+                        entry.matches(&parts.headers)
+                            && range::answers(entry, &parts.headers, false)
+                    };
+                    let reply = match filled.filter(answers) {
                         Some(entry) => {
                             shared.engine.stats.coalesced(1);
                             Ok(served_by_fill(&shared, &entry, &parts.headers))
@@ -314,9 +321,12 @@ impl fill::Judge for Judge<'_> {
 
     async fn judge(&self, value: Bytes) -> Judged<Entry> {
         let now = entry::unix_now_ms();
-        let usable = |entry: &Entry| entry.meta.is_fresh(now) && entry.matches(self.request);
+        let fresh = |entry: &Entry| entry.meta.is_fresh(now) && entry.matches(self.request);
+        let usable = |entry: &Entry| fresh(entry) && range::answers(entry, self.request, false);
         match lookup::interpret(self.shared, self.key.entry_key(), value).await {
             Read::Entry(entry) if usable(&entry) => Judged::Usable(entry),
+            // Another fill's fresh part, not holding what this request asks for.
+            Read::Entry(entry) if fresh(&entry) => Judged::Load,
             Read::Entry(_) | Read::Missing => Judged::Wait,
             // Purged, yet not the value this fill was told to replace: another fill's, made
             // within the purge's clock margin; asking the origin is quicker than waiting.
@@ -327,6 +337,7 @@ impl fill::Judge for Judge<'_> {
                     .2
                 {
                     Lookup::Found(entry) if usable(&entry) => Judged::Usable(entry),
+                    Lookup::Found(entry) if fresh(&entry) => Judged::Load,
                     Lookup::HitForMiss | Lookup::Unavailable | Lookup::Purged(_) => Judged::Load,
                     Lookup::Found(_) | Lookup::Missing | Lookup::VaryMiss => Judged::Wait,
                 }

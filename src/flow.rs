@@ -13,6 +13,7 @@ use crate::headers::{CacheOutcome, Fwd, Verdict};
 use crate::key::CacheKey;
 use crate::lookup::{resolve, resolve_or_lock, Lookup, MissContext};
 use crate::policy::{self, CacheControl, RequestClass, RequestDirectives};
+use crate::range;
 use crate::respond::{
     bypass, forward, forward_and_invalidate, from_entry, gateway_timeout, stale_verdict,
 };
@@ -72,6 +73,8 @@ where
     let mut ctx = MissContext {
         class,
         stale: None,
+        partial: None,
+        forward_range: false,
         fwd: Fwd::UriMiss,
         index: None,
         lease: None,
@@ -132,6 +135,14 @@ where
     ctx.index = index;
     match found {
         Lookup::Unavailable => return Box::pin(bypass(&shared, inner, parts, body)).await,
+        Lookup::Found(entry) if !range::answers(&entry, &parts.headers, head) => {
+            // A stored part that does not hold what is asked for is a miss; the fill may
+            // complete it (a part whose numbers disagree with its bytes is not kept for that).
+            ctx.fwd = Fwd::Partial;
+            if range::stored(&entry.headers, &entry.body).is_some() {
+                ctx.partial = Some(Arc::new(entry));
+            }
+        }
         Lookup::Found(entry) => {
             let now = entry::unix_now_ms();
             match usability(&entry, now, &wants, &shared.config) {
@@ -168,6 +179,7 @@ where
             }
         }
         Lookup::HitForMiss if !head && !wants.only_if_cached => {
+            ctx.forward_range = true;
             return Box::pin(fetch_and_store(
                 &shared,
                 inner,
@@ -214,7 +226,11 @@ async fn outcome_of_running_fill(
 ) -> Option<Entry> {
     let follower = shared.flights.follow(key.flight())?;
     match tokio::time::timeout(shared.engine.fills.lock_wait, follower.outcome()).await {
-        Ok(Outcome::Stored(entry)) if entry.matches(request) => Some(Entry::clone(&entry)),
+        Ok(Outcome::Stored(entry))
+            if entry.matches(request) && range::answers(&entry, request, true) =>
+        {
+            Some(Entry::clone(&entry))
+        }
         _ => None,
     }
 }

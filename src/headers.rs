@@ -63,6 +63,8 @@ pub(crate) enum Fwd {
     Stale,
     /// The request asked for validation (`no-cache`, `max-age`, `min-fresh`).
     Request,
+    /// Only part of the representation is stored, not all the request asks for.
+    Partial,
 }
 
 impl Fwd {
@@ -73,6 +75,7 @@ impl Fwd {
             Self::VaryMiss => "vary-miss",
             Self::Stale => "stale",
             Self::Request => "request",
+            Self::Partial => "partial",
         }
     }
 }

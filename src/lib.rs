@@ -58,7 +58,8 @@
 //! - `targeted`: targeted cache control (RFC 9213): which response field speaks for this cache.
 //! - `date`: HTTP dates exactly as RFC 9110 §5.6.7 writes them.
 //! - `conditional`: `304`s for clients and validators for revalidation.
-//! - `range`: single byte ranges from stored whole responses.
+//! - `range`: byte ranges: the range a request asks for, a stored part's, combining two.
+//! - `partial`: stored parts in a fill: the range request that extends one, what is kept.
 //! - `key`: canonical request keys and variant keys.
 //! - `entry`: the binary entry format (not public API; exposed for benches and tests).
 //! - `headers`: `X-Cache`, `Cache-Status` and `Age`.
@@ -127,6 +128,7 @@ pub mod headers;
 mod key;
 mod layer;
 mod lookup;
+mod partial;
 mod policy;
 mod prefix;
 mod range;

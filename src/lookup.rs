@@ -22,6 +22,13 @@ pub(crate) struct MissContext {
     pub(crate) fwd: Fwd,
     /// The resource's vary index, when it has one.
     pub(crate) index: Option<VaryIndex>,
+    /// A stored part (`206`) that does not hold what the request asks for: the fill asks the
+    /// origin for the missing bytes and combines them with it when it can (`fetch`).
+    pub(crate) partial: Option<Arc<Entry>>,
+    /// The origin gets the client's own `Range` and `If-Range`: the key's last answer could
+    /// not be stored (hit-for-miss, most often too large), so a whole fetch would only make
+    /// the origin send, and the client receive, bytes it did not ask for.
+    pub(crate) forward_range: bool,
     /// The fill lock, when the lookup took it (it found nothing, and read or locked in one
     /// round trip): the fill then starts without asking for it again.
     pub(crate) lease: Option<Lease>,

@@ -375,6 +375,13 @@ pub(crate) fn decide(
 ) -> Decision {
     // A targeted field (RFC 9213) speaks for this cache in place of `Cache-Control` and
     // `Expires`; every rule below reads the headers as this cache should see them.
+    // A part (`206`) is judged as the representation it is part of (RFC 9111 §3.3); `fetch`
+    // keeps it only when its `Content-Range` agrees with its bytes (`range::received`).
+    let status = if status == StatusCode::PARTIAL_CONTENT {
+        StatusCode::OK
+    } else {
+        status
+    };
     let targeted = crate::targeted::effective(headers, &config.targeted);
     let headers = targeted.as_ref().unwrap_or(headers);
     let cc = CacheControl::parse(headers);
@@ -458,8 +465,8 @@ pub(crate) fn decide(
 }
 
 /// Statuses whose caching requirements this cache implements, so that `must-understand` may
-/// lift `no-store` for them: those RFC 9110 §15.1 lets caches store heuristically, but `206`
-/// (whose combination rules a `must-understand` response would demand).
+/// lift `no-store` for them: those RFC 9110 §15.1 lets caches store heuristically (`206` is
+/// judged as a `200` by [`decide`], its combination rules being `range`'s).
 fn understood(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
@@ -559,7 +566,7 @@ fn shared_freshness(
     headers: &HeaderMap,
     cc: &CacheControl,
 ) -> Result<(Duration, Duration), NoCacheReason> {
-    if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if status == StatusCode::NOT_MODIFIED {
         return Err(NoCacheReason::Status);
     }
     let explicit = cc.no_cache

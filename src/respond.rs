@@ -1,7 +1,7 @@
-//! Responses the cache gives: from an entry (with `304` and byte ranges), forwarded from the
-//! origin, or made up (`504` for `only-if-cached`, `500` for a failed fill); each marked with
-//! `X-Cache`/`Cache-Status`/`Age` and counted, in one place. Unsafe requests are forwarded here
-//! too, with the invalidation that follows them.
+//! Responses the cache gives: from an entry (with `304`, and byte ranges of whole entries and
+//! of stored parts), forwarded from the origin, or made up (`504` for `only-if-cached`, `500`
+//! for a failed fill); each marked with `X-Cache`/`Cache-Status`/`Age` and counted, in one
+//! place. Unsafe requests are forwarded here too, with the invalidation that follows them.
 
 use crate::body::CacheBody;
 use crate::conditional;
@@ -40,39 +40,43 @@ pub(crate) fn from_entry<B>(
     verdict: Verdict,
 ) -> Response<CacheBody<B>> {
     let age = entry.meta.age_secs(entry::unix_now_ms());
-    let mut response = if entry.status == StatusCode::OK
-        && conditional::not_modified(request, &entry.headers)
-    {
-        let mut response = Response::new(CacheBody::cached(None));
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        *response.headers_mut() = conditional::not_modified_headers(&entry.headers);
-        response
-    } else if let Some(range) = (entry.status == StatusCode::OK && !head)
-        .then(|| range::requested(request, entry.body.len(), entry.headers.get(header::ETAG)))
-        .flatten()
-    {
-        let len = entry.body.len();
-        let mut response = Response::new(CacheBody::cached(Some(entry.body.slice(range.clone()))));
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        *response.headers_mut() = entry.headers;
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_RANGE, range::content_range(&range, len));
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.len()));
-        response
-    } else {
-        let len = entry.body.len();
-        let mut response = Response::new(CacheBody::cached((!head).then_some(entry.body)));
-        *response.status_mut() = entry.status;
-        *response.headers_mut() = entry.headers;
-        // A HEAD answer has no body to measure: say how long the GET's body is, as the
-        // origin's server would have (it may have added the length only on the wire).
-        if head && !response.headers().contains_key(header::CONTENT_LENGTH) {
+    let mut response =
+        if entry.status == StatusCode::OK && conditional::not_modified(request, &entry.headers) {
+            let mut response = Response::new(CacheBody::cached(None));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.headers_mut() = conditional::not_modified_headers(&entry.headers);
             response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        response
-    };
+        } else if entry.status == StatusCode::PARTIAL_CONTENT {
+            // A stored part answers only a range it holds (`range::answers`, which every caller
+            // checks first); it never goes out as if it were the whole representation.
+            match (!head)
+                .then(|| range::from_part(&entry.headers, &entry.body, request))
+                .flatten()
+            {
+                Some((slice, range, len)) => ranged(entry.headers, slice, &range, len),
+                None => return bodiless(shared, StatusCode::BAD_GATEWAY, "partial-unusable"),
+            }
+        } else if let Some(range) = (entry.status == StatusCode::OK && !head)
+            .then(|| range::requested(request, entry.body.len(), entry.headers.get(header::ETAG)))
+            .flatten()
+        {
+            let len = entry.body.len();
+            let slice = entry.body.slice(range.clone());
+            ranged(entry.headers, slice, &range, len)
+        } else {
+            let len = entry.body.len();
+            let mut response = Response::new(CacheBody::cached((!head).then_some(entry.body)));
+            *response.status_mut() = entry.status;
+            *response.headers_mut() = entry.headers;
+            // A HEAD answer has no body to measure: say how long the GET's body is, as the
+            // origin's server would have (it may have added the length only on the wire).
+            if head && !response.headers().contains_key(header::CONTENT_LENGTH) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            response
+        };
     let shows_age = !matches!(verdict.outcome, CacheOutcome::Miss | CacheOutcome::Bypass);
     finish(
         shared,
@@ -80,6 +84,22 @@ pub(crate) fn from_entry<B>(
         verdict,
         shows_age.then_some(age),
     );
+    response
+}
+
+/// A `206` for `range` of a `len`-byte representation, its bytes a slice of the stored body.
+fn ranged<B>(
+    stored: HeaderMap,
+    slice: bytes::Bytes,
+    range: &std::ops::Range<usize>,
+    len: usize,
+) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::cached(Some(slice)));
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    *response.headers_mut() = stored;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_RANGE, range::content_range(range, len));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.len()));
     response
 }
 

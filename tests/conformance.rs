@@ -2,7 +2,7 @@
 //! was asked and comparing what clients got: HTTP-date forms (RFC 9110 §5.6.7), targeted cache
 //! control (RFC 9213), serving stale when the origin is unreachable, `must-understand`,
 //! `Accept-Language` normalisation for `Vary`, `POST` answers reused for `GET`, the
-//! `Set-Cookie` opt-in, and stored partial content.
+//! `Set-Cookie` opt-in. Stored partial content has its own file, `tests/partial_content.rs`.
 //!
 //! Every test runs the shared-mode layer on a real store: the in-process [`MemoryStore`] for
 //! most, a real `redis-server` where the store's round trip matters. No test sleeps for timing:
