@@ -1,5 +1,6 @@
 //! Scale-out on real processes: a fleet started while its Cluster settles, a Cluster with
-//! replicas losing a primary, Sentinel failover, TLS with an ACL user.
+//! replicas losing a primary, Sentinel failover, TLS with an ACL user (for the library and
+//! the proxy binary).
 
 mod support;
 
@@ -334,6 +335,107 @@ async fn a_cluster_with_replicas_keeps_caching_through_a_primary_failover() -> T
         .nodes
         .iter()
         .any(|n| n.port == victim && n.is_running()));
+    Ok(())
+}
+
+/// Issue 14, item 4: a store connected through Sentinels (which require a password of their
+/// own) caches across instances, keeps answering through `SENTINEL FAILOVER`, and caches on
+/// the promoted replica afterwards without a restart: a new URL misses then hits, its entry is
+/// on the new primary, and a purge there takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_and_caching_resumes() -> TestResult {
+    use support::topology::Sentinels;
+    let sentinels = Arc::new(tokio::task::spawn_blocking(Sentinels::start).await?);
+    let url = sentinels.url();
+    let prefix = unique_prefix("sentinel");
+    let calls = Calls::default();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::connect(&url).await?;
+        fleet.push(
+            builder(store, "sentinel")
+                .key_prefix(&prefix)
+                .read_timeout(Duration::from_millis(500))
+                .build()?,
+        );
+    }
+    let services: Vec<_> = fleet.iter().map(|l| l.layer(origin(&calls))).collect();
+    let before = "http://example.test/sentinel/before";
+    assert_eq!(send(&services[0], get(before)).await.x_cache(), "MISS");
+    fleet[0].wait_for_writes().await;
+    assert_eq!(send(&services[1], get(before)).await.x_cache(), "HIT");
+    let old = sentinels.primary_port().expect("the Sentinels agree");
+
+    // Requests keep being answered while the Sentinels switch the primary (fail-open).
+    let switch = {
+        let sentinels = Arc::clone(&sentinels);
+        tokio::task::spawn_blocking(move || sentinels.failover())
+    };
+    let mut during = std::collections::BTreeMap::new();
+    let mut n = 0;
+    while !switch.is_finished() {
+        n += 1;
+        let reply = send(
+            &services[n % 2],
+            get(&format!("http://example.test/sentinel/during/{}", n % 8)),
+        )
+        .await;
+        assert_eq!(reply.status, http::StatusCode::OK, "fail-open");
+        *during.entry(reply.x_cache().to_owned()).or_insert(0) += 1;
+        // Not a wait for anything: leaves the two shared cores to the Redis processes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let new = switch.await?;
+    assert_ne!(new, old);
+
+    // Caching resumes on the new primary, with no restart: reconnection is awaited. It must
+    // resume while the old primary still runs as a primary: Sentinel demotes it only after
+    // it has reported the wrong role for 8 s, and a store that moves only then (when the
+    // demotion closes its connections) has been writing fills and purges to a node about to
+    // discard them for all that time.
+    let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+    let mut round = 0;
+    let resumed = loop {
+        assert!(
+            support::topology::command(old, &["ROLE"]).starts_with("master"),
+            "the store did not follow the Sentinels' announcement of {new}: the old primary \
+             {old} was demoted first; stats {:?}",
+            fleet.iter().map(|l| l.stats()).collect::<Vec<_>>()
+        );
+        round += 1;
+        let url = format!("http://example.test/sentinel/after/{round}");
+        let first = send(&services[round % 2], get(&url)).await;
+        fleet[round % 2].wait_for_writes().await;
+        let second = send(&services[(round + 1) % 2], get(&url)).await;
+        let entry = fleet[0].key_for(&get(&url)).expect("a cacheable request");
+        let on_new = support::topology::command(new, &["EXISTS", entry.entry_key()]);
+        if (first.x_cache(), second.x_cache(), on_new.as_str()) == ("MISS", "HIT", "1") {
+            break url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caching did not resume on the new primary {new}: {} then {}, entry there: {on_new}; \
+             during the switch {during:?}; stats {:?}",
+            first.x_cache(),
+            second.x_cache(),
+            fleet.iter().map(|l| l.stats()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A purge lands on the new primary too: the entry is gone there and not served again
+    // (asked of the purging instance: another one's near tier may hold its copy for up to
+    // the documented staleness bound).
+    assert!(fleet[1].purge_url(&resumed).await?);
+    let entry = fleet[1]
+        .key_for(&get(&resumed))
+        .expect("a cacheable request");
+    assert_eq!(
+        support::topology::command(new, &["EXISTS", entry.entry_key()]),
+        "0"
+    );
+    let before = calls.get();
+    assert_ne!(send(&services[1], get(&resumed)).await.x_cache(), "HIT");
+    assert_eq!(calls.get(), before + 1);
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //!   that loses Redis recovers by itself when it comes back.
 
 mod feed;
+mod sentinel;
 mod supervise;
 #[cfg(feature = "tls")]
 mod tls;
@@ -448,6 +449,12 @@ impl RedisStore {
             subscriber.clone(),
             "notices",
             Some(restarted),
+        ));
+        // Behind Sentinels: move to a new primary as soon as they announce it.
+        tasks.extend(sentinel::spawn(
+            &pool.next().client_config(),
+            &pool,
+            &subscriber,
         ));
         let heartbeat = feed::spawn_heartbeat(
             pool.clone(),
