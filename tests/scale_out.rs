@@ -541,3 +541,108 @@ async fn tls_misconfiguration_is_a_clear_error_from_connect() -> TestResult {
     );
     Ok(())
 }
+
+/// An origin for the proxy binary: every answer cacheable for a minute, counted.
+async fn http_origin(calls: &Calls) -> String {
+    let calls = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        let n = calls.add();
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(axum::body::Body::from(format!("call {n}")))
+                .expect("response")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("origin address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The proxy binary over TLS with a private CA and a client certificate (`--redis-ca`,
+/// `--redis-cert`, `--redis-key`), as the least-privilege ACL user: a MISS on one proxy, then
+/// a HIT on another. A wrong password and an untrusted certificate start it in fail-open mode
+/// with the cause in a warning (`WRONGPASS`, the certificate error), never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_takes_redis_tls_flags() -> TestResult {
+    use support::proxy::{client, get_with_host, Proxy};
+    use support::topology::{tls_server, Pki};
+    let pki = Pki::new();
+    let server = tls_server(&pki);
+    let calls = Calls::default();
+    let upstream = http_origin(&calls).await;
+    let (ca, stranger, cert, key) = (
+        pki.file("ca.pem"),
+        pki.file("stranger-ca.pem"),
+        pki.file("client.pem"),
+        pki.file("client.key"),
+    );
+    let url = |password: &str| format!("rediss://cache:{password}@127.0.0.1:{}", server.port);
+    let tls_flags = |ca: &str| {
+        vec![
+            "--redis-ca".to_owned(),
+            ca.to_owned(),
+            "--redis-cert".to_owned(),
+            cert.clone(),
+            "--redis-key".to_owned(),
+            key.clone(),
+        ]
+    };
+    let prefix = unique_prefix("proxytls").replace("t-", "trc-");
+    let good = url("cache-secret");
+    let flags = tls_flags(&ca);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first = Proxy::start_redis_with(&upstream, &good, &prefix, &flags).await;
+    let second = Proxy::start_redis_with(&upstream, &good, &prefix, &flags).await;
+    let http = client();
+    // One Host for both proxies: the key holds the authority the client asked for.
+    let http_get = |url: String| {
+        let http = http.clone();
+        async move { get_with_host(&http, &url, "example.test").await }
+    };
+    let miss = http_get(first.url("/tls/page")).await;
+    assert_eq!(miss.x_cache(), "MISS", "{}", first.stderr());
+    let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+    // The fill's write is off the response path: awaited by asking until it is there.
+    loop {
+        let reply = http_get(second.url("/tls/page")).await;
+        if reply.x_cache() == "HIT" {
+            assert_eq!(
+                reply.text(),
+                "call 1",
+                "{}\n{}",
+                first.stderr(),
+                second.stderr()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no HIT: {}", second.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.get(), 1);
+
+    // Misconfigured: the proxy starts (fail-open after its connect timeout) and says why.
+    for (redis, ca, cause) in [
+        (url("wrong"), &ca, "wrongpass"),
+        (good.clone(), &stranger, "certificate"),
+    ] {
+        let mut flags = tls_flags(ca);
+        flags.extend(["--redis".to_owned(), redis]);
+        flags.extend(["--store-connect-timeout-ms".to_owned(), "300".to_owned()]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let proxy = Proxy::start(&upstream, &flags).await;
+        proxy.wait_for_stderr("Redis connection failed").await;
+        let warned = proxy
+            .stderr()
+            .lines()
+            .any(|line| line.contains("WARN") && line.to_lowercase().contains(cause));
+        assert!(warned, "no warning naming {cause}: {}", proxy.stderr());
+        let reply = http_get(proxy.url("/tls/other")).await;
+        assert_eq!(reply.status, http::StatusCode::OK);
+        assert_eq!(reply.x_cache(), "BYPASS");
+    }
+    Ok(())
+}

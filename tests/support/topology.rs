@@ -655,6 +655,9 @@ impl Pki {
             ("ca.pem", authority.pem()),
             ("server.pem", server_pem),
             ("server.key", server_key_pem),
+            ("client.pem", client_pem.clone()),
+            ("client.key", client_key_pem.clone()),
+            ("stranger-ca.pem", stranger.pem()),
         ] {
             std::fs::write(dir.path().join(name), pem).expect("write pem");
         }
@@ -667,7 +670,9 @@ impl Pki {
         }
     }
 
-    fn file(&self, name: &str) -> String {
+    /// The path of one of the PEM files written: `ca.pem`, `server.pem`, `server.key`,
+    /// `client.pem`, `client.key`, `stranger-ca.pem`.
+    pub fn file(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 }
