@@ -94,6 +94,8 @@
 //! - `store::presence`: which keys lately held a value (a plain read before the lock script).
 //! - `store::notices`: fill notices fanned out to the waiters of one process.
 //! - `store::redis::feed`: the Redis notice channel: subscription, heartbeats, change feed.
+//! - `store::redis::sentinel`: moves the store's connections to the primary the Sentinels
+//!   announce (`+switch-master`), without waiting for the old one to be demoted.
 //! - `stats`: the counters behind [`Stats`].
 //! - `error`: typed errors.
 //!

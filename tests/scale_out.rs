@@ -1,5 +1,6 @@
 //! Scale-out on real processes: a fleet started while its Cluster settles, a Cluster with
-//! replicas losing a primary, Sentinel failover, TLS with an ACL user.
+//! replicas losing a primary, Sentinel failover, TLS with an ACL user (for the library and
+//! the proxy binary).
 
 mod support;
 
@@ -337,6 +338,107 @@ async fn a_cluster_with_replicas_keeps_caching_through_a_primary_failover() -> T
     Ok(())
 }
 
+/// Issue 14, item 4: a store connected through Sentinels (which require a password of their
+/// own) caches across instances, keeps answering through `SENTINEL FAILOVER`, and caches on
+/// the promoted replica afterwards without a restart: a new URL misses then hits, its entry is
+/// on the new primary, and a purge there takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_and_caching_resumes() -> TestResult {
+    use support::topology::Sentinels;
+    let sentinels = Arc::new(tokio::task::spawn_blocking(Sentinels::start).await?);
+    let url = sentinels.url();
+    let prefix = unique_prefix("sentinel");
+    let calls = Calls::default();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::connect(&url).await?;
+        fleet.push(
+            builder(store, "sentinel")
+                .key_prefix(&prefix)
+                .read_timeout(Duration::from_millis(500))
+                .build()?,
+        );
+    }
+    let services: Vec<_> = fleet.iter().map(|l| l.layer(origin(&calls))).collect();
+    let before = "http://example.test/sentinel/before";
+    assert_eq!(send(&services[0], get(before)).await.x_cache(), "MISS");
+    fleet[0].wait_for_writes().await;
+    assert_eq!(send(&services[1], get(before)).await.x_cache(), "HIT");
+    let old = sentinels.primary_port().expect("the Sentinels agree");
+
+    // Requests keep being answered while the Sentinels switch the primary (fail-open).
+    let switch = {
+        let sentinels = Arc::clone(&sentinels);
+        tokio::task::spawn_blocking(move || sentinels.failover())
+    };
+    let mut during = std::collections::BTreeMap::new();
+    let mut n = 0;
+    while !switch.is_finished() {
+        n += 1;
+        let reply = send(
+            &services[n % 2],
+            get(&format!("http://example.test/sentinel/during/{}", n % 8)),
+        )
+        .await;
+        assert_eq!(reply.status, http::StatusCode::OK, "fail-open");
+        *during.entry(reply.x_cache().to_owned()).or_insert(0) += 1;
+        // Not a wait for anything: leaves the two shared cores to the Redis processes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let new = switch.await?;
+    assert_ne!(new, old);
+
+    // Caching resumes on the new primary, with no restart: reconnection is awaited. It must
+    // resume while the old primary still runs as a primary: Sentinel demotes it only after
+    // it has reported the wrong role for 8 s, and a store that moves only then (when the
+    // demotion closes its connections) has been writing fills and purges to a node about to
+    // discard them for all that time.
+    let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+    let mut round = 0;
+    let resumed = loop {
+        assert!(
+            support::topology::command(old, &["ROLE"]).starts_with("master"),
+            "the store did not follow the Sentinels' announcement of {new}: the old primary \
+             {old} was demoted first; stats {:?}",
+            fleet.iter().map(|l| l.stats()).collect::<Vec<_>>()
+        );
+        round += 1;
+        let url = format!("http://example.test/sentinel/after/{round}");
+        let first = send(&services[round % 2], get(&url)).await;
+        fleet[round % 2].wait_for_writes().await;
+        let second = send(&services[(round + 1) % 2], get(&url)).await;
+        let entry = fleet[0].key_for(&get(&url)).expect("a cacheable request");
+        let on_new = support::topology::command(new, &["EXISTS", entry.entry_key()]);
+        if (first.x_cache(), second.x_cache(), on_new.as_str()) == ("MISS", "HIT", "1") {
+            break url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "caching did not resume on the new primary {new}: {} then {}, entry there: {on_new}; \
+             during the switch {during:?}; stats {:?}",
+            first.x_cache(),
+            second.x_cache(),
+            fleet.iter().map(|l| l.stats()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A purge lands on the new primary too: the entry is gone there and not served again
+    // (asked of the purging instance: another one's near tier may hold its copy for up to
+    // the documented staleness bound).
+    assert!(fleet[1].purge_url(&resumed).await?);
+    let entry = fleet[1]
+        .key_for(&get(&resumed))
+        .expect("a cacheable request");
+    assert_eq!(
+        support::topology::command(new, &["EXISTS", entry.entry_key()]),
+        "0"
+    );
+    let before = calls.get();
+    assert_ne!(send(&services[1], get(&resumed)).await.x_cache(), "HIT");
+    assert_eq!(calls.get(), before + 1);
+    Ok(())
+}
+
 /// Issue 14, item 4: over TLS with a private CA and a client certificate, as an ACL user
 /// with only the documented rights, the store connects and the fleet caches (the scripts'
 /// `PUBLISH` included: a follower is woken by the notice).
@@ -437,5 +539,110 @@ async fn tls_misconfiguration_is_a_clear_error_from_connect() -> TestResult {
         format!("{bad_bundle}").contains("CA bundle"),
         "{bad_bundle}"
     );
+    Ok(())
+}
+
+/// An origin for the proxy binary: every answer cacheable for a minute, counted.
+async fn http_origin(calls: &Calls) -> String {
+    let calls = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        let n = calls.add();
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(axum::body::Body::from(format!("call {n}")))
+                .expect("response")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("origin address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The proxy binary over TLS with a private CA and a client certificate (`--redis-ca`,
+/// `--redis-cert`, `--redis-key`), as the least-privilege ACL user: a MISS on one proxy, then
+/// a HIT on another. A wrong password and an untrusted certificate start it in fail-open mode
+/// with the cause in a warning (`WRONGPASS`, the certificate error), never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_takes_redis_tls_flags() -> TestResult {
+    use support::proxy::{client, get_with_host, Proxy};
+    use support::topology::{tls_server, Pki};
+    let pki = Pki::new();
+    let server = tls_server(&pki);
+    let calls = Calls::default();
+    let upstream = http_origin(&calls).await;
+    let (ca, stranger, cert, key) = (
+        pki.file("ca.pem"),
+        pki.file("stranger-ca.pem"),
+        pki.file("client.pem"),
+        pki.file("client.key"),
+    );
+    let url = |password: &str| format!("rediss://cache:{password}@127.0.0.1:{}", server.port);
+    let tls_flags = |ca: &str| {
+        vec![
+            "--redis-ca".to_owned(),
+            ca.to_owned(),
+            "--redis-cert".to_owned(),
+            cert.clone(),
+            "--redis-key".to_owned(),
+            key.clone(),
+        ]
+    };
+    let prefix = unique_prefix("proxytls").replace("t-", "trc-");
+    let good = url("cache-secret");
+    let flags = tls_flags(&ca);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first = Proxy::start_redis_with(&upstream, &good, &prefix, &flags).await;
+    let second = Proxy::start_redis_with(&upstream, &good, &prefix, &flags).await;
+    let http = client();
+    // One Host for both proxies: the key holds the authority the client asked for.
+    let http_get = |url: String| {
+        let http = http.clone();
+        async move { get_with_host(&http, &url, "example.test").await }
+    };
+    let miss = http_get(first.url("/tls/page")).await;
+    assert_eq!(miss.x_cache(), "MISS", "{}", first.stderr());
+    let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+    // The fill's write is off the response path: awaited by asking until it is there.
+    loop {
+        let reply = http_get(second.url("/tls/page")).await;
+        if reply.x_cache() == "HIT" {
+            assert_eq!(
+                reply.text(),
+                "call 1",
+                "{}\n{}",
+                first.stderr(),
+                second.stderr()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no HIT: {}", second.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(calls.get(), 1);
+
+    // Misconfigured: the proxy starts (fail-open after its connect timeout) and says why.
+    for (redis, ca, cause) in [
+        (url("wrong"), &ca, "wrongpass"),
+        (good.clone(), &stranger, "certificate"),
+    ] {
+        let mut flags = tls_flags(ca);
+        flags.extend(["--redis".to_owned(), redis]);
+        flags.extend(["--store-connect-timeout-ms".to_owned(), "300".to_owned()]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let proxy = Proxy::start(&upstream, &flags).await;
+        proxy.wait_for_stderr("Redis connection failed").await;
+        let warned = proxy
+            .stderr()
+            .lines()
+            .any(|line| line.contains("WARN") && line.to_lowercase().contains(cause));
+        assert!(warned, "no warning naming {cause}: {}", proxy.stderr());
+        let reply = http_get(proxy.url("/tls/other")).await;
+        assert_eq!(reply.status, http::StatusCode::OK);
+        assert_eq!(reply.x_cache(), "BYPASS");
+    }
     Ok(())
 }

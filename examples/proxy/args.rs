@@ -25,6 +25,26 @@ pub(crate) struct Args {
     #[arg(long, value_name = "URL", env = "REDIS_URL")]
     pub(crate) redis: Option<String>,
 
+    /// With --redis: PEM file of the CA certificates that sign the Redis servers'
+    /// certificates, trusted on top of the system's roots. Turns TLS on (as `rediss://` does).
+    #[arg(long, value_name = "PATH", requires = "redis")]
+    pub(crate) redis_ca: Option<std::path::PathBuf>,
+
+    /// With --redis: PEM file of the client certificate chain (leaf first) to present, for
+    /// servers with `tls-auth-clients yes`; needs --redis-key. Turns TLS on.
+    #[arg(long, value_name = "PATH", requires_all = ["redis", "redis_key"])]
+    pub(crate) redis_cert: Option<std::path::PathBuf>,
+
+    /// With --redis: PEM file of the private key of --redis-cert.
+    #[arg(long, value_name = "PATH", requires = "redis_cert")]
+    pub(crate) redis_key: Option<std::path::PathBuf>,
+
+    /// With --redis: the name to check on the certificates of Cluster nodes that
+    /// `CLUSTER SLOTS` lists by IP address (the seed nodes are checked against the URL's
+    /// host). Turns TLS on.
+    #[arg(long, value_name = "NAME", requires = "redis")]
+    pub(crate) redis_tls_server_name: Option<String>,
+
     /// Freshness, in seconds, of responses whose origin gives none (not applied to answers
     /// to requests with cookies unless --ttl-with-cookies).
     #[arg(long, value_name = "SECS", default_value_t = 60)]

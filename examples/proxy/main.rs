@@ -78,7 +78,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tower::Layer;
-use tower_redis_cache::store::DEFAULT_NOTICE_CHANNEL;
+use tower_redis_cache::store::{RedisTls, DEFAULT_NOTICE_CHANNEL};
 use tower_redis_cache::{CacheLayer, MemoryStore, RedisStore};
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -147,8 +147,12 @@ async fn run(args: Args) -> Result<(), String> {
 
     let (store, builder) = match &args.redis {
         Some(url) => {
-            let store = RedisStore::builder(url)
-                .map_err(|e| format!("invalid --redis URL {}: {e}", redact(url)))?
+            let mut store = RedisStore::builder(url)
+                .map_err(|e| format!("invalid --redis URL {}: {e}", redact(url)))?;
+            if let Some(tls) = redis_tls(&args)? {
+                store = store.tls(tls);
+            }
+            let store = store
                 .pool_size(usize::from(args.redis_pool_size))
                 // One channel per cache (per key prefix): proxies of other caches on the same
                 // Redis neither wake on nor pay for each other's fill and change notices.
@@ -398,6 +402,31 @@ fn rustls_native_roots() -> Vec<rustls::pki_types::CertificateDer<'static>> {
         tracing::debug!(%error, "a system root certificate could not be read");
     }
     found.certs
+}
+
+/// The Redis TLS settings the flags ask for, or `None` when none is given (a `rediss://`
+/// URL alone then trusts the system's roots). A CA given is trusted on top of the system's
+/// roots, as `--upstream-ca` is. The files are read here and their PEM checked when the store
+/// is built, so a missing or bad file stops the proxy at startup with its name.
+fn redis_tls(args: &Args) -> Result<Option<RedisTls>, String> {
+    if args.redis_ca.is_none() && args.redis_cert.is_none() && args.redis_tls_server_name.is_none()
+    {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+    };
+    let mut tls = RedisTls::new().system_roots();
+    if let Some(path) = &args.redis_ca {
+        tls = tls.ca_pem(read("--redis-ca", path)?);
+    }
+    if let (Some(cert), Some(key)) = (&args.redis_cert, &args.redis_key) {
+        tls = tls.client_certificate(read("--redis-cert", cert)?, read("--redis-key", key)?);
+    }
+    if let Some(name) = &args.redis_tls_server_name {
+        tls = tls.cluster_server_name(name.clone());
+    }
+    Ok(Some(tls))
 }
 
 /// Help texts for the proxy's own metrics (the layer registers its own when it is built).

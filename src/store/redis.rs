@@ -15,6 +15,7 @@
 //!   that loses Redis recovers by itself when it comes back.
 
 mod feed;
+mod sentinel;
 mod supervise;
 #[cfg(feature = "tls")]
 mod tls;
@@ -426,6 +427,17 @@ impl RedisStore {
         let notices = Arc::new(FillNotices::default());
         let feed = Arc::new(Feed::new(Arc::clone(&notices)));
         let mut tasks = Vec::new();
+        // Subscribed before any connection is tried, so the first failure is logged too.
+        let last_warning = supervise::LastWarning::default();
+        for client in pool.clients() {
+            let last = std::sync::Arc::clone(&last_warning);
+            tasks.push(supervise::spawn_error_log(client, "pool", last));
+        }
+        tasks.push(supervise::spawn_error_log(
+            &subscriber,
+            "notices",
+            last_warning,
+        ));
         // An unconnected pool's connection tasks are the store's to keep running (see
         // `supervise`); a connected one's are the application's.
         if !pool.is_connected() {
@@ -448,6 +460,12 @@ impl RedisStore {
             subscriber.clone(),
             "notices",
             Some(restarted),
+        ));
+        // Behind Sentinels: move to a new primary as soon as they announce it.
+        tasks.extend(sentinel::spawn(
+            &pool.next().client_config(),
+            &pool,
+            &subscriber,
         ));
         let heartbeat = feed::spawn_heartbeat(
             pool.clone(),

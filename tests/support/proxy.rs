@@ -37,7 +37,26 @@ pub fn proxy_binary() -> &'static PathBuf {
             Some(dir) => manifest.join(dir),
             None => manifest.join("target"),
         };
-        let output = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // The package variables cargo sets for the test process are absent from a shell's
+        // build, and `ring`'s build script tracks some (`CARGO_PKG_NAME`,
+        // `CARGO_MANIFEST_DIR`): passed on, they rebuilt ring and everything above it on
+        // every switch between `cargo test` and this build.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let output = cargo
             .current_dir(&manifest)
             // No `--features`: the example must build and run with the defaults.
             .args(["build", "--quiet", "--example", "proxy"])

@@ -182,21 +182,38 @@ fn wait_listening(port: u16) -> bool {
 /// Sends one command to a plain-TCP Redis on `port` and returns its reply flattened to text
 /// (arrays as lines, errors prefixed with `-`), or `""` when the node does not answer.
 pub fn command(port: u16, args: &[&str]) -> String {
+    command_as(port, None, args)
+}
+
+/// [`command`] on a connection first authenticated with `password` (when given).
+pub fn command_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return String::new();
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
+    let encode = |args: &[&str]| {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        request
+    };
+    let mut request = password.map_or_else(String::new, |p| encode(&["AUTH", p]));
+    request.push_str(&encode(args));
     let mut writer = &stream;
     if writer.write_all(request.as_bytes()).is_err() {
         return String::new();
     }
     let mut reader = BufReader::new(&stream);
     let mut out = String::new();
+    if password.is_some() {
+        read_reply(&mut reader, &mut out);
+        if out != "OK" {
+            return out;
+        }
+        out.clear();
+    }
     read_reply(&mut reader, &mut out);
     out
 }
@@ -457,6 +474,137 @@ impl Cluster {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sentinel
+// ---------------------------------------------------------------------------------------------
+
+/// The service name the Sentinels monitor.
+pub const SENTINEL_SERVICE: &str = "mymaster";
+
+/// The password the Sentinels require (`requirepass`), given to the store as
+/// `sentinelPassword`; the data nodes have none.
+pub const SENTINEL_PASSWORD: &str = "sentinel-secret";
+
+/// A primary, its replica, and three Sentinels watching them (quorum 2), with timings short
+/// enough that a failover takes about a second: a node is down after 1 s of silence, and a
+/// failover that stalls is retried after 3 s.
+pub struct Sentinels {
+    /// The primary and the replica (their roles swap on failover).
+    pub data: Vec<Node>,
+    pub sentinels: Vec<Node>,
+}
+
+impl Sentinels {
+    pub fn start() -> Self {
+        let primary = Node::start(&[]);
+        let replica = Node::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        let config = format!(
+            "port {{port}}\nbind 127.0.0.1\n\
+             requirepass {SENTINEL_PASSWORD}\n\
+             sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+             sentinel failover-timeout {SENTINEL_SERVICE} 3000\n\
+             sentinel parallel-syncs {SENTINEL_SERVICE} 1\n",
+            primary.port
+        );
+        let sentinels = (0..3)
+            .map(|_| Node::start_with_config(&config, &["--sentinel"]))
+            .collect();
+        let sentinels = Self {
+            data: vec![primary, replica],
+            sentinels,
+        };
+        sentinels.wait_ready();
+        sentinels
+    }
+
+    /// `redis-sentinel://` with every Sentinel, the service name and the Sentinel password.
+    pub fn url(&self) -> String {
+        let mut ports = self.sentinels.iter().map(|n| n.port);
+        let first = ports.next().unwrap_or_default();
+        let others: String = ports.map(|p| format!("node=127.0.0.1:{p}&")).collect();
+        format!(
+            "redis-sentinel://127.0.0.1:{first}?{others}sentinelServiceName={SENTINEL_SERVICE}\
+             &sentinelPassword={SENTINEL_PASSWORD}"
+        )
+    }
+
+    /// Asks a Sentinel.
+    pub fn ask(&self, sentinel: usize, args: &[&str]) -> String {
+        command_as(self.sentinels[sentinel].port, Some(SENTINEL_PASSWORD), args)
+    }
+
+    /// The primary's port as every Sentinel reports it, when they all agree.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut ports = (0..self.sentinels.len()).map(|i| {
+            self.ask(
+                i,
+                &["SENTINEL", "get-master-addr-by-name", SENTINEL_SERVICE],
+            )
+            .lines()
+            .nth(1)
+            .and_then(|p| p.parse::<u16>().ok())
+        });
+        let first = ports.next().flatten()?;
+        ports.all(|p| p == Some(first)).then_some(first)
+    }
+
+    /// Polls until the replica is in sync and every Sentinel knows the replica and the other
+    /// Sentinels (a forced failover needs a replica it knows; a client may ask any of them).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+        let replica = &self.data[1];
+        loop {
+            let info = replica.command(&["INFO", "replication"]);
+            let synced = info.contains("master_link_status:up")
+                && !info.contains("master_sync_in_progress:1");
+            let known = (0..self.sentinels.len()).all(|i| {
+                let master = self.ask(i, &["SENTINEL", "master", SENTINEL_SERVICE]);
+                let field = |name: &str| {
+                    let mut lines = master.lines();
+                    lines.find(|l| *l == name);
+                    lines.next().and_then(|v| v.parse::<usize>().ok())
+                };
+                field("num-slaves") == Some(1) && field("num-other-sentinels") == Some(2)
+            });
+            if synced && known && self.primary_port() == Some(self.data[0].port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinels did not get ready: {}",
+                self.ask(0, &["SENTINEL", "master", SENTINEL_SERVICE])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `SENTINEL FAILOVER`, then polls until every Sentinel names a new primary and that
+    /// node reports itself primary; returns its port.
+    pub fn failover(&self) -> u16 {
+        let old = self.primary_port();
+        let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+        // Refused while a previous failover is still settling (`-INPROG`): retried.
+        loop {
+            let reply = self.ask(0, &["SENTINEL", "FAILOVER", SENTINEL_SERVICE]);
+            if reply == "OK" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {reply}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        loop {
+            if let Some(new) = self.primary_port().filter(|p| Some(*p) != old) {
+                if command(new, &["ROLE"]).starts_with("master") {
+                    return new;
+                }
+            }
+            assert!(Instant::now() < deadline, "the Sentinels did not switch");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // TLS and ACL
 // ---------------------------------------------------------------------------------------------
 
@@ -507,6 +655,9 @@ impl Pki {
             ("ca.pem", authority.pem()),
             ("server.pem", server_pem),
             ("server.key", server_key_pem),
+            ("client.pem", client_pem.clone()),
+            ("client.key", client_key_pem.clone()),
+            ("stranger-ca.pem", stranger.pem()),
         ] {
             std::fs::write(dir.path().join(name), pem).expect("write pem");
         }
@@ -519,7 +670,9 @@ impl Pki {
         }
     }
 
-    fn file(&self, name: &str) -> String {
+    /// The path of one of the PEM files written: `ca.pem`, `server.pem`, `server.key`,
+    /// `client.pem`, `client.key`, `stranger-ca.pem`.
+    pub fn file(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 }

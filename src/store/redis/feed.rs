@@ -265,7 +265,7 @@ pub(super) fn spawn_subscription(
 
 /// Subscribes to `channel`, retrying until it takes: a subscription that failed once (the
 /// connection dropped again meanwhile) must not leave the process without notices for good.
-async fn subscribe(subscriber: &SubscriberClient, channel: &str) {
+pub(super) async fn subscribe(subscriber: &SubscriberClient, channel: &str) {
     let mut failures = 0u32;
     loop {
         if subscriber.is_connected() {
@@ -275,7 +275,7 @@ async fn subscribe(subscriber: &SubscriberClient, channel: &str) {
                     failures += 1;
                     // Once, then quietly: the connection's own errors are reported elsewhere.
                     if failures == 1 {
-                        tracing::warn!(%error, "could not subscribe to cache notices: retrying");
+                        tracing::warn!(%error, %channel, "could not subscribe to cache notices: retrying");
                     }
                 }
             }

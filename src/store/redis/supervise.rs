@@ -50,3 +50,49 @@ where
         }
     })
 }
+
+/// How often one connection error is logged again while it lasts.
+const REPEAT_WARNING: Duration = Duration::from_secs(30);
+
+/// The last connection error logged by any of a store's clients, and when.
+pub(super) type LastWarning =
+    std::sync::Arc<std::sync::Mutex<Option<(String, tokio::time::Instant)>>>;
+
+/// Logs `client`'s connection errors at warn level: the first one, each different one, and
+/// the same one again every [`REPEAT_WARNING`] while it lasts (shared across the store's
+/// clients through `last`, so a pool of four does not say it four times). fred reports them
+/// only at debug level, so a store connected with `connect_lazy` (the proxy) with a wrong
+/// password or an untrusted certificate would serve uncached with no visible cause.
+pub(super) fn spawn_error_log<C: EventInterface>(
+    client: &C,
+    what: &'static str,
+    last: LastWarning,
+) -> tokio::task::JoinHandle<()> {
+    let mut errors = client.error_rx();
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let error = match errors.recv().await {
+                Ok((error, _)) => error.to_string(),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            };
+            let now = tokio::time::Instant::now();
+            let due = {
+                let mut last = last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let due = last.as_ref().is_none_or(|(said, at)| {
+                    *said != error || now.duration_since(*at) >= REPEAT_WARNING
+                });
+                if due {
+                    *last = Some((error.clone(), now));
+                }
+                due
+            };
+            if due {
+                tracing::warn!(connection = what, %error, "Redis connection failed: retrying");
+            }
+        }
+    })
+}
