@@ -167,6 +167,10 @@ pub enum StoreErrorKind {
     Connection,
     /// The store answered with an error.
     Backend,
+    /// The Redis Cluster primary holding the key is unreachable while the Cluster client
+    /// reconnects; keys on the other primaries are still served. Counted, but not held
+    /// against the whole store by the circuit breaker.
+    NodeDown,
     /// The store does not implement this operation (a custom [`Store`](crate::Store) that
     /// keeps the trait's default).
     Unsupported,
@@ -208,6 +212,9 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Connection => "cache store connection failed",
             StoreErrorKind::Backend => "cache store error",
             StoreErrorKind::Unsupported => "cache store does not support this operation",
+            StoreErrorKind::NodeDown => {
+                "the cache store's Cluster node for this key is unreachable"
+            }
         };
         match &self.source {
             Some(source) => write!(f, "{what}: {source}"),

@@ -646,3 +646,75 @@ async fn the_proxy_takes_redis_tls_flags() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 14, item 1: while a primary is down (here for good: it has no replica, so the Cluster
+/// client cannot reconnect while `CLUSTER SLOTS` still lists it), the entries on the other
+/// primaries keep being served as hits on every instance, and requests for the dead primary's
+/// keys still succeed (fail-open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_on_live_primaries_stay_hits_while_another_primary_is_down() -> TestResult {
+    if std::env::var("REDIS_CLUSTER_URL").is_ok() {
+        return Ok(());
+    }
+    let mut cluster = tokio::task::spawn_blocking(|| Cluster::start(3, 0)).await?;
+    let url = cluster.url();
+    let prefix = unique_prefix("partition");
+    let calls = Calls::default();
+    let mut stores = Vec::new();
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::connect(&url).await?;
+        stores.push(store.clone());
+        fleet.push(builder(store, "partition").key_prefix(&prefix).build()?);
+    }
+    let services: Vec<_> = fleet.iter().map(|l| l.layer(slow_origin(&calls))).collect();
+    let paths: Vec<String> = (0..24).map(|n| format!("/item/{n}")).collect();
+    let url_of = |path: &str| format!("http://example.test{path}");
+    for (n, path) in paths.iter().enumerate() {
+        let reply = send(&services[n % 2], get(&url_of(path))).await;
+        assert_eq!(reply.x_cache(), "MISS", "{path}");
+    }
+    for layer in &fleet {
+        layer.wait_for_writes().await;
+    }
+    let owners = entry_owners(&cluster, &prefix, &paths);
+    let victim = owners["/item/1"];
+    let (lost, live): (Vec<&String>, Vec<&String>) =
+        paths.iter().partition(|p| owners.get(*p) == Some(&victim));
+    assert!(!live.is_empty() && !lost.is_empty(), "owners {owners:?}");
+
+    cluster.kill(victim);
+    // Await the event the fallback is for: the Cluster client has noticed and is down.
+    let deadline = Instant::now() + TOPOLOGY_PATIENCE;
+    while stores.iter().any(RedisStore::is_connected) {
+        assert!(
+            Instant::now() < deadline,
+            "the Cluster client never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let origin_calls = calls.get();
+    for round in 0..3 {
+        for (n, path) in live.iter().enumerate() {
+            for service in [&services[n % 2], &services[(n + 1) % 2]] {
+                let reply = send(service, get(&url_of(path))).await;
+                assert_eq!(reply.x_cache(), "HIT", "{path}, round {round}");
+                assert!(reply.body.starts_with(format!("{path} #").as_bytes()));
+            }
+        }
+        for (n, path) in lost.iter().enumerate() {
+            let reply = send(&services[n % 2], get(&url_of(path))).await;
+            assert_eq!(reply.status, http::StatusCode::OK, "{path} (fail-open)");
+        }
+        assert!(
+            stores.iter().all(|s| !s.is_connected()),
+            "the Cluster client must still be down for the test to mean anything"
+        );
+    }
+    assert_eq!(
+        calls.get() - origin_calls,
+        3 * lost.len(),
+        "only the dead primary's keys reach the origin"
+    );
+    Ok(())
+}

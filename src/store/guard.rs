@@ -103,6 +103,11 @@ impl GuardedStore {
             }
             // A store without the operation is not failing: nothing to count or trip.
             Err(error) if error.kind() == StoreErrorKind::Unsupported => {}
+            // One Cluster primary is down while the others answer: counted, but the breaker
+            // stays closed for the keys on the live ones.
+            Err(error) if error.kind() == StoreErrorKind::NodeDown => {
+                self.stats.store_errors(1);
+            }
             Err(error) => {
                 self.stats.store_errors(1);
                 tracing::debug!(%error, "cache store call failed");

@@ -15,6 +15,7 @@
 //!   that loses Redis recovers by itself when it comes back.
 
 mod feed;
+mod partition;
 mod sentinel;
 mod supervise;
 #[cfg(feature = "tls")]
@@ -199,6 +200,9 @@ struct Inner {
     fail_fast: Options,
     /// Becomes `true` once fill notices are subscribed to.
     subscribed: tokio::sync::watch::Receiver<bool>,
+    /// A clustered store's own connection to each primary, for while the Cluster client is
+    /// down (see `partition`).
+    partitions: Arc<partition::Partitions>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -210,12 +214,14 @@ impl Drop for Inner {
         // A borrowed pool is the application's: only the subscriber is the store's own.
         let pool = self.owns_pool.then(|| self.pool.clone());
         let subscriber = self.subscriber.clone();
+        let partitions = Arc::clone(&self.partitions);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Some(pool) = pool {
                     let _ = pool.quit().await;
                 }
                 let _ = subscriber.quit().await;
+                partitions.quit().await;
             });
         }
     }
@@ -474,7 +480,10 @@ impl RedisStore {
             subscribed_rx.clone(),
             super::CHANGE_HEARTBEAT,
         );
+        let partitions = Arc::new(partition::Partitions::default());
+        tasks.extend(partition::spawn(&pool, &partitions));
         let inner = Inner {
+            partitions,
             pool,
             owns_pool,
             subscriber,
@@ -511,6 +520,27 @@ impl RedisStore {
         self.inner.pool.with_options(&self.inner.fail_fast)
     }
 
+    /// The client for a command on `key`: the pool's, or while a clustered pool is down, the
+    /// connection to the primary of `key`'s slot (see `partition`).
+    fn client_for(&self, key: &str) -> Result<Target<'_>, StoreError> {
+        let pool = &self.inner.pool;
+        if pool.is_connected() {
+            return Ok(Target::Pool(pool.next()));
+        }
+        if pool.is_clustered() {
+            return self.inner.partitions.client_for(key).map(Target::Node);
+        }
+        Err(StoreError::from_kind(StoreErrorKind::Connection))
+    }
+
+    /// [`client_for`](Self::client_for), with commands that fail at once.
+    fn commands_for(&self, key: &str) -> Result<fred::clients::WithOptions<Client>, StoreError> {
+        Ok(self
+            .client_for(key)?
+            .client()
+            .with_options(&self.inner.fail_fast))
+    }
+
     /// Runs a script by SHA; on `NOSCRIPT` runs its source with `EVAL`, which also caches it on
     /// that node (fred's own reload loads on every cluster node through the cached slot map,
     /// which a fresh connection may not have yet).
@@ -521,7 +551,10 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R, StoreError> {
-        let client = self.inner.pool.next();
+        // Scripts cannot take per-call options in fred: the target is checked connected here,
+        // so they fail fast as the other commands do.
+        let target = self.client_for(keys.first().map_or("", String::as_str))?;
+        let client = target.client();
         match script.evalsha(client, keys.clone(), args.clone()).await {
             Err(error) if error.details().starts_with("NOSCRIPT") => {}
             // fred checks a script's keys against its cached Cluster slot map, which a
@@ -548,11 +581,16 @@ impl RedisStore {
         self.inner.pool.is_connected()
     }
 
-    /// Whether the store is ready to coalesce across the fleet: every pooled connection up and
-    /// fill notices subscribed. The non-blocking form of [`wait_connected`](Self::wait_connected),
-    /// for readiness probes.
+    /// Whether the store is ready to coalesce across the fleet: every pooled connection up,
+    /// fill notices subscribed and, on a Cluster, the store's own connection to each primary
+    /// up (it serves the keys of live primaries while another is down). The non-blocking form
+    /// of [`wait_connected`](Self::wait_connected), for readiness probes.
     pub fn is_ready(&self) -> bool {
-        self.inner.pool.is_connected() && *self.inner.subscribed.borrow()
+        self.inner.pool.is_connected() && *self.inner.subscribed.borrow() && self.partitions_ready()
+    }
+
+    fn partitions_ready(&self) -> bool {
+        !self.inner.pool.is_clustered() || self.inner.partitions.ready()
     }
 
     /// Sends `PING`, for health checks: `Ok` when Redis answered.
@@ -565,13 +603,14 @@ impl RedisStore {
             .await?)
     }
 
-    /// Waits until every pooled connection is up and fill notices are subscribed to (forever
+    /// Waits until every pooled connection (and on a Cluster, the store's own connection to each
+    /// primary) is up and fill notices are subscribed to (forever
     /// if Redis never answers: bound it).
     pub async fn wait_connected(&self) -> Result<(), StoreError> {
         let mut subscribed = self.inner.subscribed.clone();
         // fred's `wait_for_connect` waits for the *next* connection, which never comes when
         // the first one is already up; its state is read instead.
-        while !self.inner.pool.is_connected() {
+        while !self.inner.pool.is_connected() || !self.partitions_ready() {
             tokio::time::sleep(CONNECT_POLL).await;
         }
         subscribed
@@ -584,6 +623,22 @@ impl RedisStore {
     /// The fred pool, for commands this crate does not wrap.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+}
+
+/// Where a command goes: the pool (the Cluster client, or the one server), or one Cluster
+/// primary's own connection while the Cluster client is down.
+enum Target<'a> {
+    Pool(&'a Client),
+    Node(Client),
+}
+
+impl Target<'_> {
+    fn client(&self) -> &Client {
+        match self {
+            Target::Pool(client) => client,
+            Target::Node(client) => client,
+        }
     }
 }
 
@@ -601,12 +656,11 @@ fn millis(duration: Duration) -> i64 {
 
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(async move { Ok(self.commands().get::<Option<Bytes>, _>(key).await?) })
+        Box::pin(async move { Ok(self.commands_for(key)?.get::<Option<Bytes>, _>(key).await?) })
     }
 
     fn put<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let args: Vec<Value> = vec![
                 Value::Bytes(value),
                 millis(ttl).into(),
@@ -633,7 +687,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let expire = Some(Expiration::PX(millis(ttl)));
             let reply: Option<String> = self
-                .commands()
+                .commands_for(key)?
                 .set(key, token, expire, Some(SetOptions::NX), false)
                 .await?;
             Ok(reply.is_some())
@@ -648,7 +702,6 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Option<u64>> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let args: Vec<Value> = vec![token.into(), millis(ttl).into()];
             let keys = vec![key.to_owned(), fence_key.to_owned()];
             let fence: i64 = self
@@ -665,7 +718,6 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let args: Vec<Value> = vec![token.into(), millis(ttl).into()];
             let extended: i64 = self
                 .run(&self.inner.extend, EXTEND_LUA, vec![key.to_owned()], args)
@@ -681,7 +733,6 @@ impl Store for RedisStore {
         entry_key: Option<&'a str>,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let message = entry_key.map_or_else(String::new, |entry| {
                 feed::notice_message(entry, FillNotice::Released)
             });
@@ -701,10 +752,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let message = feed::notice_message(entry_key, notice);
             let _: i64 = self
-                .inner
-                .pool
-                .next()
-                .with_options(&self.inner.fail_fast)
+                .commands_for(entry_key)?
                 .publish(self.inner.channel.as_str(), message)
                 .await?;
             Ok(())
@@ -717,7 +765,6 @@ impl Store for RedisStore {
 
     fn finish_fill<'a>(&'a self, end: super::FillEnd<'a>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let (notice_key, notice) = end.notice;
             let flag = |on: bool| Value::from(if on { "1" } else { "0" });
             let write_mode = match (&end.write, end.only_if_absent) {
@@ -763,7 +810,6 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, super::LockAttempt> {
         Box::pin(async move {
             use super::LockAttempt;
-            self.ensure_connected()?;
             let keys = vec![entry_key.to_owned(), lock_key.to_owned()];
             let args: Vec<Value> = vec![token.into(), millis(ttl).into(), MAX_INLINE_READ.into()];
             let reply: Value = self
@@ -780,7 +826,11 @@ impl Store for RedisStore {
                     None => LockAttempt::Held,
                 },
                 Some(2) => LockAttempt::Acquired,
-                Some(4) => match self.commands().get::<Option<Bytes>, _>(entry_key).await? {
+                Some(4) => match self
+                    .commands_for(entry_key)?
+                    .get::<Option<Bytes>, _>(entry_key)
+                    .await?
+                {
                     Some(value) => LockAttempt::Found(value),
                     // Gone in between: whoever removed it may be filling; wait for them.
                     None => LockAttempt::Held,
@@ -800,7 +850,6 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, super::LockAttempt> {
         Box::pin(async move {
             use super::LockAttempt;
-            self.ensure_connected()?;
             let keys = vec![entry_key.to_owned(), lock_key.to_owned()];
             let seen = seen.map_or(Value::from(""), |s| {
                 Value::Bytes(Bytes::copy_from_slice(&s))
@@ -840,7 +889,6 @@ impl Store for RedisStore {
         keep: usize,
     ) -> StoreFuture<'a, u64> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let keys = vec![records.to_owned(), purge_floor_key(records)];
             let args: Vec<Value> = vec![
                 member.into(),
@@ -856,7 +904,6 @@ impl Store for RedisStore {
 
     fn purges<'a>(&'a self, records: &'a str) -> StoreFuture<'a, PurgeRecords> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let keys = vec![records.to_owned(), purge_floor_key(records)];
             let reply: Value = self
                 .run(&self.inner.read_purges, READ_PURGES_LUA, keys, Vec::new())
@@ -900,11 +947,13 @@ impl Store for RedisStore {
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
             let groups = slot_groups(self.inner.pool.is_clustered(), keys);
-            let commands = self.commands();
             let replies = futures_util::future::try_join_all(groups.iter().map(|group| {
                 let group_keys: Vec<&str> = group.iter().map(|&(_, key)| key).collect();
-                let commands = &commands;
-                async move { commands.mget::<Value, _>(group_keys).await }
+                async move {
+                    let first = group_keys.first().copied().unwrap_or_default();
+                    let commands = self.commands_for(first)?;
+                    Ok::<_, StoreError>(commands.mget::<Value, _>(group_keys).await?)
+                }
             }))
             .await?;
             let mut values = vec![None; keys.len()];
@@ -975,7 +1024,6 @@ impl Store for RedisStore {
 
     fn remove<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            self.ensure_connected()?;
             let args: Vec<Value> = vec![
                 self.inner.channel.as_str().into(),
                 feed::notice_message(key, FillNotice::Changed).into(),
