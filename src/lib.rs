@@ -96,6 +96,9 @@
 //! - `store::redis::feed`: the Redis notice channel: subscription, heartbeats, change feed.
 //! - `store::redis::sentinel`: moves the store's connections to the primary the Sentinels
 //!   announce (`+switch-master`), without waiting for the old one to be demoted.
+//! - `store::redis::partition`: keys on live Cluster primaries served while another is down.
+//! - `store::redis::supervise`: restarts fred connection tasks that end; logs their errors.
+//! - `store::redis::tls`: `RedisTls` (feature `tls`), TLS settings for `rediss://` and client certificates.
 //! - `stats`: the counters behind [`Stats`].
 //! - `error`: typed errors.
 //!
