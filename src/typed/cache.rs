@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A typed cache-aside API over a [`Store`]: values of serde types under string keys, loaded
+/// A typed cache-aside API over a [`Store`](crate::Store): values of serde types under string keys, loaded
 /// once per key across the fleet.
 ///
 /// Most code takes a handle per value type, [`typed`](Self::typed), which fixes the type
