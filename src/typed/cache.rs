@@ -32,7 +32,7 @@ use std::time::Duration;
 /// one Redis Cluster hash tag) and the fill lock of a key under `{prefix}:f:{<key>}`, in the
 /// same slot, apart from the HTTP layer's `{prefix}:{<hash>}:…` keys. Each value is an
 /// envelope carrying its lifetimes and a fingerprint of its identity ([`CacheValue`], plus
-/// the [schema version](CacheBuilder::schema_version)).
+/// the [schema version](crate::CacheBuilder::schema_version)).
 ///
 /// ```
 /// use std::time::Duration;
