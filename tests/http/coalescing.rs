@@ -1,6 +1,6 @@
 //! Stampede protection across instances sharing one real Redis (issue: coalescing).
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

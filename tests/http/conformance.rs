@@ -8,7 +8,7 @@
 //! most, a real `redis-server` where the store's round trip matters. No test sleeps for timing:
 //! "stale" is made by an origin declaring a freshness that has already run out.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};

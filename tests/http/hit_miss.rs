@@ -1,6 +1,6 @@
 //! What is cached and what is not, against a real Redis (issue: foundation).
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

@@ -8,7 +8,7 @@
 //! everything `public`, so anything the cache keys wrongly or stores wrongly shows.
 //! (The proxy's own defences are tested through the built proxy in `poisoning_proxy.rs`.)
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Request, Response};

@@ -1,6 +1,6 @@
 //! Purges by tag, URL prefix and URL, on every instance, against a real Redis (issue 14).
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Request, Response};

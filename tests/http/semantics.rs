@@ -5,7 +5,7 @@
 //! Timing is controlled, not slept on: "served at once while the refresh is pending" is shown
 //! by a STALE response arriving while the origin is blocked on a signal from the test.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};

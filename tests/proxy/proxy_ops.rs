@@ -3,7 +3,7 @@
 //! admin port whose writes need a token. The built binary runs as a child process, as in
 //! tests/proxy.rs.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
