@@ -13,14 +13,14 @@ pub enum Backend {
     /// One `MemoryStore`, shared by every handle (its clones share entries, locks and notices).
     Memory(MemoryStore),
     /// A Redis server; every handle has its own connections, as separate instances do.
-    Redis(RedisServer),
+    Redis(Box<RedisServer>),
 }
 
 impl Backend {
     /// The store `TRC_TEST_STORE` names (`memory`, the default, or `redis`).
     pub async fn start() -> Self {
         match std::env::var("TRC_TEST_STORE").as_deref() {
-            Ok("redis") => Self::Redis(RedisServer::start().await),
+            Ok("redis") => Self::Redis(Box::new(RedisServer::start().await)),
             Ok("memory") | Ok("") | Err(_) => Self::memory(),
             Ok(other) => panic!("TRC_TEST_STORE={other}: expected `memory` or `redis`"),
         }
@@ -37,10 +37,5 @@ impl Backend {
             Self::Memory(store) => Arc::new(store.clone()),
             Self::Redis(server) => Arc::new(redis_store(server).await),
         }
-    }
-
-    /// Whether the store is a Redis (whose connections, unlike a `MemoryStore`'s, can be lost).
-    pub fn is_redis(&self) -> bool {
-        matches!(self, Self::Redis(_))
     }
 }

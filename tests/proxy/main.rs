@@ -3,7 +3,7 @@
 //! builds the example first, and two proxies can share a store only through Redis.
 
 #[path = "../support/mod.rs"]
-use crate::support;
+mod support;
 
 mod conformance_proxy;
 mod poisoning_proxy;

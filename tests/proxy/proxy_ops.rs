@@ -1,7 +1,7 @@
 //! The proxy as operators run it (issue 9): ready before serving, bounded under abuse,
 //! complete (HTTPS upstreams, WebSocket tunnels, default features), observable and with an
 //! admin port whose writes need a token. The built binary runs as a child process, as in
-//! tests/proxy.rs.
+//! tests/proxy/proxy.rs.
 
 use crate::support;
 

@@ -4,10 +4,11 @@
 //! a Cluster). Apart from `http` because every test here starts `redis-server`.
 
 #[path = "../support/mod.rs"]
-use crate::support;
+mod support;
 
 mod near_cache;
 mod near_coherence;
 mod one_engine;
+mod store;
 mod store_sharing;
 mod typed;
