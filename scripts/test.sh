@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit, integration (against real redis-server processes the tests
-# start on free ports), example, bench (one quick pass each) and doc tests, README included.
+# Runs the whole test suite: unit, integration (tests/http on a MemoryStore, then on Redis;
+# tests/redis, tests/proxy, tests/cluster.rs and tests/scale_out.rs against real redis-server
+# processes the tests start on free ports), example, bench (one quick pass each) and doc tests,
+# README included.
 #
 # Needs only the Rust toolchain: when `redis-server` is not on PATH it is installed with
 # apt-get (as root, or through sudo). Extra arguments go to both `cargo test` runs, e.g.
@@ -30,4 +32,7 @@ redis-server --version
 
 # `--all-targets` covers the lib, tests, examples and benches, but not doctests.
 cargo test --all-features --all-targets "$@"
+# The HTTP behaviour tests (tests/http) run on a MemoryStore above; again on Redis here, so the
+# Redis store is held to every one of those behaviours too.
+TRC_TEST_STORE=redis cargo test --all-features --test http "$@"
 cargo test --all-features --doc "$@"

@@ -5,10 +5,12 @@
 //! `Set-Cookie` opt-in. Stored partial content has its own file, `tests/partial_content.rs`.
 //!
 //! Every test runs the shared-mode layer on a real store: the in-process [`MemoryStore`] for
-//! most, a real `redis-server` where the store's round trip matters. No test sleeps for timing:
+//! most, the test store (`crate::backend`, Redis with `TRC_TEST_STORE=redis`) where the store's
+//! round trip matters. No test sleeps for timing:
 //! "stale" is made by an origin declaring a freshness that has already run out.
 
-mod support;
+use crate::backend::Backend;
+use crate::support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -94,13 +96,14 @@ fn memory_layer(configure: impl FnOnce(CacheLayerBuilder) -> CacheLayerBuilder) 
     .expect("valid config")
 }
 
-/// The same over a real Redis.
-async fn redis_layer(
-    server: &RedisServer,
+/// The same over the test store (`crate::backend`: a `MemoryStore`, or Redis with
+/// `TRC_TEST_STORE=redis`), for the tests that also run where the store is a round trip away.
+async fn store_layer(
+    backend: &Backend,
     configure: impl FnOnce(CacheLayerBuilder) -> CacheLayerBuilder,
 ) -> CacheLayer {
     configure(
-        builder(redis_store(server).await, "conformance")
+        builder(backend.store().await, "conformance")
             .mode(CacheMode::Shared)
             .ttl(Duration::ZERO),
     )
@@ -145,8 +148,8 @@ fn date_forms(secs: u64) -> [String; 3] {
 #[tokio::test]
 async fn expires_in_each_rfc_9110_form_makes_a_response_fresh_and_a_malformed_one_does_not(
 ) -> TestResult {
-    let server = RedisServer::start().await;
-    let layer = redis_layer(&server, |b| b).await;
+    let backend = Backend::start().await;
+    let layer = store_layer(&backend, |b| b).await;
     let origin = Scripted::default();
     let [imf, rfc850, asctime] = date_forms(3600);
     let expires: Vec<(&str, String)> = vec![
@@ -328,8 +331,8 @@ async fn targeted_cache_control_takes_precedence_over_cache_control() -> TestRes
 /// innocent client after it gets its own answer from the origin.
 #[tokio::test]
 async fn a_targeted_field_in_a_request_changes_nothing() -> TestResult {
-    let server = RedisServer::start().await;
-    let layer = redis_layer(&server, |b| b).await;
+    let backend = Backend::start().await;
+    let layer = store_layer(&backend, |b| b).await;
     let origin = Scripted::default();
     let svc = layer.layer(origin.service(|req, _| {
         let who = req
@@ -369,8 +372,8 @@ async fn a_targeted_field_in_a_request_changes_nothing() -> TestResult {
 /// forbids it; an error status the origin sends is its answer and is passed on.
 #[tokio::test]
 async fn a_stale_entry_stands_in_for_an_unreachable_origin_unless_forbidden() -> TestResult {
-    let server = RedisServer::start().await;
-    let layer = redis_layer(&server, |b| {
+    let backend = Backend::start().await;
+    let layer = store_layer(&backend, |b| {
         b.stale_if_unreachable(Duration::from_secs(300))
     })
     .await;
@@ -477,8 +480,8 @@ async fn must_understand_stores_known_statuses_despite_no_store() -> TestResult 
 /// or languages do not.
 #[tokio::test]
 async fn accept_language_is_normalised_for_vary() -> TestResult {
-    let server = RedisServer::start().await;
-    let layer = redis_layer(&server, |b| b).await;
+    let backend = Backend::start().await;
+    let layer = store_layer(&backend, |b| b).await;
     let origin = Scripted::default();
     let svc = layer.layer(origin.service(|req, _| {
         let asked = req

@@ -1,9 +1,9 @@
 //! The proxy as operators run it (issue 9): ready before serving, bounded under abuse,
 //! complete (HTTPS upstreams, WebSocket tunnels, default features), observable and with an
 //! admin port whose writes need a token. The built binary runs as a child process, as in
-//! tests/proxy.rs.
+//! tests/proxy/proxy.rs.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};

@@ -2,9 +2,9 @@
 //! loads, shared loader errors, fail-safe and soft timeouts, named locks, batch reads, prefix
 //! deletes, schema drift, fail-open; and the `cache_aside` example in process.
 
-mod support;
+use crate::support;
 
-#[path = "../examples/cache_aside.rs"]
+#[path = "../../examples/cache_aside.rs"]
 #[allow(dead_code)]
 mod cache_aside_example;
 

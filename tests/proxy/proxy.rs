@@ -6,7 +6,7 @@
 //! Origin responses carry an explicit `Cache-Control: max-age=60`, so they are cacheable in
 //! both cache modes.
 
-mod support;
+use crate::support;
 
 use axum::{
     body::Body,

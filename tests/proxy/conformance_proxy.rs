@@ -7,7 +7,7 @@
 //! so it can be "down" (accepting and closing without an answer, as the suite's origin does)
 //! without pooled connections hiding it.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::Request;

@@ -1,11 +1,12 @@
-//! HTTP caching semantics against a real Redis (issue: RFC 9111): stale-while-revalidate,
+//! HTTP caching semantics on the test store (issue: RFC 9111): stale-while-revalidate,
 //! stale-if-error, Vary, revalidation, conditional requests, request directives, shared-mode
 //! freshness, `Age`, `Cache-Status`, and invalidation by unsafe methods.
 //!
 //! Timing is controlled, not slept on: "served at once while the refresh is pending" is shown
 //! by a STALE response arriving while the origin is blocked on a signal from the test.
 
-mod support;
+use crate::backend::Backend;
+use crate::support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -114,11 +115,11 @@ fn with_headers(uri: &str, headers: &[(&str, &str)]) -> Request<ReqBody> {
 }
 
 async fn layer(
-    server: &RedisServer,
+    backend: &Backend,
     test: &str,
     configure: impl FnOnce(CacheLayerBuilder) -> CacheLayerBuilder,
 ) -> CacheLayer {
-    configure(builder(redis_store(server).await, test))
+    configure(builder(backend.store().await, test))
         .build()
         .expect("valid config")
 }
@@ -142,10 +143,10 @@ fn ttl(reply: &Reply) -> i64 {
 
 #[tokio::test]
 async fn stale_while_revalidate_serves_stale_at_once_while_one_refresh_runs() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let (called, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let origin = Scripted::gated(&called, &release);
-    let layer = layer(&server, "swr", |b| {
+    let layer = layer(&backend, "swr", |b| {
         b.ttl(Duration::ZERO)
             .stale_while_revalidate(Duration::from_secs(60))
     })
@@ -184,7 +185,7 @@ async fn stale_while_revalidate_serves_stale_at_once_while_one_refresh_runs() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_across_three_instances_costs_one_background_call() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let (called, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let origin = Scripted::gated(&called, &release);
     let service = origin.service(|_, n| match n {
@@ -194,7 +195,7 @@ async fn stale_while_revalidate_across_three_instances_costs_one_background_call
     let prefix = unique_prefix("swr-fleet");
     let mut layers = Vec::new();
     for _ in 0..3 {
-        let layer = layer(&server, "swr-fleet", |b| {
+        let layer = layer(&backend, "swr-fleet", |b| {
             b.key_prefix(&prefix)
                 .ttl(Duration::ZERO)
                 .stale_while_revalidate(Duration::from_secs(60))
@@ -249,7 +250,7 @@ async fn stale_while_revalidate_across_three_instances_costs_one_background_call
 
 #[tokio::test]
 async fn stale_if_error_serves_the_stale_entry_when_the_origin_fails() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
     let script = |req: &Request<ReqBody>, n: usize| match (req.uri().path(), n) {
         (_, 1) | ("/other", 4) => response(&[], "good"),
@@ -257,7 +258,7 @@ async fn stale_if_error_serves_the_stale_entry_when_the_origin_fails() -> TestRe
         ("/a", 3) => Err(std::io::Error::other("origin unreachable")),
         _ => status(500, &[]),
     };
-    let layer = layer(&server, "sie", |b| {
+    let layer = layer(&backend, "sie", |b| {
         b.ttl(Duration::ZERO)
             .stale_if_error(Duration::from_secs(60))
     })
@@ -287,7 +288,7 @@ async fn stale_if_error_serves_the_stale_entry_when_the_origin_fails() -> TestRe
     assert_eq!(origin.calls.get(), 3);
 
     // Without the window, the failure reaches the client.
-    let strict = layer_without_window(&server).await;
+    let strict = layer_without_window(&backend).await;
     let strict_svc = strict.layer(Scripted::new().service(|_, n| {
         if n == 1 {
             response(&[("cache-control", "max-age=0"), ("etag", "\"e\"")], "good")
@@ -304,15 +305,15 @@ async fn stale_if_error_serves_the_stale_entry_when_the_origin_fails() -> TestRe
     Ok(())
 }
 
-async fn layer_without_window(server: &RedisServer) -> CacheLayer {
-    layer(server, "sie-strict", |b| b).await
+async fn layer_without_window(backend: &Backend) -> CacheLayer {
+    layer(backend, "sie-strict", |b| b).await
 }
 
 #[tokio::test]
 async fn vary_keeps_one_entry_per_variant() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
-    let layer = layer(&server, "vary", |b| b).await;
+    let layer = layer(&backend, "vary", |b| b).await;
     let svc = layer.layer(origin.service(|req, _| {
         let lang = req
             .headers()
@@ -368,9 +369,9 @@ async fn vary_keeps_one_entry_per_variant() -> TestResult {
 
 #[tokio::test]
 async fn a_stale_entry_is_revalidated_with_its_validators() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
-    let layer = layer(&server, "revalidate", |b| b).await;
+    let layer = layer(&backend, "revalidate", |b| b).await;
     let svc = layer.layer(origin.service(|req, n| {
         match (req.uri().path(), n) {
             ("/etag", 1) => response(
@@ -444,9 +445,9 @@ async fn a_stale_entry_is_revalidated_with_its_validators() -> TestResult {
 
 #[tokio::test]
 async fn clients_conditional_requests_are_answered_from_the_cache() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
-    let layer = layer(&server, "conditional", |b| b).await;
+    let layer = layer(&backend, "conditional", |b| b).await;
     let svc = layer.layer(origin.service(|_, _| {
         response(
             &[
@@ -507,7 +508,7 @@ async fn clients_conditional_requests_are_answered_from_the_cache() -> TestResul
 
 #[tokio::test]
 async fn shared_mode_honours_request_directives_and_application_mode_does_not() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
     let script = |req: &Request<ReqBody>, _: usize| {
         if req
@@ -527,7 +528,7 @@ async fn shared_mode_honours_request_directives_and_application_mode_does_not() 
             format!("body of {}", req.uri().path()),
         )
     };
-    let layer = layer(&server, "directives", |b| b.mode(CacheMode::Shared)).await;
+    let layer = layer(&backend, "directives", |b| b.mode(CacheMode::Shared)).await;
     let svc = layer.layer(origin.service(script));
     let fill = |path: &str| {
         let svc = svc.clone();
@@ -610,7 +611,7 @@ async fn shared_mode_honours_request_directives_and_application_mode_does_not() 
     assert_eq!(origin.calls.get(), before);
 
     // Application mode: the service owner decides; clients' directives are ignored.
-    let app = layer_in_app_mode(&server).await;
+    let app = layer_in_app_mode(&backend).await;
     let app_svc = app.layer(Scripted::new().service(script));
     send(&app_svc, get("http://example.test/doc")).await;
     app.wait_for_writes().await;
@@ -623,13 +624,16 @@ async fn shared_mode_honours_request_directives_and_application_mode_does_not() 
     Ok(())
 }
 
-async fn layer_in_app_mode(server: &RedisServer) -> CacheLayer {
-    layer(server, "directives-app", |b| b.mode(CacheMode::Application)).await
+async fn layer_in_app_mode(backend: &Backend) -> CacheLayer {
+    layer(backend, "directives-app", |b| {
+        b.mode(CacheMode::Application)
+    })
+    .await
 }
 
 #[tokio::test]
 async fn shared_mode_freshness_comes_from_the_response() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let now = SystemTime::now();
     let date = httpdate::fmt_http_date(now);
     let expires = httpdate::fmt_http_date(now + Duration::from_secs(100));
@@ -653,7 +657,7 @@ async fn shared_mode_freshness_comes_from_the_response() -> TestResult {
         ),
         _ => status(404, &[]),
     };
-    let shared = layer(&server, "freshness", |b| {
+    let shared = layer(&backend, "freshness", |b| {
         b.mode(CacheMode::Shared)
             .ttl(Duration::from_secs(60))
             .stale_while_revalidate(Duration::from_secs(600))
@@ -723,7 +727,7 @@ async fn shared_mode_freshness_comes_from_the_response() -> TestResult {
     );
 
     // With a default TTL of zero (the RFC-strict setting) nothing without freshness is stored.
-    let strict = layer(&server, "freshness-strict", |b| {
+    let strict = layer(&backend, "freshness-strict", |b| {
         b.mode(CacheMode::Shared).ttl(Duration::ZERO)
     })
     .await;
@@ -742,7 +746,7 @@ async fn shared_mode_freshness_comes_from_the_response() -> TestResult {
 
 #[tokio::test]
 async fn successful_unsafe_requests_invalidate_their_targets_in_every_instance() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
     let script = |req: &Request<ReqBody>, n: usize| match *req.method() {
         http::Method::POST if req.uri().path() == "/fail" => status(500, &[]),
@@ -756,8 +760,8 @@ async fn successful_unsafe_requests_invalidate_their_targets_in_every_instance()
         _ => response(&[], format!("{} #{n}", req.uri().path())),
     };
     let prefix = unique_prefix("invalidate");
-    let one = layer(&server, "invalidate", |b| b.key_prefix(&prefix)).await;
-    let two = layer(&server, "invalidate", |b| b.key_prefix(&prefix)).await;
+    let one = layer(&backend, "invalidate", |b| b.key_prefix(&prefix)).await;
+    let two = layer(&backend, "invalidate", |b| b.key_prefix(&prefix)).await;
     let svc_one = one.layer(origin.service(script));
     let svc_two = two.layer(origin.service(script));
     let paths = ["/list", "/created", "/fail"];
@@ -799,9 +803,9 @@ async fn successful_unsafe_requests_invalidate_their_targets_in_every_instance()
 
 #[tokio::test]
 async fn byte_ranges_are_served_from_the_stored_response() -> TestResult {
-    let server = RedisServer::start().await;
+    let backend = Backend::start().await;
     let origin = Scripted::new();
-    let layer = layer(&server, "ranges", |b| b).await;
+    let layer = layer(&backend, "ranges", |b| b).await;
     let body = binary_body(1000, 5);
     let svc = layer.layer(origin.service({
         let body = body.clone();

@@ -4,16 +4,16 @@
 //! Each example is compiled in as a module; its `main` is then just an unused function.
 
 #[allow(dead_code)]
-#[path = "../examples/axum.rs"]
+#[path = "../../examples/axum.rs"]
 mod axum_example;
 #[allow(dead_code)]
-#[path = "../examples/hyper.rs"]
+#[path = "../../examples/hyper.rs"]
 mod hyper_example;
 #[allow(dead_code)]
-#[path = "../examples/products.rs"]
+#[path = "../../examples/products.rs"]
 mod products_example;
 #[allow(dead_code)]
-#[path = "../examples/tonic.rs"]
+#[path = "../../examples/tonic.rs"]
 mod tonic_example;
 
 use bytes::Bytes;

@@ -1,6 +1,6 @@
 //! The near tier: an in-process tier in front of a real Redis, coherent with the fleet.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 use support::*;

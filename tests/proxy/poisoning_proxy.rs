@@ -13,7 +13,7 @@
 //! innocent receives: status, the exact bytes the origin renders for an ordinary request, a
 //! matching `content-length`, and the right representation. No test asserts timing.
 
-mod support;
+use crate::support;
 
 use axum::{body::Body, extract::State, http::Request as AxumRequest, Router};
 use http::{Request, StatusCode};

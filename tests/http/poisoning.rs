@@ -1,5 +1,6 @@
 //! Cache poisoning and request-triggered damage, in process: two instances of a service (two
-//! layers, each with its own Redis connections) share one real Redis, as a fleet does.
+//! layers, each with its own handle on the test store) share one store, as a fleet shares
+//! Redis.
 //!
 //! Every test is written as an attacker's request(s) to instance A followed by an innocent
 //! client's request for the same URL, usually to instance B, and asserts what the innocent
@@ -8,7 +9,8 @@
 //! everything `public`, so anything the cache keys wrongly or stores wrongly shows.
 //! (The proxy's own defences are tested through the built proxy in `poisoning_proxy.rs`.)
 
-mod support;
+use crate::backend::Backend;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -132,8 +134,8 @@ impl Origin {
     }
 }
 
-/// Two instances sharing `server`, in shared (RFC 9111) mode, the proxy's default.
-async fn fleet(server: &RedisServer, test: &str) -> (CacheLayer, CacheLayer) {
+/// Two instances sharing `backend`, in shared (RFC 9111) mode, the proxy's default.
+async fn fleet(backend: &Backend, test: &str) -> (CacheLayer, CacheLayer) {
     let prefix = unique_prefix(test);
     let layer = |store| {
         builder(store, test)
@@ -143,10 +145,7 @@ async fn fleet(server: &RedisServer, test: &str) -> (CacheLayer, CacheLayer) {
             .build()
             .expect("valid layer")
     };
-    (
-        layer(redis_store(server).await),
-        layer(redis_store(server).await),
-    )
+    (layer(backend.store().await), layer(backend.store().await))
 }
 
 fn with(method: &str, uri: &str, headers: &[(&'static str, &str)]) -> Request<ReqBody> {
@@ -166,8 +165,8 @@ async fn settle(a: &CacheLayer, b: &CacheLayer) {
 
 #[tokio::test]
 async fn a_head_with_authorization_does_not_empty_the_get_entry() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-head-auth").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-head-auth").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let uri = "http://example.test/app.js";
@@ -189,8 +188,8 @@ async fn a_head_with_authorization_does_not_empty_the_get_entry() -> TestResult 
 
 #[tokio::test]
 async fn heads_and_gets_never_confuse_each_other() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-head-get").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-head-get").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let uri = "http://example.test/app.js";
@@ -220,8 +219,8 @@ async fn heads_and_gets_never_confuse_each_other() -> TestResult {
 
 #[tokio::test]
 async fn requests_cannot_turn_others_hits_into_misses() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-hfm").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-hfm").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let page = "http://example.test/page";
@@ -260,8 +259,8 @@ async fn requests_cannot_turn_others_hits_into_misses() -> TestResult {
 
 #[tokio::test]
 async fn an_authorized_get_does_not_orphan_the_variants_others_are_served() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-auth-vary").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-auth-vary").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let uri = "http://example.test/varied";
@@ -289,8 +288,8 @@ async fn an_authorized_get_does_not_orphan_the_variants_others_are_served() -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_racing_a_varied_fill_does_not_bring_old_variants_back() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-vary-race").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-vary-race").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let uri = "http://example.test/varied";
@@ -327,8 +326,8 @@ async fn an_invalidation_racing_a_varied_fill_does_not_bring_old_variants_back()
 
 #[tokio::test]
 async fn requests_the_key_cannot_describe_store_nothing() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-unkeyed").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-unkeyed").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
 
@@ -384,8 +383,8 @@ async fn requests_the_key_cannot_describe_store_nothing() -> TestResult {
 
 #[tokio::test]
 async fn paths_are_keyed_exactly_as_they_are_forwarded() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-paths").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-paths").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     for attack in ["/a/../b", "//b", "/%2e%2e/b", "/a%2Fb", "/b/", "/B", "/b?"] {
@@ -399,8 +398,8 @@ async fn paths_are_keyed_exactly_as_they_are_forwarded() -> TestResult {
 
 #[tokio::test]
 async fn a_header_the_origin_varies_on_is_keyed() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-themed").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-themed").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let uri = "http://example.test/themed";
@@ -491,8 +490,8 @@ async fn reviewed_origin(req: Request<ReqBody>) -> Result<Response<Full<Bytes>>,
 
 #[tokio::test]
 async fn preconditions_the_origin_fails_are_not_stored_for_everyone() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-412").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-412").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(reviewed_origin)),
         b.layer(tower::service_fn(reviewed_origin)),
@@ -521,8 +520,8 @@ async fn preconditions_the_origin_fails_are_not_stored_for_everyone() -> TestRes
 
 #[tokio::test]
 async fn a_singleton_header_split_in_two_lines_is_another_variant() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-split-ua").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-split-ua").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(reviewed_origin)),
         b.layer(tower::service_fn(reviewed_origin)),
@@ -544,8 +543,8 @@ async fn a_singleton_header_split_in_two_lines_is_another_variant() -> TestResul
 
 #[tokio::test]
 async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-query").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-query").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(reviewed_origin)),
         b.layer(tower::service_fn(reviewed_origin)),
@@ -579,8 +578,8 @@ async fn a_value_colliding_with_a_victims_variant_cannot_replace_it() -> TestRes
         xxhash_rust::xxh3::xxh3_64(&stream(&forged)),
         "the forged value no longer collides under xxh3: the test lost its premise"
     );
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-variant-collision").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-variant-collision").await;
     let origin = Origin::default();
     let (svc_a, svc_b) = (a.layer(origin.service()), b.layer(origin.service()));
     let uri = "http://example.test/themed";
@@ -630,8 +629,8 @@ async fn a_header_provoked_500_is_not_stored_for_everyone() -> TestResult {
         };
         Ok(response.expect("response"))
     }
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-500").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-500").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(fragile)),
         b.layer(tower::service_fn(fragile)),
@@ -678,8 +677,8 @@ async fn a_304_adding_vary_does_not_answer_for_everyone() -> TestResult {
         };
         Ok(response.expect("response"))
     }
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-304-vary").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-304-vary").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(cors)),
         b.layer(tower::service_fn(cors)),
@@ -725,8 +724,8 @@ async fn a_cookie_requests_page_without_freshness_is_not_stored_for_the_default_
             .to_owned();
         Ok(Response::new(Full::from(format!("hello {who}"))))
     }
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-cookie-ttl").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-cookie-ttl").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(account)),
         b.layer(tower::service_fn(account)),
@@ -746,7 +745,7 @@ async fn a_cookie_requests_page_without_freshness_is_not_stored_for_the_default_
     assert_eq!(innocent.body, "hello anonymous");
 
     // Opted in, the default ttl applies to it like any other.
-    let layer = builder(redis_store(&server).await, "poison-cookie-ttl-on")
+    let layer = builder(backend.store().await, "poison-cookie-ttl-on")
         .key_prefix(unique_prefix("poison-cookie-ttl-on"))
         .mode(CacheMode::Shared)
         .ttl(Duration::from_secs(60))
@@ -764,8 +763,8 @@ async fn a_cookie_requests_page_without_freshness_is_not_stored_for_the_default_
 /// `?%61=evil&a=good` (last `a` is "good") never share an entry.
 #[tokio::test]
 async fn percent_encoded_names_are_ordered_as_the_origin_reads_them() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-query-decoded").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-query-decoded").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(reviewed_origin)),
         b.layer(tower::service_fn(reviewed_origin)),
@@ -780,8 +779,8 @@ async fn percent_encoded_names_are_ordered_as_the_origin_reads_them() -> TestRes
 
 #[tokio::test]
 async fn one_answer_varying_on_other_headers_does_not_orphan_the_variants() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-vary-list").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-vary-list").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(reviewed_origin)),
         b.layer(tower::service_fn(reviewed_origin)),
@@ -811,8 +810,8 @@ async fn one_answer_varying_on_other_headers_does_not_orphan_the_variants() -> T
 
 #[tokio::test]
 async fn an_unsafe_request_cannot_invalidate_another_hosts_entries() -> TestResult {
-    let server = RedisServer::start().await;
-    let (a, b) = fleet(&server, "poison-unsafe-host").await;
+    let backend = Backend::start().await;
+    let (a, b) = fleet(&backend, "poison-unsafe-host").await;
     let (svc_a, svc_b) = (
         a.layer(tower::service_fn(reviewed_origin)),
         b.layer(tower::service_fn(reviewed_origin)),

@@ -23,7 +23,7 @@
 //! landed: it never counts as a change, and a read returning its value is not judged. A read
 //! returning `None` is accepted (the restart wipes values; absence is never cached).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};

@@ -1,7 +1,7 @@
 //! One engine, two faces: a typed `Cache` taken from a layer shares the layer's store
 //! connections, counters and background work. Real Redis.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 use support::*;

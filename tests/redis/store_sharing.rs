@@ -2,7 +2,7 @@
 //! connections shares them without taking them over, and keeps its fill notices (and so the
 //! near caches' coherence) across a Redis restart. Real Redis.
 
-mod support;
+use crate::support;
 
 use fred::prelude::*;
 use fred::types::InfoKind;
