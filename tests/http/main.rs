@@ -11,6 +11,7 @@ mod conformance;
 mod entry_props;
 mod examples;
 mod hit_miss;
+mod partial_content;
 mod poisoning;
 mod purge;
 mod semantics;

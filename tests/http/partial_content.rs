@@ -8,15 +8,13 @@
 //! A part is first stored the way the HTTP caching test suite stores one: the origin answers
 //! `206` to the cache's whole fetch (an upstream that answers with parts).
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, Layer};
 use tower_redis_cache::{CacheLayer, CacheLayerBuilder, CacheMode, CacheService, MemoryStore};
