@@ -248,7 +248,7 @@ impl Counters {
     #[cfg(feature = "metrics")]
     pub(crate) fn record_latency(&self, headers: &http::HeaderMap, elapsed: std::time::Duration) {
         let outcome = headers
-            .get(crate::headers::X_CACHE)
+            .get(crate::http::headers::X_CACHE)
             .map_or(&b"bypass"[..], |v| v.as_bytes());
         self.handles.latency[outcome_index(outcome)].record(elapsed.as_secs_f64());
     }

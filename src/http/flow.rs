@@ -1,20 +1,20 @@
 //! The request flow: classify, look up, answer from an entry, or hand a miss to
-//! `fill`. Reading entries (and their vary indexes) lives here too.
+//! `miss`. Reading entries (and their vary indexes) lives here too.
 //!
 //! Every branch that cannot use the store forwards the request to the inner service, so a
 //! store that is down, slow or returning garbage costs at most one bounded lookup.
 
-use crate::config::{CacheMode, Config};
-use crate::context::{Outcome, Reply, Shared};
-use crate::entry::{self, Entry};
 use crate::error::BoxError;
-use crate::fetch::fetch_and_store;
-use crate::headers::{CacheOutcome, Fwd, Verdict};
-use crate::key::CacheKey;
-use crate::lookup::{resolve, resolve_or_lock, Lookup, MissContext};
-use crate::policy::{self, CacheControl, RequestClass, RequestDirectives};
-use crate::range;
-use crate::respond::{
+use crate::http::config::{CacheMode, Config};
+use crate::http::context::{Outcome, Reply, Shared};
+use crate::http::entry::{self, Entry};
+use crate::http::fetch::fetch_and_store;
+use crate::http::headers::{CacheOutcome, Fwd, Verdict};
+use crate::http::key::CacheKey;
+use crate::http::lookup::{resolve, resolve_or_lock, Lookup, MissContext};
+use crate::http::policy::{self, CacheControl, RequestClass, RequestDirectives};
+use crate::http::range;
+use crate::http::respond::{
     bypass, forward, forward_and_invalidate, from_entry, gateway_timeout, stale_verdict,
 };
 use bytes::Bytes;
@@ -54,7 +54,7 @@ where
                 .then(|| shared.keys.derive(&parts))
                 .flatten();
             if let Some(key) = post_key {
-                return Box::pin(crate::fetch::post_and_store(
+                return Box::pin(crate::http::fetch::post_and_store(
                     &shared, inner, key, parts, body,
                 ))
                 .await;
@@ -168,7 +168,7 @@ where
                     if !head {
                         ctx.stale = Some(entry);
                         ctx.fwd = Fwd::Stale;
-                        crate::fill::refresh(shared, inner, key, parts, body, ctx);
+                        crate::http::miss::refresh(shared, inner, key, parts, body, ctx);
                     }
                     return Ok(reply);
                 }
@@ -214,7 +214,10 @@ where
     // future is part of theirs): boxing them keeps the hit path's future small, so the one
     // allocation every request makes for its future copies less (3.3 KiB before, measured
     // through the proxy's origin client).
-    Box::pin(crate::fill::miss(shared, inner, key, parts, body, ctx)).await
+    Box::pin(crate::http::miss::miss(
+        shared, inner, key, parts, body, ctx,
+    ))
+    .await
 }
 
 /// The entry a fill running in this process for `key` stores, if one is running and stores

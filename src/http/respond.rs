@@ -3,12 +3,12 @@
 //! for a failed fill); each marked with `X-Cache`/`Cache-Status`/`Age` and counted, in one
 //! place. Unsafe requests are forwarded here too, with the invalidation that follows them.
 
-use crate::body::CacheBody;
-use crate::conditional;
-use crate::context::{Reply, Shared};
-use crate::entry::{self, Entry};
-use crate::headers::{self, CacheOutcome, Fwd, Verdict};
-use crate::range;
+use crate::http::body::CacheBody;
+use crate::http::conditional;
+use crate::http::context::{Reply, Shared};
+use crate::http::entry::{self, Entry};
+use crate::http::headers::{self, CacheOutcome, Fwd, Verdict};
+use crate::http::range;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use tower_service::Service;

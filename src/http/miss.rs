@@ -11,16 +11,16 @@
 //! A background refresh (stale-while-revalidate) is the same fill with nobody waiting for
 //! it: it runs only if it gets the lock at once, so a fleet refreshes an entry once.
 
-use crate::context::{Leader, Outcome, Reply, Role, Shared};
 use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, FillWrite, Judged};
-use crate::entry::{self, Entry};
 use crate::error::BoxError;
-use crate::fetch;
-use crate::headers::{CacheOutcome, Fwd, Verdict};
-use crate::key::CacheKey;
-use crate::lookup::{self, Lookup, MissContext, Read};
-use crate::range;
-use crate::respond;
+use crate::http::context::{Leader, Outcome, Reply, Role, Shared};
+use crate::http::entry::{self, Entry};
+use crate::http::fetch;
+use crate::http::headers::{CacheOutcome, Fwd, Verdict};
+use crate::http::key::CacheKey;
+use crate::http::lookup::{self, Lookup, MissContext, Read};
+use crate::http::range;
+use crate::http::respond;
 use crate::store::FillNotice;
 use bytes::Bytes;
 use http::request::Parts;
@@ -60,7 +60,7 @@ where
                 tokio::time::timeout(shared.engine.fills.lock_wait, follower.outcome()).await;
             drop(deposit);
             match outcome {
-                // Only a fresh entry answers a follower, as in other processes (`Judge`): one
+                // Only a fresh entry answers a follower, as in other processes (`EntryJudge`): one
                 // that must be revalidated on every use (`no-cache`, `max-age=0`) was the
                 // leader's answer, not one to reuse, and a request joining just after the
                 // leader was answered (the flight lasts until its write ends) is a new use.
@@ -190,7 +190,7 @@ async fn lead<S, ReqBody, ResBody>(
     // The lookup may have taken the lock already (it found nothing).
     let mut lease = ctx.lease.take();
     if lease.is_none() && shared.config.distributed_lock {
-        let judge = Judge {
+        let judge = EntryJudge {
             shared: &shared,
             key: &key,
             request: &parts.headers,
@@ -310,13 +310,13 @@ async fn lead<S, ReqBody, ResBody>(
 /// finished fill (read through the vary index when the key holds one); a stale entry is the
 /// one being refreshed (wait on); a hit-for-miss marker, or a store that fails, sends the
 /// request to the origin.
-struct Judge<'a> {
+struct EntryJudge<'a> {
     shared: &'a Shared,
     key: &'a CacheKey,
     request: &'a HeaderMap,
 }
 
-impl fill::Judge for Judge<'_> {
+impl fill::Judge for EntryJudge<'_> {
     type Value = Entry;
 
     async fn judge(&self, value: Bytes) -> Judged<Entry> {

@@ -2,12 +2,12 @@
 //! variant; decoding it (a value that does not decode is deleted and counted); and what a
 //! miss carries from the lookup to the fill.
 
-use crate::context::Shared;
 use crate::engine::fill::{lock_token, Lease};
-use crate::entry::{self, Entry, VaryIndex};
-use crate::headers::Fwd;
-use crate::key::{self, CacheKey};
-use crate::policy::RequestClass;
+use crate::http::context::Shared;
+use crate::http::entry::{self, Entry, VaryIndex};
+use crate::http::headers::Fwd;
+use crate::http::key::{self, CacheKey};
+use crate::http::policy::RequestClass;
 use http::HeaderMap;
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@
 //!   is deliberate: it treats `proxy-revalidate` as "never fresh", while RFC 9111 §5.2.2.8
 //!   only forbids serving such a response *stale*; we evaluate it as `must-revalidate`.
 
-use crate::config::{CacheMode, Config};
+use crate::http::config::{CacheMode, Config};
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
 use std::time::{Duration, SystemTime};
@@ -339,7 +339,7 @@ impl CacheControl {
     /// The directives of a stored response as this cache obeys them: its targeted field
     /// (RFC 9213) when it has a valid one, else its `Cache-Control`.
     pub(crate) fn for_response(headers: &HeaderMap, config: &Config) -> Self {
-        match crate::targeted::effective(headers, &config.targeted) {
+        match crate::http::targeted::effective(headers, &config.targeted) {
             Some(effective) => Self::parse(&effective),
             None => Self::parse(headers),
         }
@@ -382,7 +382,7 @@ pub(crate) fn decide(
     } else {
         status
     };
-    let targeted = crate::targeted::effective(headers, &config.targeted);
+    let targeted = crate::http::targeted::effective(headers, &config.targeted);
     let headers = targeted.as_ref().unwrap_or(headers);
     let cc = CacheControl::parse(headers);
     // Rules for every mode: never share what is personal or cannot be keyed.
@@ -400,7 +400,7 @@ pub(crate) fn decide(
     if headers.contains_key(header::SET_COOKIE) && !shares_set_cookie(config, headers, &cc) {
         return Decision::Skip(NoCacheReason::SetCookie);
     }
-    if crate::key::vary_names(headers).any(|name| name == "*") {
+    if crate::http::key::vary_names(headers).any(|name| name == "*") {
         return Decision::Skip(NoCacheReason::VaryStar);
     }
     if request.authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
@@ -676,7 +676,7 @@ fn normalized_for_policy(
 
 /// Rewrites the dates `http-cache-semantics` reads into IMF-fixdate, the one form its parser
 /// (RFC 2822, more lenient than RFC 9110 in some ways and stricter in others) reads as HTTP
-/// means it, after reading them with [`crate::date`]. An `Expires` that is not one valid
+/// means it, after reading them with [`crate::http::date`]. An `Expires` that is not one valid
 /// HTTP-date (or is sent twice) becomes `0`, "already expired" (RFC 9111 §5.3); an invalid
 /// `Date` or `Last-Modified` is dropped, as if absent (the receipt time then stands for `Date`,
 /// and no heuristic freshness is drawn from a modification time nobody can read).
@@ -685,11 +685,11 @@ fn normalize_dates(headers: &mut HeaderMap) {
         let mut values = headers.get_all(&name).iter();
         let parsed = match (values.next(), values.next()) {
             (None, _) => continue,
-            (Some(value), None) => crate::date::parse(value.as_bytes()),
+            (Some(value), None) => crate::http::date::parse(value.as_bytes()),
             (Some(_), Some(_)) => None,
         };
         let rewritten =
-            parsed.and_then(|t| http::HeaderValue::from_str(&crate::date::format(t)).ok());
+            parsed.and_then(|t| http::HeaderValue::from_str(&crate::http::date::format(t)).ok());
         headers.remove(&name);
         match (rewritten, name == header::EXPIRES) {
             (Some(value), _) => {

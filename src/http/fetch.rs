@@ -2,19 +2,19 @@
 //! entry when there is one, serving it on errors within stale-if-error), turning the answer
 //! into an encoded entry within the body limit, and writing entries (with vary indexes).
 
-use crate::body::CacheBody;
-use crate::conditional;
-use crate::context::{Reply, Shared};
-use crate::entry::{self, Entry, EntryMeta, VaryIndex};
 use crate::error::BoxError;
-use crate::headers::{CacheOutcome, Fwd, Verdict};
-use crate::key::{self, CacheKey};
-use crate::lookup::{self, MissContext, Read};
-use crate::partial::{self, Completion, Kept};
-use crate::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
-use crate::range;
-use crate::respond::stale_verdict;
-use crate::respond::{finish, from_entry};
+use crate::http::body::CacheBody;
+use crate::http::conditional;
+use crate::http::context::{Reply, Shared};
+use crate::http::entry::{self, Entry, EntryMeta, VaryIndex};
+use crate::http::headers::{CacheOutcome, Fwd, Verdict};
+use crate::http::key::{self, CacheKey};
+use crate::http::lookup::{self, MissContext, Read};
+use crate::http::partial::{self, Completion, Kept};
+use crate::http::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
+use crate::http::range;
+use crate::http::respond::stale_verdict;
+use crate::http::respond::{finish, from_entry};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, Request, Response, StatusCode};
@@ -367,7 +367,7 @@ fn reusable_post(
     request: &HeaderMap,
     response: &http::response::Parts,
 ) -> bool {
-    let effective = crate::targeted::effective(&response.headers, &shared.config.targeted);
+    let effective = crate::http::targeted::effective(&response.headers, &shared.config.targeted);
     let headers = effective.as_ref().unwrap_or(&response.headers);
     let cc = policy::CacheControl::parse(headers);
     let explicit =
@@ -375,7 +375,7 @@ fn reusable_post(
     let mut locations = response.headers.get_all(header::CONTENT_LOCATION).iter();
     let names_target = match (locations.next(), locations.next()) {
         (Some(location), None) => {
-            crate::respond::same_origin(target, request.get(header::HOST), location)
+            crate::http::respond::same_origin(target, request.get(header::HOST), location)
                 .is_some_and(|uri| uri.path_and_query() == target.path_and_query())
         }
         _ => false,
@@ -417,7 +417,7 @@ where
     };
     let fetched = fetch(shared, inner, parts, body, CacheOutcome::Bypass, &ctx).await;
     let response = fetched.reply?;
-    crate::respond::invalidate(
+    crate::http::respond::invalidate(
         shared,
         &target,
         host.as_ref(),

@@ -2,12 +2,12 @@
 //!
 //! The request path's modules all read this one struct; only the layer builds it.
 
-use crate::body::CacheBody;
-use crate::config::Config;
 use crate::engine::flight;
 use crate::engine::Engine;
-use crate::entry::Entry;
-use crate::key::KeyMaker;
+use crate::http::body::CacheBody;
+use crate::http::config::Config;
+use crate::http::entry::Entry;
+use crate::http::key::KeyMaker;
 use http::Response;
 use std::sync::Arc;
 
