@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A typed cache-aside API over a [`Store`]: values of serde types under string keys, loaded
+/// A typed cache-aside API over a [`Store`](crate::Store): values of serde types under string keys, loaded
 /// once per key across the fleet.
 ///
 /// Most code takes a handle per value type, [`typed`](Self::typed), which fixes the type
@@ -32,7 +32,7 @@ use std::time::Duration;
 /// one Redis Cluster hash tag) and the fill lock of a key under `{prefix}:f:{<key>}`, in the
 /// same slot, apart from the HTTP layer's `{prefix}:{<hash>}:…` keys. Each value is an
 /// envelope carrying its lifetimes and a fingerprint of its identity ([`CacheValue`], plus
-/// the [schema version](CacheBuilder::schema_version)).
+/// the [schema version](crate::CacheBuilder::schema_version)).
 ///
 /// ```
 /// use std::time::Duration;
