@@ -64,6 +64,7 @@
 //! - `http::key`: canonical request keys and variant keys.
 //! - `http::entry`: the binary entry format (not public API; exposed for benches and tests).
 //! - `http::headers`: `X-Cache`, `Cache-Status` and `Age`.
+//! - `http::tags`: a response's tags for purges ([`CacheTags`], tag headers, `tags_fn`).
 //! - `http::body`: [`CacheBody`], cached bytes or the inner body streamed through.
 //!
 //! The typed face:
@@ -96,7 +97,7 @@
 //!
 //! Shared by both faces:
 //! - `prefix`: the key-prefix rule both faces share.
-//! - `tags`: a response's tags for purges ([`CacheTags`], tag headers, `tags_fn`), bounded.
+//! - `tags`: the tag rules both faces share: what a tag may be, how tags are joined and bounded.
 //! - `clock`: the wall clock in microseconds, as purge stamps and fills record it.
 //! - `stats`: the counters behind [`Stats`].
 //! - `error`: typed errors.
@@ -136,14 +137,15 @@ pub use error::{
     StoreError, StoreErrorKind,
 };
 pub use http::{
-    BypassFn, CacheBody, CacheKey, CacheLayer, CacheLayerBuilder, CacheMode, CacheService, KeyFn,
-    OriginUnreachable, ResponseFuture, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT,
+    BypassFn, CacheBody, CacheKey, CacheLayer, CacheLayerBuilder, CacheMode, CacheService,
+    CacheTags, KeyFn, OriginUnreachable, ResponseFuture, TagFn, DEFAULT_MAX_FILL_BYTES,
+    MAX_LOCK_WAIT,
 };
 #[cfg(feature = "metrics")]
 pub use stats::describe_metrics;
 pub use stats::Stats;
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreFuture};
-pub use tags::{CacheTags, TagFn, MAX_TAGS_BYTES, MAX_TAG_LEN};
+pub use tags::{MAX_TAGS_BYTES, MAX_TAG_LEN};
 pub use typed::{
     BreakerState, Cache, CacheBuilder, CacheValue, Codec, Expiry, GetOrSetOptions,
     GetOrSetOptionsBuilder, Health, HeldLock, InBackground, InCaller, KeyBuilder, Loaded, Loader,

@@ -198,7 +198,7 @@ pub struct CacheLayerBuilder {
     targeted_cache_control: Vec<String>,
     share_set_cookie: bool,
     hit_for_miss_ttl: Duration,
-    tagging: crate::tags::Tagging,
+    tagging: crate::http::tags::Tagging,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -232,7 +232,7 @@ impl CacheLayerBuilder {
             targeted_cache_control: vec!["CDN-Cache-Control".to_owned()],
             share_set_cookie: false,
             hit_for_miss_ttl: Duration::from_secs(2),
-            tagging: crate::tags::Tagging::default(),
+            tagging: crate::http::tags::Tagging::default(),
         }
     }
 

@@ -23,6 +23,7 @@ mod policy;
 mod range;
 mod respond;
 mod service;
+mod tags;
 mod targeted;
 
 pub use self::body::CacheBody;
@@ -31,3 +32,4 @@ pub use self::fetch::OriginUnreachable;
 pub use self::key::{BypassFn, CacheKey, KeyFn};
 pub use self::layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use self::service::{CacheService, ResponseFuture};
+pub use self::tags::{CacheTags, TagFn};
