@@ -56,6 +56,11 @@
 //! - `http::fetch`: the origin call that may fill, buffering within budget, and entry writes.
 //! - `http::respond`: every response the cache gives, marked and counted in one place.
 //! - `http::policy`: request classification, what is stored and for how long (both modes).
+//! - `http::policy::request`: how a request is treated before lookup; request directives.
+//! - `http::policy::cache_control`: the response directives this cache acts on.
+//! - `http::policy::decision`: store for a lifetime, or skip for one `NoCacheReason`.
+//! - `http::policy::freshness`: how long a response is fresh, per mode.
+//! - `http::policy::storable`: the rules every mode shares, and the lifetime kept.
 //! - `http::targeted`: targeted cache control (RFC 9213): which response field speaks for this cache.
 //! - `http::date`: HTTP dates exactly as RFC 9110 §5.6.7 writes them.
 //! - `http::conditional`: `304`s for clients and validators for revalidation.
