@@ -5,11 +5,10 @@
 
 use crate::http::body::CacheBody;
 use crate::http::conditional;
-use crate::http::context::{Reply, Shared};
+use crate::http::context::{Call, Reply, Shared};
 use crate::http::entry::{self, Entry};
 use crate::http::headers::{self, CacheOutcome, Fwd, Verdict};
 use crate::http::range;
-use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use tower_service::Service;
 
@@ -135,37 +134,25 @@ fn bodiless<B>(
 /// Passes the request by the cache: not cacheable, or the store is unavailable.
 pub(crate) async fn bypass<S, ReqBody, ResBody>(
     shared: &Shared,
-    inner: S,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    forward(
-        shared,
-        inner,
-        parts,
-        body,
-        CacheOutcome::Bypass,
-        Fwd::Bypass,
-    )
-    .await
+    forward(shared, call, CacheOutcome::Bypass, Fwd::Bypass).await
 }
 
 /// Passes the request to the inner service and its response back untouched, but marked.
 pub(crate) async fn forward<S, ReqBody, ResBody>(
     shared: &Shared,
-    mut inner: S,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
     outcome: CacheOutcome,
     fwd: Fwd,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let response = inner.call(Request::from_parts(parts, body)).await?;
+    let response = call.send().await?;
     let (mut parts, body) = response.into_parts();
     finish(
         shared,
@@ -181,16 +168,14 @@ where
 /// so this invalidates for every instance.
 pub(crate) async fn forward_and_invalidate<S, ReqBody, ResBody>(
     shared: &Shared,
-    inner: S,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let target = parts.uri.clone();
-    let host = parts.headers.get(header::HOST).cloned();
-    let response = bypass(shared, inner, parts, body).await?;
+    let target = call.parts.uri.clone();
+    let host = call.parts.headers.get(header::HOST).cloned();
+    let response = bypass(shared, call).await?;
     invalidate(
         shared,
         &target,
