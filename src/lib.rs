@@ -104,6 +104,7 @@
 //! - `prefix`: the key-prefix rule both faces share.
 //! - `tags`: the tag rules both faces share: what a tag may be, how tags are joined and bounded.
 //! - `clock`: the wall clock in microseconds, as purge stamps and fills record it.
+//! - `outcome`: what the cache did with a request (`X-Cache`), which the counters count by.
 //! - `stats`: the counters behind [`Stats`].
 //! - `error`: typed errors.
 //!
@@ -126,6 +127,7 @@ mod clock;
 mod engine;
 mod error;
 mod http;
+mod outcome;
 mod prefix;
 mod stats;
 pub mod store;

@@ -154,3 +154,23 @@ impl MissContext {
         }
     }
 }
+
+#[cfg(feature = "metrics")]
+tokio::task_local! {
+    /// When the request being answered arrived, for the latency histogram: set by the service
+    /// around the request's flow (and carried into the fill task that answers a leader), read
+    /// where the response is marked, so the histogram is labelled by the verdict itself.
+    pub(crate) static STARTED: std::time::Instant;
+}
+
+/// `future` run with this request's arrival time ([`STARTED`]), for a task that answers the
+/// request from outside the request's own future.
+#[cfg(feature = "metrics")]
+pub(crate) fn with_started<F: std::future::Future>(
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<std::time::Instant, F> {
+    let started = STARTED
+        .try_with(|started| *started)
+        .unwrap_or_else(|_| std::time::Instant::now());
+    STARTED.scope(started, future)
+}

@@ -7,7 +7,7 @@ use crate::http::body::CacheBody;
 use crate::http::conditional;
 use crate::http::context::{Call, Exchange, MissContext, Origin, OriginBody, Reply, Shared};
 use crate::http::entry::{self, Entry, EntryMeta, VaryIndex};
-use crate::http::headers::{CacheOutcome, Fwd, Verdict};
+use crate::http::headers::{CacheOutcome, Detail, Fwd, Verdict};
 use crate::http::key::{self, CacheKey};
 use crate::http::lookup::{self, Read};
 use crate::http::partial::{self, Completion, Kept};
@@ -159,9 +159,9 @@ impl Asked<'_> {
         let stale = self.ctx.stale.as_ref()?;
         let now = entry::unix_now_ms();
         let detail = if stale.meta.within_stale_if_error(now) {
-            "stale-if-error"
+            Detail::StaleIfError
         } else if unreachable && servable_unreachable(self.shared, stale, now) {
-            "origin-unreachable"
+            Detail::OriginUnreachable
         } else {
             return None;
         };
@@ -232,7 +232,7 @@ impl Asked<'_> {
                     shared.engine.stats.not_stored(1);
                 }
                 let verdict = Verdict {
-                    detail: (!self.unsafe_method).then_some(reason.as_str()),
+                    detail: (!self.unsafe_method).then_some(Detail::NotStored(reason)),
                     ..self.verdict(parts.status, false)
                 };
                 finish(shared, &mut parts.headers, verdict, None);
@@ -276,7 +276,7 @@ impl Asked<'_> {
                     NoCacheReason::TooLarge
                 };
                 let verdict = Verdict {
-                    detail: Some(reason.as_str()),
+                    detail: Some(Detail::NotStored(reason)),
                     ..self.verdict(parts.status, false)
                 };
                 finish(shared, &mut parts.headers, verdict, None);
@@ -299,7 +299,7 @@ impl Asked<'_> {
                 // disagree with its bytes: hand back what was read.
                 shared.engine.stats.not_stored(1);
                 let verdict = Verdict {
-                    detail: refused.then_some("invalid-range"),
+                    detail: refused.then_some(Detail::NotStored(NoCacheReason::InvalidRange)),
                     ..self.verdict(parts.status, false)
                 };
                 finish(shared, &mut parts.headers, verdict, None);

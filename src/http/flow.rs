@@ -10,7 +10,7 @@ use crate::http::context::{
 };
 use crate::http::entry::{self, Entry};
 use crate::http::fetch::fetch_and_store;
-use crate::http::headers::{CacheOutcome, Fwd, Verdict};
+use crate::http::headers::{CacheOutcome, Detail, Fwd, Verdict};
 use crate::http::key::CacheKey;
 use crate::http::lookup::{resolve, resolve_or_lock, Lookup};
 use crate::http::policy::{self, CacheControl, RequestClass, RequestDirectives};
@@ -191,7 +191,7 @@ where
             from_entry(&ex.shared, entry, head, request, verdict)
         }
         Usable::StaleWhileRevalidate => {
-            let verdict = stale_verdict(&entry, now, None, "stale-while-revalidate");
+            let verdict = stale_verdict(&entry, now, None, Detail::StaleWhileRevalidate);
             let entry = Arc::new(entry);
             let reply = from_entry(&ex.shared, Entry::clone(&entry), head, request, verdict);
             if !head {
@@ -226,7 +226,7 @@ async fn outcome_of_running_fill(
 enum Usable {
     Fresh,
     /// Stale, but the client accepts it (`max-stale`).
-    Stale(&'static str),
+    Stale(Detail),
     /// Stale within its stale-while-revalidate window: serve it and refresh in the background.
     StaleWhileRevalidate,
 }
@@ -260,7 +260,7 @@ fn usability(
         let allowed = !CacheControl::for_response(&entry.headers, config)
             .forbids_unpermitted_stale(config.mode == CacheMode::Shared);
         if allowed && limit.is_none_or(|secs| staleness_ms <= secs.saturating_mul(1000)) {
-            return Ok(Usable::Stale("max-stale"));
+            return Ok(Usable::Stale(Detail::MaxStale));
         }
     }
     if meta.within_stale_while_revalidate(now) {

@@ -17,7 +17,7 @@ use crate::http::context::{
 };
 use crate::http::entry::{self, Entry};
 use crate::http::fetch::{self, Filled};
-use crate::http::headers::{CacheOutcome, Fwd, Verdict};
+use crate::http::headers::{CacheOutcome, Detail, Fwd, Verdict};
 use crate::http::key::CacheKey;
 use crate::http::lookup::{self, Lookup, Read};
 use crate::http::range;
@@ -45,6 +45,10 @@ where
                 lead(ex, leader, Some(respond)).await;
                 drop(running);
             };
+            // The leader's response is marked in the fill task: its latency counts from when
+            // the request arrived.
+            #[cfg(feature = "metrics")]
+            let fill = crate::http::context::with_started(fill);
             tokio::spawn(tracing::Instrument::in_current_span(fill));
             // The fill task only drops `respond` unanswered if the inner service panicked.
             reply
@@ -93,7 +97,7 @@ where
         Ok(Outcome::Stale(entry)) => {
             let now = entry::unix_now_ms();
             let fwd = Some((Fwd::Stale, None));
-            let verdict = respond::stale_verdict(&entry, now, fwd, "stale-if-error");
+            let verdict = respond::stale_verdict(&entry, now, fwd, Detail::StaleIfError);
             let entry = Entry::clone(&entry);
             return Ok(respond::from_entry(shared, entry, false, request, verdict));
         }

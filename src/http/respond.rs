@@ -7,7 +7,7 @@ use crate::http::body::CacheBody;
 use crate::http::conditional;
 use crate::http::context::{Call, Reply, Shared};
 use crate::http::entry::{self, Entry};
-use crate::http::headers::{self, CacheOutcome, Fwd, Verdict};
+use crate::http::headers::{self, CacheOutcome, Detail, Fwd, Verdict};
 use crate::http::range;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use tower_service::Service;
@@ -16,7 +16,11 @@ use tower_service::Service;
 /// always agree with the headers clients saw.
 pub(crate) fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict, age: Option<u64>) {
     let stats = &shared.engine.stats;
-    stats.request(verdict.outcome.label());
+    stats.request(verdict.outcome);
+    #[cfg(feature = "metrics")]
+    if let Ok(started) = crate::http::context::STARTED.try_with(|started| *started) {
+        stats.record_latency(verdict.outcome, started.elapsed());
+    }
     match verdict.outcome {
         CacheOutcome::Hit => shared.engine.stats.hits(1),
         CacheOutcome::Stale => shared.engine.stats.stale(1),
@@ -53,7 +57,7 @@ pub(crate) fn from_entry<B>(
                 .flatten()
             {
                 Some((slice, range, len)) => ranged(entry.headers, slice, &range, len),
-                None => return bodiless(shared, StatusCode::BAD_GATEWAY, "partial-unusable"),
+                None => return bodiless(shared, StatusCode::BAD_GATEWAY, Detail::PartialUnusable),
             }
         } else if let Some(range) = (entry.status == StatusCode::OK && !head)
             .then(|| range::requested(request, entry.body.len(), entry.headers.get(header::ETAG)))
@@ -104,20 +108,20 @@ fn ranged<B>(
 
 /// `only-if-cached` found nothing usable: `504`, without asking the origin.
 pub(crate) fn gateway_timeout<B>(shared: &Shared) -> Response<CacheBody<B>> {
-    bodiless(shared, StatusCode::GATEWAY_TIMEOUT, "only-if-cached")
+    bodiless(shared, StatusCode::GATEWAY_TIMEOUT, Detail::OnlyIfCached)
 }
 
 /// The leading request's answer when its fill task died (the inner service panicked).
 pub(crate) fn fill_failed<B>(shared: &Shared) -> Response<CacheBody<B>> {
-    bodiless(shared, StatusCode::INTERNAL_SERVER_ERROR, "fill-failed")
+    bodiless(
+        shared,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Detail::FillFailed,
+    )
 }
 
 /// A response the cache makes up itself: no body, `MISS`, and why in `Cache-Status`.
-fn bodiless<B>(
-    shared: &Shared,
-    status: StatusCode,
-    detail: &'static str,
-) -> Response<CacheBody<B>> {
+fn bodiless<B>(shared: &Shared, status: StatusCode, detail: Detail) -> Response<CacheBody<B>> {
     let mut response = Response::new(CacheBody::cached(None));
     *response.status_mut() = status;
     let verdict = Verdict {
@@ -253,7 +257,7 @@ pub(crate) fn stale_verdict(
     entry: &Entry,
     now: u64,
     fwd: Option<(Fwd, Option<StatusCode>)>,
-    detail: &'static str,
+    detail: Detail,
 ) -> Verdict {
     Verdict {
         outcome: CacheOutcome::Stale,

@@ -78,22 +78,9 @@ where
             ready,
             request,
         ));
+        // The latency histogram measures from here to where the response is marked.
         #[cfg(feature = "metrics")]
-        let flow = {
-            let started = std::time::Instant::now();
-            let shared = Arc::clone(&self.shared);
-            async move {
-                let result = flow.await;
-                if let Ok(response) = &result {
-                    let elapsed = started.elapsed();
-                    shared
-                        .engine
-                        .stats
-                        .record_latency(response.headers(), elapsed);
-                }
-                result
-            }
-        };
+        let flow = crate::http::context::STARTED.scope(std::time::Instant::now(), flow);
         ResponseFuture {
             inner: Box::pin(tracing::Instrument::instrument(flow, span)),
         }

@@ -28,6 +28,8 @@ pub(crate) enum NoCacheReason {
     Status,
     /// RFC 9111 rules (as `http-cache-semantics` reads them) forbid storing it.
     NotStorable,
+    /// A part (`206`) whose numbers disagree with its bytes.
+    InvalidRange,
     /// It declares no freshness of its own and answers a request with cookies: the default
     /// ttl is not applied to it (a session's page would be everyone's), unless
     /// `ttl_with_cookies` says so.
@@ -48,6 +50,7 @@ impl NoCacheReason {
             Self::ZeroTtl => "zero-ttl",
             Self::Status => "status",
             Self::NotStorable => "not-storable",
+            Self::InvalidRange => "invalid-range",
             Self::Cookie => "cookie",
         }
     }
