@@ -44,27 +44,33 @@
 //!
 //! One engine, two faces. Imports go one way: faces → engine → store.
 //!
-//! The HTTP face:
-//! - `layer`: [`CacheLayer`] and its builder, which validates every setting.
-//! - `config`: the validated settings ([`CacheMode`] and the per-request `Config`).
-//! - `context`: what every request of one layer shares (settings, keys, the engine).
-//! - `service`: [`CacheService`], the tower `Service`; hands each request to `flow`.
-//! - `flow`: the request flow, top to bottom: classify, look up, answer, or fill.
-//! - `lookup`: reading an entry (through its vary index) and what a miss carries on.
-//! - `fill`: the HTTP miss path: followers, the leader's fill, background refreshes.
-//! - `fetch`: the origin call that may fill, buffering within budget, and entry writes.
-//! - `respond`: every response the cache gives, marked and counted in one place.
-//! - `policy`: request classification, what is stored and for how long (both modes).
-//! - `targeted`: targeted cache control (RFC 9213): which response field speaks for this cache.
-//! - `date`: HTTP dates exactly as RFC 9110 §5.6.7 writes them.
-//! - `conditional`: `304`s for clients and validators for revalidation.
-//! - `range`: byte ranges: the range a request asks for, a stored part's, combining two.
-//! - `partial`: stored parts in a fill: the range request that extends one, what is kept.
-//! - `key`: canonical request keys and variant keys.
-//! - `entry`: the binary entry format (not public API; exposed for benches and tests).
-//! - `headers`: `X-Cache`, `Cache-Status` and `Age`.
-//! - `tags`: a response's tags for purges ([`CacheTags`], tag headers, `tags_fn`), bounded.
-//! - `body`: [`CacheBody`], cached bytes or the inner body streamed through.
+//! The HTTP face (`http`):
+//! - `http`: module docs and re-exports.
+//! - `http::layer`: [`CacheLayer`] and its builder, which validates every setting.
+//! - `http::config`: the validated settings ([`CacheMode`] and the per-request `Config`).
+//! - `http::context`: what every request of one layer shares (settings, keys, the engine).
+//! - `http::service`: [`CacheService`], the tower `Service`; hands each request to `flow`.
+//! - `http::flow`: the request flow, top to bottom: classify, look up, answer, or fill.
+//! - `http::lookup`: reading an entry (through its vary index) and what a miss carries on.
+//! - `http::miss`: the miss path: followers, the leader's fill, background refreshes.
+//! - `http::fetch`: the origin call that may fill, buffering within budget, and entry writes.
+//! - `http::respond`: every response the cache gives, marked and counted in one place.
+//! - `http::policy`: request classification, what is stored and for how long (both modes).
+//! - `http::policy::request`: how a request is treated before lookup; request directives.
+//! - `http::policy::cache_control`: the response directives this cache acts on.
+//! - `http::policy::decision`: store for a lifetime, or skip for one `NoCacheReason`.
+//! - `http::policy::freshness`: how long a response is fresh, per mode.
+//! - `http::policy::storable`: the rules every mode shares, and the lifetime kept.
+//! - `http::targeted`: targeted cache control (RFC 9213): which response field speaks for this cache.
+//! - `http::date`: HTTP dates exactly as RFC 9110 §5.6.7 writes them.
+//! - `http::conditional`: `304`s for clients and validators for revalidation.
+//! - `http::range`: byte ranges: the range a request asks for, a stored part's, combining two.
+//! - `http::partial`: stored parts in a fill: the range request that extends one, what is kept.
+//! - `http::key`: canonical request keys and variant keys.
+//! - `http::entry`: the binary entry format (not public API; exposed for benches and tests).
+//! - `http::headers`: `X-Cache`, `Cache-Status` and `Age`.
+//! - `http::tags`: a response's tags for purges ([`CacheTags`], tag headers, `tags_fn`).
+//! - `http::body`: [`CacheBody`], cached bytes or the inner body streamed through.
 //!
 //! The typed face:
 //! - `typed`: module docs and re-exports.
@@ -78,7 +84,6 @@
 //! - `typed::key_builder`: [`KeyBuilder`], escaped keys with sorted parameters.
 //! - `typed::lock`: named distributed locks with fencing tokens ([`LockGuard`]).
 //! - `typed::options`: [`GetOrSetOptions`], [`Expiry`] and [`Loaded`].
-//! - `prefix`: the key-prefix rule both faces share.
 //!
 //! The engine and the store:
 //! - `engine`: keyed byte values with lifetimes: the guarded store, counters, budgets.
@@ -99,6 +104,12 @@
 //! - `store::redis::partition`: keys on live Cluster primaries served while another is down.
 //! - `store::redis::supervise`: restarts fred connection tasks that end; logs their errors.
 //! - `store::redis::tls`: `RedisTls` (feature `tls`), TLS settings for `rediss://` and client certificates.
+//!
+//! Shared by both faces:
+//! - `prefix`: the key-prefix rule both faces share.
+//! - `tags`: the tag rules both faces share: what a tag may be, how tags are joined and bounded.
+//! - `clock`: the wall clock in microseconds, as purge stamps and fills record it.
+//! - `outcome`: what the cache did with a request (`X-Cache`), which the counters count by.
 //! - `stats`: the counters behind [`Stats`].
 //! - `error`: typed errors.
 //!
@@ -117,49 +128,36 @@
     unreachable_pub
 )]
 
-mod body;
-mod conditional;
-mod config;
-mod context;
-mod date;
+mod clock;
 mod engine;
-#[doc(hidden)]
-pub mod entry;
 mod error;
-mod fetch;
-mod fill;
-mod flow;
-pub mod headers;
-mod key;
-mod layer;
-mod lookup;
-mod partial;
-mod policy;
+mod http;
+mod outcome;
 mod prefix;
-mod range;
-mod respond;
-mod service;
 mod stats;
 pub mod store;
 mod tags;
-mod targeted;
 mod typed;
 
-pub use body::CacheBody;
-pub use config::CacheMode;
+/// The binary entry format (not public API; exposed for benches and tests).
+#[doc(hidden)]
+pub use http::entry;
+pub use http::headers;
+
 pub use error::{
     BoxError, CacheError, ConfigError, GetOrSetError, LockError, OptionsError, PurgeError,
     StoreError, StoreErrorKind,
 };
-pub use fetch::OriginUnreachable;
-pub use key::{BypassFn, CacheKey, KeyFn};
-pub use layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
-pub use service::{CacheService, ResponseFuture};
+pub use http::{
+    BypassFn, CacheBody, CacheKey, CacheLayer, CacheLayerBuilder, CacheMode, CacheService,
+    CacheTags, KeyFn, OriginUnreachable, ResponseFuture, TagFn, DEFAULT_MAX_FILL_BYTES,
+    MAX_LOCK_WAIT,
+};
 #[cfg(feature = "metrics")]
 pub use stats::describe_metrics;
 pub use stats::Stats;
 pub use store::{MemoryStore, RedisStore, RedisStoreBuilder, Store, StoreFuture};
-pub use tags::{CacheTags, TagFn, MAX_TAGS_BYTES, MAX_TAG_LEN};
+pub use tags::{MAX_TAGS_BYTES, MAX_TAG_LEN};
 pub use typed::{
     BreakerState, Cache, CacheBuilder, CacheValue, Codec, Expiry, GetOrSetOptions,
     GetOrSetOptionsBuilder, Health, HeldLock, InBackground, InCaller, KeyBuilder, Loaded, Loader,

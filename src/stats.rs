@@ -8,6 +8,7 @@
 //! `tower_redis_cache_requests_total{cache, outcome}`, and latencies go to histograms with
 //! the same labels. [`describe_metrics`] registers a help text for each.
 
+use crate::outcome::CacheOutcome;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
@@ -40,10 +41,10 @@ macro_rules! counters {
         #[cfg(feature = "metrics")]
         struct Handles {
             $($field: metrics::Counter,)*
-            /// `requests_total`, by outcome (see [`outcome_index`]).
-            requests: [metrics::Counter; OUTCOMES.len()],
+            /// `requests_total`, by outcome (see [`CacheOutcome::index`]).
+            requests: [metrics::Counter; CacheOutcome::ALL.len()],
             /// `request_seconds`, by outcome.
-            latency: [metrics::Histogram; OUTCOMES.len()],
+            latency: [metrics::Histogram; CacheOutcome::ALL.len()],
             fill: metrics::Histogram,
             breaker: metrics::Gauge,
             near: metrics::Gauge,
@@ -58,15 +59,15 @@ macro_rules! counters {
                         concat!("tower_redis_cache_", stringify!($field), "_total"),
                         "cache" => label()
                     ),)*
-                    requests: OUTCOMES.map(|outcome| metrics::counter!(
+                    requests: CacheOutcome::ALL.map(|outcome| metrics::counter!(
                         "tower_redis_cache_requests_total",
                         "cache" => label(),
-                        "outcome" => outcome
+                        "outcome" => outcome.label()
                     )),
-                    latency: OUTCOMES.map(|outcome| metrics::histogram!(
+                    latency: CacheOutcome::ALL.map(|outcome| metrics::histogram!(
                         "tower_redis_cache_request_seconds",
                         "cache" => label(),
-                        "outcome" => outcome
+                        "outcome" => outcome.label()
                     )),
                     fill: metrics::histogram!("tower_redis_cache_fill_seconds", "cache" => label()),
                     breaker: metrics::gauge!("tower_redis_cache_breaker_open", "cache" => label()),
@@ -208,19 +209,6 @@ counters! {
     typed_lock_lost,
 }
 
-/// The outcome labels, in the order of the handles registered for them.
-#[cfg(feature = "metrics")]
-const OUTCOMES: [&str; 5] = ["hit", "stale", "revalidated", "miss", "bypass"];
-
-/// Where `outcome` (an `X-Cache` value in lower or upper case) sits in [`OUTCOMES`].
-#[cfg(feature = "metrics")]
-fn outcome_index(outcome: &[u8]) -> usize {
-    OUTCOMES
-        .iter()
-        .position(|label| label.as_bytes().eq_ignore_ascii_case(outcome))
-        .unwrap_or(OUTCOMES.len() - 1)
-}
-
 impl Default for Counters {
     fn default() -> Self {
         Self::named("tower-redis-cache")
@@ -237,20 +225,18 @@ impl Counters {
     /// Counts a request by what the cache did with it (`metrics` feature only: [`Stats`]
     /// has a field per outcome).
     #[inline]
-    pub(crate) fn request(&self, outcome: &'static str) {
+    pub(crate) fn request(&self, outcome: CacheOutcome) {
         #[cfg(feature = "metrics")]
-        self.handles.requests[outcome_index(outcome.as_bytes())].increment(1);
+        self.handles.requests[outcome.index()].increment(1);
         let _ = outcome;
     }
 
-    /// Records how long a response took, by outcome (the response's `X-Cache`, so the
-    /// histogram always agrees with what clients saw): `tower_redis_cache_request_seconds`.
+    /// Records how long a response took, by its outcome (taken from the verdict that marks
+    /// the response, so the histogram always agrees with what clients saw):
+    /// `tower_redis_cache_request_seconds`.
     #[cfg(feature = "metrics")]
-    pub(crate) fn record_latency(&self, headers: &http::HeaderMap, elapsed: std::time::Duration) {
-        let outcome = headers
-            .get(crate::headers::X_CACHE)
-            .map_or(&b"bypass"[..], |v| v.as_bytes());
-        self.handles.latency[outcome_index(outcome)].record(elapsed.as_secs_f64());
+    pub(crate) fn record_latency(&self, outcome: CacheOutcome, elapsed: std::time::Duration) {
+        self.handles.latency[outcome.index()].record(elapsed.as_secs_f64());
     }
 
     /// Records how long the origin took to answer a fill: `tower_redis_cache_fill_seconds`.

@@ -68,7 +68,7 @@ pub(crate) struct Engine {
 
 /// When a value in either face's format stops being fresh (Unix ms), for the near tier: HTTP
 /// entries (`TRC`) and typed values (`TRV`), both at version 2, keep their store stamp at
-/// bytes 4..12 and their freshness at 12..20 (see `crate::entry` and `crate::typed::codec`).
+/// bytes 4..12 and their freshness at 12..20 (see `crate::http::entry` and `crate::typed::codec`).
 /// Other values (vary indexes, hit-for-miss markers) carry none.
 pub(crate) fn fresh_until(value: &[u8]) -> Option<u64> {
     let header = value.get(..20)?;

@@ -180,7 +180,7 @@ impl Purges {
     /// Now, on the store's clock as far as this process knows it: what a fill stamps its value
     /// with before it asks the origin.
     pub(crate) fn stamp(&self) -> u64 {
-        let local = crate::entry::unix_now_us();
+        let local = crate::clock::unix_now_us();
         let offset = self.offset_us.load(Ordering::Relaxed);
         // Early by the margin: a stamp may err early (the value is refilled once more), never
         // late (a purge would miss it). But never at or before a purge this process knows of:
@@ -228,7 +228,7 @@ impl Purges {
     }
 
     fn replace(&self, read: PurgeRecords) {
-        let local = crate::entry::unix_now_us();
+        let local = crate::clock::unix_now_us();
         let offset = i128::from(read.now_us) - i128::from(local);
         self.offset_us.store(
             offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
@@ -368,7 +368,7 @@ mod tests {
     fn a_reload_replaces_the_table_and_measures_the_clock() {
         let purges = purges();
         purges.apply(&Target::Tag("gone").member(), 10_000);
-        let now = crate::entry::unix_now_us();
+        let now = crate::clock::unix_now_us();
         purges.replace(PurgeRecords {
             now_us: now + 60_000_000,
             floor_us: 5_000,
@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn a_fill_begun_after_a_known_purge_is_not_covered_by_it() {
         let purges = purges();
-        let far = crate::entry::unix_now_us() + 3_600_000_000;
+        let far = crate::clock::unix_now_us() + 3_600_000_000;
         purges.apply(&Target::Tag("t").member(), far);
         let stamp = purges.stamp();
         assert!(stamp > far);

@@ -227,7 +227,7 @@ impl Store for MemoryStore {
         member: &'a str,
         keep: usize,
     ) -> StoreFuture<'a, u64> {
-        let at_us = crate::entry::unix_now_us();
+        let at_us = crate::clock::unix_now_us();
         let watchers = {
             let mut purges = self.purges.lock().unwrap_or_else(PoisonError::into_inner);
             let (floor, book) = purges.books.entry(records.to_owned()).or_default();
@@ -255,12 +255,12 @@ impl Store for MemoryStore {
         let purges = self.purges.lock().unwrap_or_else(PoisonError::into_inner);
         let read = match purges.books.get(records) {
             Some((floor, book)) => PurgeRecords {
-                now_us: crate::entry::unix_now_us(),
+                now_us: crate::clock::unix_now_us(),
                 floor_us: *floor,
                 records: book.iter().cloned().collect(),
             },
             None => PurgeRecords {
-                now_us: crate::entry::unix_now_us(),
+                now_us: crate::clock::unix_now_us(),
                 ..PurgeRecords::default()
             },
         };

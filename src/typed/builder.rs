@@ -109,7 +109,7 @@ impl CacheBuilder {
 
     /// How long the fill lock `get_or_set` takes per key lives unless its holder extends it
     /// (default 5 s): a loader that dies delays the fleet's next load of its key by at most
-    /// this. (Named locks, [`Cache::lock`], take their ttl from [`LockOptions`](super::LockOptions).)
+    /// this. (Named locks, [`Cache::lock`], take their ttl from [`LockOptions`](crate::LockOptions).)
     pub fn fill_lock_ttl(mut self, ttl: Duration) -> Self {
         self.engine.lock_ttl = ttl;
         self

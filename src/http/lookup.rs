@@ -2,40 +2,11 @@
 //! variant; decoding it (a value that does not decode is deleted and counted); and what a
 //! miss carries from the lookup to the fill.
 
-use crate::context::Shared;
 use crate::engine::fill::{lock_token, Lease};
-use crate::entry::{self, Entry, VaryIndex};
-use crate::headers::Fwd;
-use crate::key::{self, CacheKey};
-use crate::policy::RequestClass;
+use crate::http::context::Shared;
+use crate::http::entry::{self, Entry, VaryIndex};
+use crate::http::key::{self, CacheKey};
 use http::HeaderMap;
-use std::sync::Arc;
-
-/// What a miss carries from the lookup to the fill.
-pub(crate) struct MissContext {
-    /// What the request is, as classified once on arrival.
-    pub(crate) class: RequestClass,
-    /// A stored entry that may not be served as is: revalidated with the origin, and served
-    /// if the origin fails within its stale-if-error window.
-    pub(crate) stale: Option<Arc<Entry>>,
-    /// Why the request goes forward, for `Cache-Status`.
-    pub(crate) fwd: Fwd,
-    /// The resource's vary index, when it has one.
-    pub(crate) index: Option<VaryIndex>,
-    /// A stored part (`206`) that does not hold what the request asks for: the fill asks the
-    /// origin for the missing bytes and combines them with it when it can (`fetch`).
-    pub(crate) partial: Option<Arc<Entry>>,
-    /// The origin gets the client's own `Range` and `If-Range`: the key's last answer could
-    /// not be stored (hit-for-miss, most often too large), so a whole fetch would only make
-    /// the origin send, and the client receive, bytes it did not ask for.
-    pub(crate) forward_range: bool,
-    /// The fill lock, when the lookup took it (it found nothing, and read or locked in one
-    /// round trip): the fill then starts without asking for it again.
-    pub(crate) lease: Option<Lease>,
-    /// The stamp (`stored_at_ms`) of a purged entry the key still holds: the fill's lock
-    /// attempt treats that value as absent, as it does a stale entry being refreshed.
-    pub(crate) purged: Option<[u8; 8]>,
-}
 
 /// What the store holds for a request.
 // Not boxed: a lookup is moved a few times on the stack, where a box would cost every hit an
@@ -54,13 +25,13 @@ pub(crate) enum Lookup {
 }
 
 /// Finds the entry for a request: one read for a resource that does not vary, two (index,
-/// then variant) for one that does. Returns the key the entry lives under (the variant's key
-/// when the resource varies) and the index, if any.
+/// then variant) for one that does. Leaves `key` naming where the entry lives (the variant's
+/// key when the resource varies); returns the index, if any.
 pub(crate) async fn resolve(
     shared: &Shared,
-    key: CacheKey,
+    key: &mut CacheKey,
     request: &HeaderMap,
-) -> (CacheKey, Option<VaryIndex>, Lookup) {
+) -> (Option<VaryIndex>, Lookup) {
     let first = read(shared, key.primary_key()).await;
     resolve_from(shared, key, request, first).await
 }
@@ -70,16 +41,16 @@ pub(crate) async fn resolve(
 /// a lease), so an uncontended miss costs this call and the fill's closing one.
 pub(crate) async fn resolve_or_lock(
     shared: &Shared,
-    key: CacheKey,
+    key: &mut CacheKey,
     request: &HeaderMap,
-) -> (CacheKey, Option<VaryIndex>, Lookup, Option<Lease>) {
+) -> (Option<VaryIndex>, Lookup, Option<Lease>) {
     use crate::store::LockAttempt;
     let engine = &shared.engine;
     // A near copy answers without a round trip, and without making a token and lock key.
     if let Some(bytes) = engine.store.near_copy(key.primary_key()) {
         let first = interpret(shared, key.primary_key(), bytes).await;
-        let (key, index, found) = resolve_from(shared, key, request, first).await;
-        return (key, index, found, None);
+        let (index, found) = resolve_from(shared, key, request, first).await;
+        return (index, found, None);
     }
     // A key lately seen holding a value is most likely a hit: a plain read costs the store a
     // third of the script (see `store::presence`), and needs no token; finding nothing, the
@@ -88,8 +59,8 @@ pub(crate) async fn resolve_or_lock(
         match read(shared, key.primary_key()).await {
             Read::Missing => {}
             first => {
-                let (key, index, found) = resolve_from(shared, key, request, first).await;
-                return (key, index, found, None);
+                let (index, found) = resolve_from(shared, key, request, first).await;
+                return (index, found, None);
             }
         }
     }
@@ -100,27 +71,27 @@ pub(crate) async fn resolve_or_lock(
         .read_or_lock(key.primary_key(), &lock, &token, engine.fills.lock_ttl)
         .await;
     match attempt {
-        Err(_) => (key, None, Lookup::Unavailable, None),
+        Err(_) => (None, Lookup::Unavailable, None),
         Ok(LockAttempt::Found(bytes)) => {
             let first = interpret(shared, key.primary_key(), bytes).await;
-            let (key, index, found) = resolve_from(shared, key, request, first).await;
-            (key, index, found, None)
+            let (index, found) = resolve_from(shared, key, request, first).await;
+            (index, found, None)
         }
         Ok(LockAttempt::Acquired) => {
             let lease = Lease::held(engine, key.entry_key(), lock, token);
-            (key, None, Lookup::Missing, Some(lease))
+            (None, Lookup::Missing, Some(lease))
         }
-        Ok(LockAttempt::Held) => (key, None, Lookup::Missing, None),
+        Ok(LockAttempt::Held) => (None, Lookup::Missing, None),
     }
 }
 
 /// The rest of a lookup, given what the primary key held.
 async fn resolve_from(
     shared: &Shared,
-    key: CacheKey,
+    key: &mut CacheKey,
     request: &HeaderMap,
     first: Read,
-) -> (CacheKey, Option<VaryIndex>, Lookup) {
+) -> (Option<VaryIndex>, Lookup) {
     match first {
         Read::Index(index) => {
             let variant = key::variant_hash(index.names.split(','), request);
@@ -131,17 +102,18 @@ async fn resolve_from(
                 Read::Unavailable => Lookup::Unavailable,
                 Read::Purged(seen) => Lookup::Purged(seen),
                 Read::Entry(_) | Read::Index(_) | Read::Missing => {
-                    language_alias(shared, &key, &index, request).await
+                    language_alias(shared, key, &index, request).await
                 }
             };
-            (variant_key, Some(index), found)
+            *key = variant_key;
+            (Some(index), found)
         }
-        Read::Entry(entry) if entry.matches(request) => (key, None, Lookup::Found(entry)),
-        Read::Entry(_) => (key, None, Lookup::VaryMiss),
-        Read::HitForMiss => (key, None, Lookup::HitForMiss),
-        Read::Purged(seen) => (key, None, Lookup::Purged(seen)),
-        Read::Missing => (key, None, Lookup::Missing),
-        Read::Unavailable => (key, None, Lookup::Unavailable),
+        Read::Entry(entry) if entry.matches(request) => (None, Lookup::Found(entry)),
+        Read::Entry(_) => (None, Lookup::VaryMiss),
+        Read::HitForMiss => (None, Lookup::HitForMiss),
+        Read::Purged(seen) => (None, Lookup::Purged(seen)),
+        Read::Missing => (None, Lookup::Missing),
+        Read::Unavailable => (None, Lookup::Unavailable),
     }
 }
 

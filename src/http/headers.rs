@@ -1,5 +1,6 @@
 //! The headers the cache adds on the way out: `X-Cache`, `Cache-Status` (RFC 9211) and `Age`.
 
+use crate::http::policy::NoCacheReason;
 use http::header::{HeaderName, HeaderValue, AGE};
 use http::{HeaderMap, StatusCode};
 use std::fmt::Write as _;
@@ -9,46 +10,7 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// `Cache-Status` (RFC 9211): the structured form of the same verdict.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// What the cache did with a request: the `X-Cache` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CacheOutcome {
-    /// Answered from a fresh entry.
-    Hit,
-    /// Answered from a stale entry: while it is refreshed, because the client accepts stale
-    /// responses, or because the origin failed.
-    Stale,
-    /// A stale entry was confirmed by the origin (`304 Not Modified`) and served.
-    Revalidated,
-    /// Looked up, not usable, answered by the origin.
-    Miss,
-    /// Not looked up: the request is not cacheable, or the store is unavailable.
-    Bypass,
-}
-
-impl CacheOutcome {
-    /// The outcome in lower case, as metrics label it.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Stale => "stale",
-            Self::Revalidated => "revalidated",
-            Self::Miss => "miss",
-            Self::Bypass => "bypass",
-        }
-    }
-
-    /// The `X-Cache` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "HIT",
-            Self::Stale => "STALE",
-            Self::Revalidated => "REVALIDATED",
-            Self::Miss => "MISS",
-            Self::Bypass => "BYPASS",
-        }
-    }
-}
+pub use crate::outcome::CacheOutcome;
 
 /// Why a request went forward to the origin: RFC 9211's `fwd` parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +51,47 @@ pub(crate) struct Verdict {
     pub(crate) stored: bool,
     /// Seconds of freshness left (negative when stale), for responses from an entry.
     pub(crate) ttl: Option<i64>,
-    pub(crate) detail: Option<&'static str>,
+    /// Why, when the outcome alone does not say: RFC 9211's `detail` parameter.
+    pub(crate) detail: Option<Detail>,
+}
+
+/// Why a response is what it is, beyond its outcome: `Cache-Status`'s `detail`, typed, so
+/// every path names its reason from one list and nothing compares strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// The origin's answer was not stored, for this reason.
+    NotStored(NoCacheReason),
+    /// Served stale within the entry's stale-while-revalidate window, while it is refreshed.
+    StaleWhileRevalidate,
+    /// Served stale because the origin failed within the entry's stale-if-error window (or
+    /// this process's fill for the key did).
+    StaleIfError,
+    /// Served stale because the client accepts it (`max-stale`).
+    MaxStale,
+    /// Served stale because the origin could not be reached (`stale_if_unreachable`).
+    OriginUnreachable,
+    /// Made up: `only-if-cached` found nothing usable (`504`).
+    OnlyIfCached,
+    /// Made up: the fill task answering this request died (`500`).
+    FillFailed,
+    /// Made up: a stored part cannot answer the request it was found for (`502`).
+    PartialUnusable,
+}
+
+impl Detail {
+    /// The `detail` token.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStored(reason) => reason.as_str(),
+            Self::StaleWhileRevalidate => "stale-while-revalidate",
+            Self::StaleIfError => "stale-if-error",
+            Self::MaxStale => "max-stale",
+            Self::OriginUnreachable => "origin-unreachable",
+            Self::OnlyIfCached => "only-if-cached",
+            Self::FillFailed => "fill-failed",
+            Self::PartialUnusable => "partial-unusable",
+        }
+    }
 }
 
 impl Verdict {
@@ -106,6 +108,13 @@ impl Verdict {
             ttl: None,
             detail: None,
         }
+    }
+
+    /// Whether `Cache-Status` says `hit`: the response came from an entry, except a stale
+    /// one served for a failed origin within stale-if-error, which reports the forward.
+    fn reports_hit(&self) -> bool {
+        matches!(self.outcome, CacheOutcome::Hit | CacheOutcome::Stale)
+            && self.detail != Some(Detail::StaleIfError)
     }
 
     pub(crate) fn hit(ttl: i64) -> Self {
@@ -131,9 +140,7 @@ pub(crate) fn mark(
     // Written straight into the buffer the header value keeps (one allocation, no copy).
     let mut status = bytes::BytesMut::with_capacity(cache_name.len() + 48);
     status.extend_from_slice(cache_name.as_bytes());
-    let served_from_entry = matches!(verdict.outcome, CacheOutcome::Hit | CacheOutcome::Stale)
-        && verdict.detail != Some("stale-if-error");
-    if served_from_entry {
+    if verdict.reports_hit() {
         status.extend_from_slice(b"; hit");
     }
     // Writing to a BytesMut cannot fail.
@@ -150,7 +157,7 @@ pub(crate) fn mark(
         let _ = write!(status, "; ttl={ttl}");
     }
     if let Some(detail) = verdict.detail {
-        let _ = write!(status, "; detail={detail}");
+        let _ = write!(status, "; detail={}", detail.as_str());
     }
     if let Ok(value) = HeaderValue::from_maybe_shared(status.freeze()) {
         headers.append(CACHE_STATUS, value);

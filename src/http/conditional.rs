@@ -34,7 +34,7 @@ fn weak_match(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn http_date(value: &HeaderValue) -> Option<SystemTime> {
-    crate::date::parse(value.as_bytes())
+    crate::http::date::parse(value.as_bytes())
 }
 
 /// The headers a `304` carries (RFC 9110 §15.4.5): those that would be sent with the 200 and

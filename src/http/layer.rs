@@ -1,12 +1,12 @@
 //! [`CacheLayer`] and its builder, which validates every setting before anything runs.
 
-use crate::config::{CacheMode, Config};
-use crate::context::Shared;
 use crate::engine::purge::Target;
 use crate::engine::{EngineConfig, Face};
 use crate::error::{ConfigError, PurgeError, StoreError};
-use crate::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
-use crate::service::CacheService;
+use crate::http::config::{CacheMode, Config};
+use crate::http::context::Shared;
+use crate::http::key::{BypassFn, CacheKey, KeyFn, KeyMaker};
+use crate::http::service::CacheService;
 use crate::stats::Stats;
 use crate::store::Store;
 use http::{Method, Request, StatusCode};
@@ -115,7 +115,7 @@ impl CacheLayer {
     /// case; the path as written. Entries are keyed by the URL the client asked for: behind a
     /// proxy that terminates TLS the scheme they are under is `http`.
     pub async fn purge_prefix(&self, prefix: &str) -> Result<(), PurgeError> {
-        let normalized = crate::key::normalize_url_prefix(prefix)
+        let normalized = crate::http::key::normalize_url_prefix(prefix)
             .ok_or_else(|| PurgeError::InvalidPrefix(prefix.to_owned()))?;
         self.shared
             .engine
@@ -198,7 +198,7 @@ pub struct CacheLayerBuilder {
     targeted_cache_control: Vec<String>,
     share_set_cookie: bool,
     hit_for_miss_ttl: Duration,
-    tagging: crate::tags::Tagging,
+    tagging: crate::http::tags::Tagging,
 }
 
 impl std::fmt::Debug for CacheLayerBuilder {
@@ -232,7 +232,7 @@ impl CacheLayerBuilder {
             targeted_cache_control: vec!["CDN-Cache-Control".to_owned()],
             share_set_cookie: false,
             hit_for_miss_ttl: Duration::from_secs(2),
-            tagging: crate::tags::Tagging::default(),
+            tagging: crate::http::tags::Tagging::default(),
         }
     }
 

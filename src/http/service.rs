@@ -1,8 +1,8 @@
 //! [`CacheService`]: the `Service` impl. The request flow itself lives in `flow`.
 
-use crate::body::CacheBody;
-use crate::context::Shared;
 use crate::error::BoxError;
+use crate::http::body::CacheBody;
+use crate::http::context::Shared;
 use crate::stats::Stats;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -73,23 +73,14 @@ where
             outcome = tracing::field::Empty,
         );
         // Boxed at once: wrapped first, its state (kilobytes) would be copied by each wrapper.
-        let flow = Box::pin(crate::flow::run(Arc::clone(&self.shared), ready, request));
+        let flow = Box::pin(crate::http::flow::run(
+            Arc::clone(&self.shared),
+            ready,
+            request,
+        ));
+        // The latency histogram measures from here to where the response is marked.
         #[cfg(feature = "metrics")]
-        let flow = {
-            let started = std::time::Instant::now();
-            let shared = Arc::clone(&self.shared);
-            async move {
-                let result = flow.await;
-                if let Ok(response) = &result {
-                    let elapsed = started.elapsed();
-                    shared
-                        .engine
-                        .stats
-                        .record_latency(response.headers(), elapsed);
-                }
-                result
-            }
-        };
+        let flow = crate::http::context::STARTED.scope(std::time::Instant::now(), flow);
         ResponseFuture {
             inner: Box::pin(tracing::Instrument::instrument(flow, span)),
         }

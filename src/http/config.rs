@@ -45,5 +45,5 @@ pub(crate) struct Config {
     pub(crate) hit_for_miss_ttl: Duration,
     pub(crate) cache_name: String,
     /// Where response tags come from, and whether their headers reach clients.
-    pub(crate) tagging: crate::tags::Tagging,
+    pub(crate) tagging: crate::http::tags::Tagging,
 }

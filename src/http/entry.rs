@@ -166,14 +166,6 @@ impl std::error::Error for DecodeError {}
 /// the origin without waiting for a fill". Never a valid entry (the version byte is 0xff).
 pub(crate) const HIT_FOR_MISS: &[u8] = b"TRC\xffhit-for-miss";
 
-/// Unix time in microseconds: purge stamps (see `engine::purge`) are compared across
-/// machines, finer than a millisecond so a write and a purge in one millisecond are ordered.
-pub(crate) fn unix_now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 /// Unix time in milliseconds: entry timestamps are compared across machines.
 pub(crate) fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -222,7 +214,7 @@ impl VaryIndex {
 
     /// The index for a response's `Vary` header, or `None` when it does not vary.
     pub fn for_response(headers: &HeaderMap, generation: u64) -> Option<Self> {
-        let names: Vec<String> = crate::key::vary_names(headers)
+        let names: Vec<String> = crate::http::key::vary_names(headers)
             .map(|n| n.to_ascii_lowercase())
             .collect();
         (!names.is_empty()).then(|| Self {
@@ -239,8 +231,8 @@ impl Entry {
         // Variant 0 answers every request only if the entry really does not vary: one whose
         // headers name a `Vary` must match by its hash (an entry written otherwise, by an older
         // release, then misses instead of answering for others).
-        let names = crate::key::vary_names(&self.headers);
-        crate::key::variant_hash(names, request_headers) == self.meta.variant
+        let names = crate::http::key::vary_names(&self.headers);
+        crate::http::key::variant_hash(names, request_headers) == self.meta.variant
     }
 }
 

@@ -8,7 +8,7 @@
 //! Redis Cluster slot so they can be used together in one script.
 //!
 //! What the response varies on (`Vary`) is resolved in a second step: for a resource that
-//! varies, the primary key `…:e` holds a [`VaryIndex`](crate::entry::VaryIndex) naming the
+//! varies, the primary key `…:e` holds a [`VaryIndex`](crate::http::entry::VaryIndex) naming the
 //! varied headers, and each variant lives at `…:e:<hex>`, named by the index's generation and
 //! a hash of the request's values for those headers. Resources that do not vary cost one read.
 //!

@@ -2,21 +2,20 @@
 //! entry when there is one, serving it on errors within stale-if-error), turning the answer
 //! into an encoded entry within the body limit, and writing entries (with vary indexes).
 
-use crate::body::CacheBody;
-use crate::conditional;
-use crate::context::{Reply, Shared};
-use crate::entry::{self, Entry, EntryMeta, VaryIndex};
 use crate::error::BoxError;
-use crate::headers::{CacheOutcome, Fwd, Verdict};
-use crate::key::{self, CacheKey};
-use crate::lookup::{self, MissContext, Read};
-use crate::partial::{self, Completion, Kept};
-use crate::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
-use crate::range;
-use crate::respond::stale_verdict;
-use crate::respond::{finish, from_entry};
+use crate::http::body::CacheBody;
+use crate::http::conditional;
+use crate::http::context::{Call, Exchange, MissContext, Origin, OriginBody, Reply, Shared};
+use crate::http::entry::{self, Entry, EntryMeta, VaryIndex};
+use crate::http::headers::{CacheOutcome, Detail, Fwd, Verdict};
+use crate::http::key::{self, CacheKey};
+use crate::http::lookup::{self, Read};
+use crate::http::partial::{self, Completion, Kept};
+use crate::http::policy::{self, Decision, Lifetime, NoCacheReason, RequestClass, RequestHead};
+use crate::http::range;
+use crate::http::respond::stale_verdict;
+use crate::http::respond::{finish, from_entry};
 use bytes::Bytes;
-use http::request::Parts;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -61,9 +60,7 @@ pub(crate) struct Fetched<B, E> {
 /// the caller to store and share.
 pub(crate) async fn fetch<S, ReqBody, ResBody>(
     shared: &Shared,
-    mut inner: S,
-    mut parts: Parts,
-    body: ReqBody,
+    mut call: Call<S, ReqBody>,
     outcome: CacheOutcome,
     ctx: &MissContext,
 ) -> Fetched<ResBody, S::Error>
@@ -72,288 +69,379 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let request_headers = parts.headers.clone();
-    let uri = parts.uri.clone();
-    // Before the origin is asked: a purge recorded from here on covers what this fill stores.
-    let filled_at_us = shared.engine.purges().stamp();
-    let unsafe_method = ctx.class == RequestClass::Unsafe;
-    // An unsafe request's preconditions are the origin's to evaluate; a `GET`'s are answered
-    // by the cache from what it stores.
-    if !unsafe_method {
-        conditional::strip_client_validators(&mut parts.headers);
-    }
-    if let Some(stale) = &ctx.stale {
-        conditional::add_validators(&mut parts.headers, &stale.headers);
-    }
-    let completion = Completion::for_request(ctx.partial.as_deref(), &request_headers);
-    if let Some(completion) = &completion {
-        completion.ask(&mut parts.headers);
-    } else if ctx.forward_range && !unsafe_method {
-        for name in [header::RANGE, header::IF_RANGE] {
-            for value in request_headers.get_all(&name) {
-                parts.headers.append(name.clone(), value.clone());
-            }
-        }
-    }
-    let ranged = parts.headers.contains_key(header::RANGE);
+    let mut asked = Asked {
+        shared,
+        ctx,
+        outcome,
+        request_headers: call.parts.headers.clone(),
+        uri: call.parts.uri.clone(),
+        // Before the origin is asked: a purge recorded from here on covers what this fill
+        // stores.
+        filled_at_us: shared.engine.purges().stamp(),
+        unsafe_method: ctx.class == RequestClass::Unsafe,
+        ranged: false,
+    };
+    asked.prepare(&mut call.parts.headers);
     #[cfg(feature = "metrics")]
     let started = std::time::Instant::now();
-    let result = inner.call(Request::from_parts(parts, body)).await;
+    let result = call.send().await;
     #[cfg(feature = "metrics")]
     shared.engine.stats.record_fill(started.elapsed());
-    let failed_status = match &result {
-        Ok(response) if response.status().is_server_error() => Some(response.status()),
-        Ok(_) => None,
-        Err(_) => Some(StatusCode::BAD_GATEWAY),
-    };
-    let unreachable = match &result {
-        Ok(response) => response.extensions().get::<OriginUnreachable>().is_some(),
-        Err(_) => true,
-    };
-    if let Some(status) = failed_status {
-        let now = entry::unix_now_ms();
-        let usable = ctx.stale.as_ref().and_then(|stale| {
-            if stale.meta.within_stale_if_error(now) {
-                Some((stale, "stale-if-error"))
-            } else if unreachable && servable_unreachable(shared, stale, now) {
-                Some((stale, "origin-unreachable"))
-            } else {
-                None
-            }
-        });
-        if let Some((stale, detail)) = usable {
-            let verdict = stale_verdict(stale, now, Some((Fwd::Stale, Some(status))), detail);
-            let reply = Ok(from_entry(
-                shared,
-                Entry::clone(stale),
-                false,
-                &request_headers,
-                verdict,
-            ));
-            return Fetched {
-                reply,
-                filled: None,
-                stale_served: Some(Arc::clone(stale)),
-            };
-        }
+    if let Some(stale_served) = asked.stale_on_failure(&result) {
+        return stale_served;
     }
-    let response = match result {
-        Ok(response) => response,
+    match result {
+        Ok(response) => asked.answered(response).await,
         Err(error) => {
             shared.engine.stats.not_stored(1);
-            return Fetched {
+            Fetched {
                 reply: Err(error),
                 filled: None,
                 stale_served: None,
-            };
-        }
-    };
-    let (mut parts, body) = response.into_parts();
-    let request = RequestHead {
-        uri: &uri,
-        headers: &request_headers,
-        authorized: ctx.class.is_authorized()
-            || (unsafe_method && request_headers.contains_key(header::AUTHORIZATION)),
-    };
-    if parts.status == StatusCode::NOT_MODIFIED {
-        if let Some(stale) = &ctx.stale {
-            return revalidated(
-                shared,
-                stale,
-                &parts.headers,
-                &request,
-                ctx.fwd,
-                filled_at_us,
-            );
-        }
-    }
-    let decision = if unsafe_method && !reusable_post(shared, &uri, &request_headers, &parts) {
-        Decision::Skip(NoCacheReason::NotStorable)
-    } else if ranged && !matches!(parts.status, StatusCode::OK | StatusCode::PARTIAL_CONTENT) {
-        // An answer to a range request (a `416`, a `304`) says something about that range,
-        // not about the resource every client asks for.
-        Decision::Skip(NoCacheReason::Status)
-    } else {
-        policy::decide(&shared.config, &request, parts.status, &parts.headers)
-    };
-    let status = parts.status;
-    let verdict = |stored| Verdict::forwarded(outcome, ctx.fwd, status, stored);
-    let lifetime = match decision {
-        Decision::Store(lifetime) => lifetime,
-        Decision::Skip(reason) => {
-            // An unsafe method's answer is normally not for storing at all: no count, no detail.
-            if !unsafe_method {
-                tracing::debug!(reason = reason.as_str(), "response not stored");
-                shared.engine.stats.not_stored(1);
             }
-            let verdict = Verdict {
-                detail: (!unsafe_method).then_some(reason.as_str()),
-                ..verdict(false)
-            };
-            finish(shared, &mut parts.headers, verdict, None);
-            return Fetched {
-                reply: Ok(Response::from_parts(parts, CacheBody::upstream(body))),
-                filled: None,
-                stale_served: None,
-            };
         }
-    };
-    let collected = collect(
-        body,
-        shared.config.max_body_bytes,
-        &shared.engine.fill_bytes,
-    )
-    .await;
-    let (chunks, rest, budget) = match collected {
-        Collected::Whole(chunks, rest, budget) => (chunks, rest, budget),
-        Collected::Partial(body, over_budget) => {
-            shared.engine.stats.not_stored(1);
-            let reason = if over_budget {
-                shared.engine.stats.fills_over_budget(1);
-                NoCacheReason::FillBudget
-            } else {
-                NoCacheReason::TooLarge
-            };
-            finish(
-                shared,
-                &mut parts.headers,
-                Verdict {
-                    detail: Some(reason.as_str()),
-                    ..verdict(false)
-                },
-                None,
-            );
-            return Fetched {
-                reply: Ok(Response::from_parts(parts, body)),
-                filled: None,
-                stale_served: None,
-            };
-        }
-    };
-    let (tags, dropped) = shared.config.tagging.collect(&uri, &mut parts);
-    if dropped > 0 {
-        shared.engine.stats.tags_dropped(dropped);
     }
-    // A `206` is kept only as a part whose numbers agree with its bytes, joined with the
-    // stored part when both are one representation (`partial`).
-    let kept = partial::keep(
-        &shared.config,
-        ctx.partial.as_deref(),
-        &parts,
-        &chunks,
-        &request,
-        |len| reserve(&shared.engine.fill_bytes, len),
-    );
-    let (refused, made) = match kept {
-        Kept::AsReceived => (false, None),
-        Kept::Made(made) => (false, Some(made)),
-        Kept::Refused => (true, None),
-    };
-    let (status, headers_kept, body_kept, lifetime) = match &made {
-        Some(made) => (made.status, &made.headers, &made.body[..], made.lifetime),
-        None => (parts.status, &parts.headers, &chunks[..], lifetime),
-    };
-    let body_len: usize = body_kept.iter().map(Bytes::len).sum();
-    let variant = key::variant_hash(key::vary_names(headers_kept), &request_headers);
-    let url = key::url_of(&uri, &request_headers);
-    let provenance = Provenance {
-        filled_at_us,
-        url: &url,
-        tags: &tags,
-    };
-    let filled = (!refused
-        && entry::fits_entry(headers_kept, body_len as u64)
-        && url.len() <= entry::MAX_URL_LEN)
-        .then(|| {
-            encode_filled(
-                status,
-                headers_kept,
-                body_kept,
-                lifetime,
-                variant,
-                &provenance,
-            )
-        })
-        .flatten();
-    let Some(mut filled) = filled else {
-        // Not representable as an entry (too many headers), or a part whose numbers disagree
-        // with its bytes: hand back what was read.
-        shared.engine.stats.not_stored(1);
-        let detail = refused.then_some("invalid-range");
-        finish(
-            shared,
-            &mut parts.headers,
-            Verdict {
-                detail,
-                ..verdict(false)
-            },
-            None,
-        );
-        let frames = chunks.into_iter().map(Frame::data).collect();
-        let reply = Ok(Response::from_parts(
-            parts,
-            CacheBody::replay(frames, rest, true),
+}
+
+/// One origin call of a fill, and what the steps after its answer read: the request as the
+/// client sent it, and when the fill began.
+struct Asked<'a> {
+    shared: &'a Shared,
+    ctx: &'a MissContext,
+    outcome: CacheOutcome,
+    /// The client's request headers (the origin's may differ: validators, ranges).
+    request_headers: HeaderMap,
+    uri: http::Uri,
+    filled_at_us: u64,
+    unsafe_method: bool,
+    /// Whether the origin was asked for a range.
+    ranged: bool,
+}
+
+impl Asked<'_> {
+    /// Sets the request headers the origin gets: the client's validators replaced by the
+    /// stale entry's, and the range that completes a stored part (or the client's own).
+    fn prepare(&mut self, origin: &mut HeaderMap) {
+        let ctx = self.ctx;
+        // An unsafe request's preconditions are the origin's to evaluate; a `GET`'s are
+        // answered by the cache from what it stores.
+        if !self.unsafe_method {
+            conditional::strip_client_validators(origin);
+        }
+        if let Some(stale) = &ctx.stale {
+            conditional::add_validators(origin, &stale.headers);
+        }
+        let completion = Completion::for_request(ctx.partial.as_deref(), &self.request_headers);
+        if let Some(completion) = &completion {
+            completion.ask(origin);
+        } else if ctx.forward_range && !self.unsafe_method {
+            for name in [header::RANGE, header::IF_RANGE] {
+                for value in self.request_headers.get_all(&name) {
+                    origin.append(name.clone(), value.clone());
+                }
+            }
+        }
+        self.ranged = origin.contains_key(header::RANGE);
+    }
+
+    /// The stale entry served in place of a failed origin call (a `5xx`, an error, an
+    /// unreachable origin), when its windows allow.
+    fn stale_on_failure<B, E>(&self, result: &Result<Response<B>, E>) -> Option<Fetched<B, E>> {
+        let status = match result {
+            Ok(response) if response.status().is_server_error() => response.status(),
+            Ok(_) => return None,
+            Err(_) => StatusCode::BAD_GATEWAY,
+        };
+        let unreachable = match result {
+            Ok(response) => response.extensions().get::<OriginUnreachable>().is_some(),
+            Err(_) => true,
+        };
+        let stale = self.ctx.stale.as_ref()?;
+        let now = entry::unix_now_ms();
+        let detail = if stale.meta.within_stale_if_error(now) {
+            Detail::StaleIfError
+        } else if unreachable && servable_unreachable(self.shared, stale, now) {
+            Detail::OriginUnreachable
+        } else {
+            return None;
+        };
+        let verdict = stale_verdict(stale, now, Some((Fwd::Stale, Some(status))), detail);
+        let reply = Ok(from_entry(
+            self.shared,
+            Entry::clone(stale),
+            false,
+            &self.request_headers,
+            verdict,
         ));
-        return Fetched {
+        Some(Fetched {
             reply,
             filled: None,
-            stale_served: None,
-        };
-    };
-    filled._budget = match (budget, made.and_then(|made| made.budget)) {
-        (Some(mut held), Some(more)) => {
-            held.merge(more);
-            Some(held)
-        }
-        (held, more) => held.or(more),
-    };
-    if !unsafe_method && !ctx.class.is_authorized() {
-        filled.language_alias = language_alias(&parts.headers, &request_headers);
+            stale_served: Some(Arc::clone(stale)),
+        })
     }
-    let ttl = lifetime.fresh.as_secs() as i64;
-    let verdict = Verdict {
-        ttl: Some(ttl),
-        ..verdict(true)
-    };
-    // A `POST` is answered with what the origin sent it, never a `304` or a range of it.
-    let conditions = if unsafe_method {
-        HeaderMap::new()
-    } else {
-        request_headers
-    };
-    if !range::answers(&filled.entry, &conditions, false) {
-        // A part that does not hold what the client asked for (the origin answered `206` to
-        // a request the cache made without the client's range): kept, and the client gets
-        // the origin's answer as it came, never a part of it as if it were whole.
-        finish(shared, &mut parts.headers, verdict, None);
-        let frames = chunks.into_iter().map(Frame::data).collect();
-        let reply = Ok(Response::from_parts(
+
+    fn request(&self) -> RequestHead<'_> {
+        RequestHead {
+            uri: &self.uri,
+            headers: &self.request_headers,
+            authorized: self.ctx.class.is_authorized()
+                || (self.unsafe_method && self.request_headers.contains_key(header::AUTHORIZATION)),
+        }
+    }
+
+    /// The `Cache-Status` of a response the origin gave this fill.
+    fn verdict(&self, status: StatusCode, stored: bool) -> Verdict {
+        Verdict::forwarded(self.outcome, self.ctx.fwd, status, stored)
+    }
+
+    /// What the origin's answer becomes: a refreshed entry (`304`), an entry to store, or
+    /// the answer passed through as it came.
+    async fn answered<B, E>(self, response: Response<B>) -> Fetched<B, E>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = response.into_parts();
+        let request = self.request();
+        if parts.status == StatusCode::NOT_MODIFIED {
+            if let Some(stale) = &self.ctx.stale {
+                return self.revalidated(stale, &parts.headers);
+            }
+        }
+        let shared = self.shared;
+        let decision = if self.unsafe_method
+            && !reusable_post(shared, &self.uri, &self.request_headers, &parts)
+        {
+            Decision::Skip(NoCacheReason::NotStorable)
+        } else if self.ranged
+            && !matches!(parts.status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
+        {
+            // An answer to a range request (a `416`, a `304`) says something about that
+            // range, not about the resource every client asks for.
+            Decision::Skip(NoCacheReason::Status)
+        } else {
+            policy::decide(&shared.config, &request, parts.status, &parts.headers)
+        };
+        let lifetime = match decision {
+            Decision::Store(lifetime) => lifetime,
+            Decision::Skip(reason) => {
+                // An unsafe method's answer is normally not for storing at all: no count, no
+                // detail.
+                if !self.unsafe_method {
+                    tracing::debug!(reason = reason.as_str(), "response not stored");
+                    shared.engine.stats.not_stored(1);
+                }
+                let verdict = Verdict {
+                    detail: (!self.unsafe_method).then_some(Detail::NotStored(reason)),
+                    ..self.verdict(parts.status, false)
+                };
+                finish(shared, &mut parts.headers, verdict, None);
+                return Fetched {
+                    reply: Ok(Response::from_parts(parts, CacheBody::upstream(body))),
+                    filled: None,
+                    stale_served: None,
+                };
+            }
+        };
+        self.buffered(parts, body, lifetime).await
+    }
+
+    /// Reads a storable answer's body within the limits and makes it an entry; hands the
+    /// client what was read (and the rest) when it cannot be one.
+    async fn buffered<B, E>(
+        self,
+        mut parts: http::response::Parts,
+        body: B,
+        lifetime: Lifetime,
+    ) -> Fetched<B, E>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let shared = self.shared;
+        let collected = collect(
+            body,
+            shared.config.max_body_bytes,
+            &shared.engine.fill_bytes,
+        )
+        .await;
+        let (chunks, rest, budget) = match collected {
+            Collected::Whole(chunks, rest, budget) => (chunks, rest, budget),
+            Collected::Partial(body, over_budget) => {
+                shared.engine.stats.not_stored(1);
+                let reason = if over_budget {
+                    shared.engine.stats.fills_over_budget(1);
+                    NoCacheReason::FillBudget
+                } else {
+                    NoCacheReason::TooLarge
+                };
+                let verdict = Verdict {
+                    detail: Some(Detail::NotStored(reason)),
+                    ..self.verdict(parts.status, false)
+                };
+                finish(shared, &mut parts.headers, verdict, None);
+                return Fetched {
+                    reply: Ok(Response::from_parts(parts, body)),
+                    filled: None,
+                    stale_served: None,
+                };
+            }
+        };
+        let (tags, dropped) = shared.config.tagging.collect(&self.uri, &mut parts);
+        if dropped > 0 {
+            shared.engine.stats.tags_dropped(dropped);
+        }
+        let made = self.encode(&parts, &chunks, lifetime, &tags);
+        let (mut filled, more, ttl) = match made {
+            Ok(made) => made,
+            Err(refused) => {
+                // Not representable as an entry (too many headers), or a part whose numbers
+                // disagree with its bytes: hand back what was read.
+                shared.engine.stats.not_stored(1);
+                let verdict = Verdict {
+                    detail: refused.then_some(Detail::NotStored(NoCacheReason::InvalidRange)),
+                    ..self.verdict(parts.status, false)
+                };
+                finish(shared, &mut parts.headers, verdict, None);
+                return Fetched {
+                    reply: Ok(replayed(parts, chunks, rest)),
+                    filled: None,
+                    stale_served: None,
+                };
+            }
+        };
+        filled._budget = match (budget, more) {
+            (Some(mut held), Some(more)) => {
+                held.merge(more);
+                Some(held)
+            }
+            (held, more) => held.or(more),
+        };
+        if !self.unsafe_method && !self.ctx.class.is_authorized() {
+            filled.language_alias = language_alias(&parts.headers, &self.request_headers);
+        }
+        self.respond_filled(parts, chunks, rest, filled, ttl)
+    }
+
+    /// The entry a buffered answer makes (joined with the stored part it extends, when
+    /// `partial` says so), the budget the joined body holds and its freshness in seconds;
+    /// `Err(true)` for a part whose numbers disagree with its bytes, `Err(false)` for an answer
+    /// no entry can hold.
+    fn encode(
+        &self,
+        parts: &http::response::Parts,
+        chunks: &[Bytes],
+        lifetime: Lifetime,
+        tags: &str,
+    ) -> Result<(Filled, Option<OwnedSemaphorePermit>, i64), bool> {
+        let shared = self.shared;
+        let request = self.request();
+        // A `206` is kept only as a part whose numbers agree with its bytes, joined with the
+        // stored part when both are one representation (`partial`).
+        let kept = partial::keep(
+            &shared.config,
+            self.ctx.partial.as_deref(),
             parts,
-            CacheBody::replay(frames, rest, true),
-        ));
-        return Fetched {
-            reply,
+            chunks,
+            &request,
+            |len| reserve(&shared.engine.fill_bytes, len),
+        );
+        let made = match kept {
+            Kept::AsReceived => None,
+            Kept::Made(made) => Some(made),
+            Kept::Refused => return Err(true),
+        };
+        let (status, headers_kept, body_kept, lifetime) = match &made {
+            Some(made) => (made.status, &made.headers, &made.body[..], made.lifetime),
+            None => (parts.status, &parts.headers, chunks, lifetime),
+        };
+        let body_len: usize = body_kept.iter().map(Bytes::len).sum();
+        let variant = key::variant_hash(key::vary_names(headers_kept), &self.request_headers);
+        let url = key::url_of(&self.uri, &self.request_headers);
+        let provenance = Provenance {
+            filled_at_us: self.filled_at_us,
+            url: &url,
+            tags,
+        };
+        let representable =
+            entry::fits_entry(headers_kept, body_len as u64) && url.len() <= entry::MAX_URL_LEN;
+        let filled = representable
+            .then(|| {
+                encode_filled(
+                    status,
+                    headers_kept,
+                    body_kept,
+                    lifetime,
+                    variant,
+                    &provenance,
+                )
+            })
+            .flatten()
+            .ok_or(false)?;
+        let ttl = lifetime.fresh.as_secs() as i64;
+        Ok((filled, made.and_then(|made| made.budget), ttl))
+    }
+
+    /// Answers the client from a new entry (a `304` or a range of it when its request asks),
+    /// or with the origin's answer as it came when the entry does not hold what it asked for.
+    fn respond_filled<B, E>(
+        self,
+        mut parts: http::response::Parts,
+        chunks: Vec<Bytes>,
+        rest: Pin<Box<B>>,
+        filled: Filled,
+        ttl: i64,
+    ) -> Fetched<B, E> {
+        let shared = self.shared;
+        let verdict = Verdict {
+            ttl: Some(ttl),
+            ..self.verdict(parts.status, true)
+        };
+        // A `POST` is answered with what the origin sent it, never a `304` or a range of it.
+        let conditions = if self.unsafe_method {
+            HeaderMap::new()
+        } else {
+            self.request_headers
+        };
+        if !range::answers(&filled.entry, &conditions, false) {
+            // A part that does not hold what the client asked for (the origin answered `206`
+            // to a request the cache made without the client's range): kept, and the client
+            // gets the origin's answer as it came, never a part of it as if it were whole.
+            finish(shared, &mut parts.headers, verdict, None);
+            return Fetched {
+                reply: Ok(replayed(parts, chunks, rest)),
+                filled: Some(filled),
+                stale_served: None,
+            };
+        }
+        let mut response = from_entry(
+            shared,
+            Entry::clone(&filled.entry),
+            false,
+            &conditions,
+            verdict,
+        );
+        *response.version_mut() = parts.version;
+        // The age the response already had upstream is part of its identity for the client.
+        for age in parts.headers.get_all(header::AGE) {
+            response.headers_mut().append(header::AGE, age.clone());
+        }
+        Fetched {
+            reply: Ok(response),
             filled: Some(filled),
             stale_served: None,
-        };
+        }
     }
-    let mut response = from_entry(
-        shared,
-        Entry::clone(&filled.entry),
-        false,
-        &conditions,
-        verdict,
-    );
-    *response.version_mut() = parts.version;
-    // The age the response already had upstream is part of its identity for the client.
-    for age in parts.headers.get_all(header::AGE) {
-        response.headers_mut().append(header::AGE, age.clone());
-    }
-    Fetched {
-        reply: Ok(response),
-        filled: Some(filled),
-        stale_served: None,
-    }
+}
+
+/// The origin's answer as it came: the body read so far, then the rest.
+fn replayed<B>(
+    parts: http::response::Parts,
+    chunks: Vec<Bytes>,
+    rest: Pin<Box<B>>,
+) -> Response<CacheBody<B>> {
+    let frames = chunks.into_iter().map(Frame::data).collect();
+    Response::from_parts(parts, CacheBody::replay(frames, rest, true))
 }
 
 /// Whether a `POST`'s answer may be stored as the target's representation, for later `GET`s
@@ -367,7 +455,7 @@ fn reusable_post(
     request: &HeaderMap,
     response: &http::response::Parts,
 ) -> bool {
-    let effective = crate::targeted::effective(&response.headers, &shared.config.targeted);
+    let effective = crate::http::targeted::effective(&response.headers, &shared.config.targeted);
     let headers = effective.as_ref().unwrap_or(&response.headers);
     let cc = policy::CacheControl::parse(headers);
     let explicit =
@@ -375,7 +463,7 @@ fn reusable_post(
     let mut locations = response.headers.get_all(header::CONTENT_LOCATION).iter();
     let names_target = match (locations.next(), locations.next()) {
         (Some(location), None) => {
-            crate::respond::same_origin(target, request.get(header::HOST), location)
+            crate::http::respond::same_origin(target, request.get(header::HOST), location)
                 .is_some_and(|uri| uri.path_and_query() == target.path_and_query())
         }
         _ => false,
@@ -393,31 +481,23 @@ fn reusable_post(
 /// target (RFC 9111 §4.4), so the new answer is what remains.
 pub(crate) async fn post_and_store<S, ReqBody, ResBody>(
     shared: &Shared,
-    inner: S,
     key: CacheKey,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
-    let target = parts.uri.clone();
-    let host = parts.headers.get(header::HOST).cloned();
+    let target = call.parts.uri.clone();
+    let host = call.parts.headers.get(header::HOST).cloned();
     let ctx = MissContext {
-        class: RequestClass::Unsafe,
-        stale: None,
-        partial: None,
-        forward_range: false,
         fwd: Fwd::Bypass,
-        index: None,
-        lease: None,
-        purged: None,
+        ..MissContext::new(RequestClass::Unsafe)
     };
-    let fetched = fetch(shared, inner, parts, body, CacheOutcome::Bypass, &ctx).await;
+    let fetched = fetch(shared, call, CacheOutcome::Bypass, &ctx).await;
     let response = fetched.reply?;
-    crate::respond::invalidate(
+    crate::http::respond::invalidate(
         shared,
         &target,
         host.as_ref(),
@@ -444,15 +524,75 @@ fn servable_unreachable(shared: &Shared, stale: &Entry, now: u64) -> bool {
             .forbids_unpermitted_stale(config.mode == crate::CacheMode::Shared)
 }
 
-/// The origin confirmed a stale entry (`304`): refresh its headers and freshness.
-fn revalidated<B, E>(
-    shared: &Shared,
-    stale: &Entry,
-    update: &HeaderMap,
-    request: &RequestHead<'_>,
-    fwd: Fwd,
-    filled_at_us: u64,
-) -> Fetched<B, E> {
+impl Asked<'_> {
+    /// The origin confirmed a stale entry (`304`): refresh its headers and freshness.
+    fn revalidated<B, E>(&self, stale: &Entry, update: &HeaderMap) -> Fetched<B, E> {
+        let shared = self.shared;
+        let request = self.request();
+        let headers = refreshed_headers(shared, stale, update);
+        let (url, tags) = (
+            String::from_utf8_lossy(&stale.url),
+            String::from_utf8_lossy(&stale.tags),
+        );
+        let provenance = Provenance {
+            filled_at_us: self.filled_at_us,
+            url: &url,
+            tags: &tags,
+        };
+        let fwd = self.ctx.fwd;
+        let verdict = |stored, ttl| Verdict {
+            outcome: CacheOutcome::Revalidated,
+            fwd: Some((fwd, Some(StatusCode::NOT_MODIFIED))),
+            stored,
+            ttl,
+            detail: None,
+        };
+        // The variant the merged headers select for this request: a `304` that adds or
+        // changes `Vary` must not leave the entry answering every request (variant 0) with
+        // headers chosen for this one (a CORS answer for one `Origin` served to all). With a
+        // new `Vary` the entry is written as a variant under a new index, like any fill that
+        // varies.
+        let variant = key::variant_hash(key::vary_names(&headers), request.headers);
+        let filled = match policy::decide(&shared.config, &request, stale.status, &headers) {
+            Decision::Store(lifetime) => encode_filled(
+                stale.status,
+                &headers,
+                std::slice::from_ref(&stale.body),
+                lifetime,
+                variant,
+                &provenance,
+            ),
+            Decision::Skip(_) => None,
+        };
+        let (entry, verdict) = match &filled {
+            Some(filled) => {
+                let ttl = filled.entry.meta.ttl_secs(entry::unix_now_ms());
+                (Entry::clone(&filled.entry), verdict(true, Some(ttl)))
+            }
+            None => {
+                let entry = Entry {
+                    status: stale.status,
+                    headers,
+                    body: stale.body.clone(),
+                    meta: stale.meta,
+                    url: stale.url.clone(),
+                    tags: stale.tags.clone(),
+                };
+                (entry, verdict(false, None))
+            }
+        };
+        let reply = Ok(from_entry(shared, entry, false, request.headers, verdict));
+        Fetched {
+            reply,
+            filled,
+            stale_served: None,
+        }
+    }
+}
+
+/// A stale entry's headers updated by the origin's `304`: its own range kept for a part, and
+/// the `304`'s tag headers not stored (the entry keeps the tags it was stored with).
+fn refreshed_headers(shared: &Shared, stale: &Entry, update: &HeaderMap) -> HeaderMap {
     let mut headers = conditional::merge_not_modified(&stale.headers, update);
     if stale.status == StatusCode::PARTIAL_CONTENT {
         // A stored part's range is its body's: a `304` does not restate it.
@@ -461,79 +601,8 @@ fn revalidated<B, E>(
             headers.append(header::CONTENT_RANGE, value.clone());
         }
     }
-    // The entry keeps the tags it was stored with; a `304`'s tag headers are not stored.
     shared.config.tagging.strip(&mut headers);
-    let (url, tags) = (
-        String::from_utf8_lossy(&stale.url),
-        String::from_utf8_lossy(&stale.tags),
-    );
-    let provenance = Provenance {
-        filled_at_us,
-        url: &url,
-        tags: &tags,
-    };
-    let verdict = |stored, ttl| Verdict {
-        outcome: CacheOutcome::Revalidated,
-        fwd: Some((fwd, Some(StatusCode::NOT_MODIFIED))),
-        stored,
-        ttl,
-        detail: None,
-    };
-    // The variant the merged headers select for this request: a `304` that adds or changes
-    // `Vary` must not leave the entry answering every request (variant 0) with headers chosen
-    // for this one (a CORS answer for one `Origin` served to all). With a new `Vary` the entry
-    // is written as a variant under a new index, like any fill that varies.
-    let variant = key::variant_hash(key::vary_names(&headers), request.headers);
-    let filled = match policy::decide(&shared.config, request, stale.status, &headers) {
-        Decision::Store(lifetime) => encode_filled(
-            stale.status,
-            &headers,
-            std::slice::from_ref(&stale.body),
-            lifetime,
-            variant,
-            &provenance,
-        ),
-        Decision::Skip(_) => None,
-    };
-    match filled {
-        Some(filled) => {
-            let ttl = filled.entry.meta.ttl_secs(entry::unix_now_ms());
-            let reply = Ok(from_entry(
-                shared,
-                Entry::clone(&filled.entry),
-                false,
-                request.headers,
-                verdict(true, Some(ttl)),
-            ));
-            Fetched {
-                reply,
-                filled: Some(filled),
-                stale_served: None,
-            }
-        }
-        None => {
-            let entry = Entry {
-                status: stale.status,
-                headers,
-                body: stale.body.clone(),
-                meta: stale.meta,
-                url: stale.url.clone(),
-                tags: stale.tags.clone(),
-            };
-            let reply = Ok(from_entry(
-                shared,
-                entry,
-                false,
-                request.headers,
-                verdict(false, None),
-            ));
-            Fetched {
-                reply,
-                filled: None,
-                stale_served: None,
-            }
-        }
-    }
+    headers
 }
 
 /// What an entry records for purges: when its fill began, its URL, its tags.
@@ -803,25 +872,24 @@ async fn put_entry(shared: &Shared, key: &str, filled: &Filled) -> bool {
 }
 
 /// Fetches without coalescing, and stores the response in the background when it may be.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch_and_store<S, ReqBody, ResBody>(
-    shared: &Arc<Shared>,
-    inner: S,
-    key: CacheKey,
-    parts: Parts,
-    body: ReqBody,
+    ex: Exchange<S, ReqBody>,
     outcome: CacheOutcome,
-    ctx: MissContext,
 ) -> Reply<ResBody, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes>,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ReqBody: Send + 'static,
+    ResBody: OriginBody,
 {
-    let fetched = fetch(shared, inner, parts, body, outcome, &ctx).await;
+    let Exchange {
+        shared,
+        key,
+        ctx,
+        call,
+    } = ex;
+    let fetched = fetch(&shared, call, outcome, &ctx).await;
     if let Some(filled) = fetched.filled {
         let running = shared.engine.background.start();
-        let shared = Arc::clone(shared);
         let write = async move {
             write(&shared, &key, ctx.index.as_ref(), &filled, ctx.class).await;
             drop(running);

@@ -17,7 +17,7 @@
 //! they overlap; the union is built from zero-copy slices of both and copied once, into the
 //! new entry. A union covering the whole length is a complete `200`.
 
-use crate::entry::Entry;
+use crate::http::entry::Entry;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;

@@ -3,13 +3,12 @@
 //! for a failed fill); each marked with `X-Cache`/`Cache-Status`/`Age` and counted, in one
 //! place. Unsafe requests are forwarded here too, with the invalidation that follows them.
 
-use crate::body::CacheBody;
-use crate::conditional;
-use crate::context::{Reply, Shared};
-use crate::entry::{self, Entry};
-use crate::headers::{self, CacheOutcome, Fwd, Verdict};
-use crate::range;
-use http::request::Parts;
+use crate::http::body::CacheBody;
+use crate::http::conditional;
+use crate::http::context::{Call, Reply, Shared};
+use crate::http::entry::{self, Entry};
+use crate::http::headers::{self, CacheOutcome, Detail, Fwd, Verdict};
+use crate::http::range;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use tower_service::Service;
 
@@ -17,7 +16,11 @@ use tower_service::Service;
 /// always agree with the headers clients saw.
 pub(crate) fn finish(shared: &Shared, headers: &mut HeaderMap, verdict: Verdict, age: Option<u64>) {
     let stats = &shared.engine.stats;
-    stats.request(verdict.outcome.label());
+    stats.request(verdict.outcome);
+    #[cfg(feature = "metrics")]
+    if let Ok(started) = crate::http::context::STARTED.try_with(|started| *started) {
+        stats.record_latency(verdict.outcome, started.elapsed());
+    }
     match verdict.outcome {
         CacheOutcome::Hit => shared.engine.stats.hits(1),
         CacheOutcome::Stale => shared.engine.stats.stale(1),
@@ -54,7 +57,7 @@ pub(crate) fn from_entry<B>(
                 .flatten()
             {
                 Some((slice, range, len)) => ranged(entry.headers, slice, &range, len),
-                None => return bodiless(shared, StatusCode::BAD_GATEWAY, "partial-unusable"),
+                None => return bodiless(shared, StatusCode::BAD_GATEWAY, Detail::PartialUnusable),
             }
         } else if let Some(range) = (entry.status == StatusCode::OK && !head)
             .then(|| range::requested(request, entry.body.len(), entry.headers.get(header::ETAG)))
@@ -105,20 +108,20 @@ fn ranged<B>(
 
 /// `only-if-cached` found nothing usable: `504`, without asking the origin.
 pub(crate) fn gateway_timeout<B>(shared: &Shared) -> Response<CacheBody<B>> {
-    bodiless(shared, StatusCode::GATEWAY_TIMEOUT, "only-if-cached")
+    bodiless(shared, StatusCode::GATEWAY_TIMEOUT, Detail::OnlyIfCached)
 }
 
 /// The leading request's answer when its fill task died (the inner service panicked).
 pub(crate) fn fill_failed<B>(shared: &Shared) -> Response<CacheBody<B>> {
-    bodiless(shared, StatusCode::INTERNAL_SERVER_ERROR, "fill-failed")
+    bodiless(
+        shared,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Detail::FillFailed,
+    )
 }
 
 /// A response the cache makes up itself: no body, `MISS`, and why in `Cache-Status`.
-fn bodiless<B>(
-    shared: &Shared,
-    status: StatusCode,
-    detail: &'static str,
-) -> Response<CacheBody<B>> {
+fn bodiless<B>(shared: &Shared, status: StatusCode, detail: Detail) -> Response<CacheBody<B>> {
     let mut response = Response::new(CacheBody::cached(None));
     *response.status_mut() = status;
     let verdict = Verdict {
@@ -135,37 +138,25 @@ fn bodiless<B>(
 /// Passes the request by the cache: not cacheable, or the store is unavailable.
 pub(crate) async fn bypass<S, ReqBody, ResBody>(
     shared: &Shared,
-    inner: S,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    forward(
-        shared,
-        inner,
-        parts,
-        body,
-        CacheOutcome::Bypass,
-        Fwd::Bypass,
-    )
-    .await
+    forward(shared, call, CacheOutcome::Bypass, Fwd::Bypass).await
 }
 
 /// Passes the request to the inner service and its response back untouched, but marked.
 pub(crate) async fn forward<S, ReqBody, ResBody>(
     shared: &Shared,
-    mut inner: S,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
     outcome: CacheOutcome,
     fwd: Fwd,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let response = inner.call(Request::from_parts(parts, body)).await?;
+    let response = call.send().await?;
     let (mut parts, body) = response.into_parts();
     finish(
         shared,
@@ -181,16 +172,14 @@ where
 /// so this invalidates for every instance.
 pub(crate) async fn forward_and_invalidate<S, ReqBody, ResBody>(
     shared: &Shared,
-    inner: S,
-    parts: Parts,
-    body: ReqBody,
+    call: Call<S, ReqBody>,
 ) -> Reply<ResBody, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let target = parts.uri.clone();
-    let host = parts.headers.get(header::HOST).cloned();
-    let response = bypass(shared, inner, parts, body).await?;
+    let target = call.parts.uri.clone();
+    let host = call.parts.headers.get(header::HOST).cloned();
+    let response = bypass(shared, call).await?;
     invalidate(
         shared,
         &target,
@@ -268,7 +257,7 @@ pub(crate) fn stale_verdict(
     entry: &Entry,
     now: u64,
     fwd: Option<(Fwd, Option<StatusCode>)>,
-    detail: &'static str,
+    detail: Detail,
 ) -> Verdict {
     Verdict {
         outcome: CacheOutcome::Stale,

@@ -19,11 +19,11 @@
 //! that disagrees, or whose complete length would not fit an entry, is passed to the client
 //! as it came and never kept.
 
-use crate::conditional;
-use crate::config::Config;
-use crate::entry::Entry;
-use crate::policy::{self, Decision, Lifetime, RequestHead};
-use crate::range::{self, Part};
+use crate::http::conditional;
+use crate::http::config::Config;
+use crate::http::entry::Entry;
+use crate::http::policy::{self, Decision, Lifetime, RequestHead};
+use crate::http::range::{self, Part};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
