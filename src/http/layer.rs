@@ -18,7 +18,8 @@ use tower_layer::Layer;
 /// coalescing, so one layer can wrap many routes.
 ///
 /// ```
-/// /// use tower_redis_cache::{CacheLayer, MemoryStore};
+/// use std::time::Duration;
+/// use tower_redis_cache::{CacheLayer, MemoryStore};
 ///
 /// let layer = CacheLayer::builder(MemoryStore::new(64 << 20))
 ///     .ttl(Duration::from_secs(30))
