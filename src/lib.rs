@@ -46,14 +46,18 @@
 //!
 //! The HTTP face (`http`):
 //! - `http`: module docs and re-exports.
-//! - `http::layer`: [`CacheLayer`] and its builder, which validates every setting.
+//! - `http::layer`: [`CacheLayer`]: the tower `Layer`, stats, keys, purges, the typed cache.
+//! - `http::builder`: [`CacheLayerBuilder`], which validates every setting (tests in `tests`).
 //! - `http::config`: the validated settings ([`CacheMode`] and the per-request `Config`).
-//! - `http::context`: what every request of one layer shares (settings, keys, the engine).
+//! - `http::context`: what requests share: per layer (`Shared`), per request (`Exchange`).
 //! - `http::service`: [`CacheService`], the tower `Service`; hands each request to `flow`.
 //! - `http::flow`: the request flow, top to bottom: classify, look up, answer, or fill.
-//! - `http::lookup`: reading an entry (through its vary index) and what a miss carries on.
+//! - `http::lookup`: reading an entry for a request (through its vary index), decoding it.
 //! - `http::miss`: the miss path: followers, the leader's fill, background refreshes.
-//! - `http::fetch`: the origin call that may fill, buffering within budget, and entry writes.
+//! - `http::fetch`: the origin call that may fill, and its answer made an entry.
+//! - `http::revalidate`: a stale entry served for a failed origin, or refreshed by a `304`.
+//! - `http::buffer`: reading an origin body into memory within the limit and fill budget.
+//! - `http::write`: writing a fill's entry: its key, vary index, language alias.
 //! - `http::respond`: every response the cache gives, marked and counted in one place.
 //! - `http::policy`: request classification, what is stored and for how long (both modes).
 //! - `http::policy::request`: how a request is treated before lookup; request directives.
@@ -61,14 +65,16 @@
 //! - `http::policy::decision`: store for a lifetime, or skip for one `NoCacheReason`.
 //! - `http::policy::freshness`: how long a response is fresh, per mode.
 //! - `http::policy::storable`: the rules every mode shares, and the lifetime kept.
+//! - `http::policy::tests`: the policy's unit tests.
 //! - `http::targeted`: targeted cache control (RFC 9213): which response field speaks for this cache.
 //! - `http::date`: HTTP dates exactly as RFC 9110 §5.6.7 writes them.
 //! - `http::conditional`: `304`s for clients and validators for revalidation.
 //! - `http::range`: byte ranges: the range a request asks for, a stored part's, combining two.
 //! - `http::partial`: stored parts in a fill: the range request that extends one, what is kept.
-//! - `http::key`: canonical request keys and variant keys.
-//! - `http::entry`: the binary entry format (not public API; exposed for benches and tests).
-//! - `http::headers`: `X-Cache`, `Cache-Status` and `Age`.
+//! - `http::key`: canonical request keys and variant keys (tests in `tests`).
+//! - `http::entry`: the binary entry format (not public API; exposed for benches and tests;
+//!   tests in `tests`).
+//! - `http::headers`: `X-Cache`, `Cache-Status` and `Age`, from one `Verdict` (typed `Detail`).
 //! - `http::tags`: a response's tags for purges ([`CacheTags`], tag headers, `tags_fn`).
 //! - `http::body`: [`CacheBody`], cached bytes or the inner body streamed through.
 //!

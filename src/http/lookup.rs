@@ -1,6 +1,6 @@
 //! Reading what the store holds for a request: the entry, or the vary index and then the
-//! variant; decoding it (a value that does not decode is deleted and counted); and what a
-//! miss carries from the lookup to the fill.
+//! variant; decoding it (a value that does not decode is deleted and counted). What a miss
+//! carries from the lookup to the fill is `context::MissContext`.
 
 use crate::engine::fill::{lock_token, Lease};
 use crate::http::context::Shared;
@@ -133,7 +133,7 @@ fn purged(shared: &Shared, entry: &Entry) -> bool {
 /// For a resource that varies on `Accept-Language` alone and has nothing stored for this
 /// request's exact preferences: the representation stored in the language the request
 /// prefers above all others, if the origin labelled one so (RFC 9111 §4.1 lets a cache use
-/// the selecting header's semantics; `fetch::language_alias` says when one is kept).
+/// the selecting header's semantics; `write::language_alias` says when one is kept).
 async fn language_alias(
     shared: &Shared,
     key: &CacheKey,

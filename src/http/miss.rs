@@ -16,12 +16,13 @@ use crate::http::context::{
     Exchange, Follower, Leader, MissContext, Origin, OriginBody, Outcome, Reply, Role, Shared,
 };
 use crate::http::entry::{self, Entry};
-use crate::http::fetch::{self, Filled};
+use crate::http::fetch;
 use crate::http::headers::{CacheOutcome, Detail, Fwd, Verdict};
 use crate::http::key::CacheKey;
 use crate::http::lookup::{self, Lookup, Read};
 use crate::http::range;
 use crate::http::respond;
+use crate::http::write::{self, Filled};
 use crate::store::FillNotice;
 use bytes::Bytes;
 use http::{HeaderMap, Response};
@@ -295,7 +296,7 @@ impl Fill<'_> {
         } = self;
         let prepared = match &filled {
             Some(filled) => {
-                fetch::prepare_write(shared, key, ctx.index.as_ref(), filled, ctx.class).await
+                write::prepare_write(shared, key, ctx.index.as_ref(), filled, ctx.class).await
             }
             None => None,
         };
@@ -330,8 +331,8 @@ impl Fill<'_> {
         };
         let finished = fill::finish(&shared.engine, lease, write, (key.entry_key(), notice)).await;
         if let (Ok(()), Some(filled), Some(prepared)) = (finished, &filled, &prepared) {
-            fetch::count_stored(shared, filled);
-            fetch::put_alias(shared, prepared, filled).await;
+            write::count_stored(shared, filled);
+            write::put_alias(shared, prepared, filled).await;
         }
         drop(prepared);
     }

@@ -5,6 +5,8 @@
 //! stores or the typed face: the crate root re-exports the public items.
 
 mod body;
+mod buffer;
+mod builder;
 mod conditional;
 mod config;
 mod context;
@@ -22,14 +24,17 @@ mod partial;
 mod policy;
 mod range;
 mod respond;
+mod revalidate;
 mod service;
 mod tags;
 mod targeted;
+mod write;
 
 pub use self::body::CacheBody;
+pub use self::builder::{CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
 pub use self::config::CacheMode;
 pub use self::fetch::OriginUnreachable;
 pub use self::key::{BypassFn, CacheKey, KeyFn};
-pub use self::layer::{CacheLayer, CacheLayerBuilder, DEFAULT_MAX_FILL_BYTES, MAX_LOCK_WAIT};
+pub use self::layer::CacheLayer;
 pub use self::service::{CacheService, ResponseFuture};
 pub use self::tags::{CacheTags, TagFn};

@@ -397,21 +397,7 @@ impl Reader {
 
 /// Decodes a value written by [`encode`]. Header values and the body share `bytes`.
 pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
-    if bytes.len() < PREAMBLE_LEN + 2 + 2 + 4 + CHECKSUM_LEN {
-        return Err(
-            if bytes.starts_with(MAGIC) || MAGIC.starts_with(&bytes[..bytes.len().min(3)]) {
-                DecodeError::Truncated
-            } else {
-                DecodeError::BadMagic
-            },
-        );
-    }
-    if &bytes[..3] != MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    if bytes[3] != VERSION {
-        return Err(DecodeError::UnsupportedVersion(bytes[3]));
-    }
+    check_preamble(&bytes)?;
     let mut reader = Reader {
         bytes: bytes.clone(),
         pos: 4,
@@ -454,12 +440,42 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
     if reader.remaining() != 0 {
         return Err(DecodeError::TrailingBytes);
     }
-    // Second pass, over checked bytes: build the header map from slices of the input.
     let status = StatusCode::from_u16(status).map_err(|_| DecodeError::InvalidHttp)?;
-    let mut reader = Reader {
-        bytes,
-        pos: headers_at,
-    };
+    let headers = read_headers(bytes, headers_at, count)?;
+    Ok(Entry {
+        status,
+        headers,
+        body,
+        meta,
+        url,
+        tags,
+    })
+}
+
+/// The magic and version an entry starts with, and room for its fixed fields.
+fn check_preamble(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.len() < PREAMBLE_LEN + 2 + 2 + 4 + CHECKSUM_LEN {
+        return Err(
+            if bytes.starts_with(MAGIC) || MAGIC.starts_with(&bytes[..bytes.len().min(3)]) {
+                DecodeError::Truncated
+            } else {
+                DecodeError::BadMagic
+            },
+        );
+    }
+    if &bytes[..3] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    if bytes[3] != VERSION {
+        return Err(DecodeError::UnsupportedVersion(bytes[3]));
+    }
+    Ok(())
+}
+
+/// The second pass, over checked bytes: the `count` headers at `at`, as a header map of
+/// slices of the input (no copies).
+fn read_headers(bytes: Bytes, at: usize, count: usize) -> Result<HeaderMap, DecodeError> {
+    let mut reader = Reader { bytes, pos: at };
     let mut headers = HeaderMap::try_with_capacity(count).map_err(|_| DecodeError::InvalidHttp)?;
     for _ in 0..count {
         let name_len = reader.u16()? as usize;
@@ -472,123 +488,8 @@ pub fn decode(bytes: Bytes) -> Result<Entry, DecodeError> {
             .try_append(name, value)
             .map_err(|_| DecodeError::InvalidHttp)?;
     }
-    Ok(Entry {
-        status,
-        headers,
-        body,
-        meta,
-        url,
-        tags,
-    })
+    Ok(headers)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> (HeaderMap, Vec<Bytes>) {
-        let mut headers = HeaderMap::new();
-        headers.append(
-            "content-type",
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        headers.append("x-multi", HeaderValue::from_static("one"));
-        headers.append("x-multi", HeaderValue::from_static("two"));
-        headers.append("connection", HeaderValue::from_static("x-hop"));
-        headers.append("x-hop", HeaderValue::from_static("dropped"));
-        headers.append("transfer-encoding", HeaderValue::from_static("chunked"));
-        (
-            headers,
-            vec![
-                Bytes::from_static(b"hello "),
-                Bytes::from_static(b"\0world\xff"),
-            ],
-        )
-    }
-
-    #[test]
-    fn round_trip_keeps_order_and_drops_hop_by_hop() {
-        let (headers, body) = sample();
-        let meta = EntryMeta {
-            stored_at_ms: 1,
-            fresh_until_ms: 2,
-            stale_until_ms: 3,
-            error_until_ms: 4,
-            variant: 5,
-            filled_at_us: 6,
-        };
-        let encoded = encode_with(
-            StatusCode::CREATED,
-            &headers,
-            &body,
-            meta,
-            b"http://h/p",
-            b"a b",
-        );
-        let entry = decode(encoded).unwrap();
-        assert_eq!(&entry.url[..], b"http://h/p");
-        assert_eq!(&entry.tags[..], b"a b");
-        assert_eq!(entry.status, StatusCode::CREATED);
-        assert_eq!(entry.meta, meta);
-        assert_eq!(&entry.body[..], b"hello \0world\xff");
-        let multi: Vec<_> = entry.headers.get_all("x-multi").iter().collect();
-        assert_eq!(multi, ["one", "two"]);
-        assert!(entry.headers.get("connection").is_none());
-        assert!(entry.headers.get("x-hop").is_none());
-        assert!(entry.headers.get("transfer-encoding").is_none());
-    }
-
-    #[test]
-    fn every_truncation_and_metadata_bit_flip_is_an_error() {
-        let (headers, body) = sample();
-        let bytes = encode_with(
-            StatusCode::OK,
-            &headers,
-            &body,
-            EntryMeta::default(),
-            b"u",
-            b"t",
-        );
-        for len in 0..bytes.len() {
-            assert!(decode(bytes.slice(..len)).is_err(), "truncated to {len}");
-        }
-        let body_len: usize = body.iter().map(Bytes::len).sum();
-        for i in 0..bytes.len() - body_len {
-            let mut altered = bytes.to_vec();
-            altered[i] ^= 0x40;
-            assert!(decode(Bytes::from(altered)).is_err(), "flipped byte {i}");
-        }
-    }
-
-    #[test]
-    fn foreign_values_are_rejected() {
-        assert_eq!(
-            decode(Bytes::from_static(b"{\"json\": true}")).unwrap_err(),
-            DecodeError::BadMagic
-        );
-        let (headers, body) = sample();
-        for version in [1, 3] {
-            let mut other = encode(StatusCode::OK, &headers, &body, EntryMeta::default()).to_vec();
-            other[3] = version;
-            assert_eq!(
-                decode(Bytes::from(other)).unwrap_err(),
-                DecodeError::UnsupportedVersion(version)
-            );
-        }
-    }
-
-    #[test]
-    fn hostile_timestamps_do_not_overflow() {
-        let meta = EntryMeta {
-            fresh_until_ms: 1 << 63,
-            ..EntryMeta::default()
-        };
-        assert_eq!(meta.fresh_left_ms(u64::MAX >> 1), 1);
-        let meta = EntryMeta {
-            fresh_until_ms: u64::MAX,
-            ..EntryMeta::default()
-        };
-        assert!(meta.ttl_secs(0) > 0);
-        assert!(EntryMeta::default().ttl_secs(u64::MAX) < 0);
-    }
-}
+mod tests;
