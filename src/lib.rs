@@ -85,7 +85,9 @@
 //! - `typed::handle`: [`TypedCache`], the cache for one value type (`cache.typed::<T>()`).
 //! - `typed::identity`: [`CacheValue`], the stable name and version a value is stored under.
 //! - `typed::inner`: the state a cache shares with its clones, and what a read found.
-//! - `typed::load`: the loading path of `get_or_set` ([`Loader`]).
+//! - `typed::load`: the loading path of `get_or_set`: single flight, fill, fail-safe, refresh.
+//! - `typed::loader`: [`Loader`], what `get_or_set` accepts as a loader under each options mode.
+//! - `typed::usable`: the typed fill judge: whether stored bytes answer a `get_or_set` call.
 //! - `typed::codec`: the value envelope (lifetimes, identity fingerprint, MessagePack or JSON).
 //! - `typed::key_builder`: [`KeyBuilder`], escaped keys with sorted parameters.
 //! - `typed::lock`: named distributed locks with fencing tokens ([`LockGuard`]).
@@ -100,16 +102,22 @@
 //! - `engine::keeper`: one task per engine that extends the fill locks this process holds.
 //! - `engine::purge`: purges by tag and prefix, recorded once and checked on every read.
 //! - [`store`]: the [`Store`] trait, [`RedisStore`], [`MemoryStore`], notices.
+//! - `store::memory`: [`MemoryStore`], the store in process memory (one process's cache).
+//! - `store::redis`: [`RedisStore`]: connecting, routing each command, the store's tasks.
 //! - `store::guard`: timeouts, the circuit breaker and the near tier around any store.
 //! - `store::near`: the near tier, in-process copies kept coherent by the change feed.
 //! - `store::presence`: which keys lately held a value (a plain read before the lock script).
 //! - `store::notices`: fill notices fanned out to the waiters of one process.
+//! - `store::redis::builder`: [`RedisStoreBuilder`], the settings a store connects with.
+//! - `store::redis::commands`: [`Store`] for [`RedisStore`], each call as its commands.
+//! - `store::redis::scripts`: the Lua scripts the store runs, one round trip each.
 //! - `store::redis::feed`: the Redis notice channel: subscription, heartbeats, change feed.
 //! - `store::redis::sentinel`: moves the store's connections to the primary the Sentinels
 //!   announce (`+switch-master`), without waiting for the old one to be demoted.
 //! - `store::redis::partition`: keys on live Cluster primaries served while another is down.
 //! - `store::redis::supervise`: restarts fred connection tasks that end; logs their errors.
-//! - `store::redis::tls`: `RedisTls` (feature `tls`), TLS settings for `rediss://` and client certificates.
+//! - `store::redis::tls`: `RedisTls` (feature `tls`), TLS settings for `rediss://` and
+//!   client certificates.
 //!
 //! Shared by both faces:
 //! - `prefix`: the key-prefix rule both faces share.

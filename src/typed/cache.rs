@@ -5,7 +5,7 @@ use super::codec::Codec;
 use super::handle::TypedCache;
 use super::identity::CacheValue;
 use super::inner::{count, escape, escape_key, Inner};
-use super::load::Loader;
+use super::loader::Loader;
 use super::lock::{self, HeldLock, LockGuard, LockOptions};
 use super::options::{Expiry, GetOrSetOptions, InCaller};
 use crate::engine::Engine;

@@ -4,7 +4,8 @@
 use super::codec::{self, unix_now_ms};
 use super::identity::{self, CacheValue};
 use super::inner::{count, Found, Inner, NEVER_KEEP};
-use super::load::{Call, Loader, Validator};
+use super::load::Call;
+use super::loader::{Loader, Validator};
 use super::options::{Expiry, GetOrSetOptions};
 use super::Cache;
 use crate::error::{CacheError, GetOrSetError};

@@ -10,87 +10,22 @@
 //! soft timeout) leaves the caller's task, which is why only the options that ask for those
 //! make the loader `Send + 'static` ([`Loader`]).
 
-use super::codec::{self, unix_now_ms, DecodeError, Meta};
+use super::codec::{self, unix_now_ms, Meta};
 use super::inner::{millis, Found, Inner, Landed};
-use super::options::{InBackground, InCaller, Loaded, Settings};
-use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, Judge, Judged, Lease};
+use super::loader::{Detached, Loader, Validator};
+use super::options::{Loaded, Settings};
+use super::usable::Usable;
+use crate::engine::fill::{self, Acquire, FillKeys, FillRequest, Lease};
 use crate::engine::flight::{Leader, Outcome, Role};
 use crate::error::GetOrSetError;
 use crate::store::FillNotice;
 use bytes::Bytes;
-use futures_util::future::MapOk;
-use futures_util::TryFutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// A validator of stored values, typed to the handle's `T`.
-pub(super) type Validator<T> = Arc<dyn Fn(&T) -> bool + Send + Sync>;
-
-/// A load that goes on in the background.
-#[doc(hidden)]
-pub type Detached<T, E> = Pin<Box<dyn Future<Output = Result<Loaded<T>, E>> + Send>>;
-
-/// A loader `get_or_set` accepts under options of mode `M` ([`InCaller`] or
-/// [`InBackground`]): a future of `Result<T, E>` or `Result<Loaded<T>, E>`. Under
-/// [`InCaller`] options it may borrow and need not be `Send`; under [`InBackground`] options
-/// it must be `Send + 'static`, as it may finish after its caller answered.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a loader of `Result<{T}, {E}>` for these options",
-    label = "a loader of this value",
-    note = "a loader is a future of `Result<T, E>` or `Result<Loaded<T>, E>`; options with \
-            stale_while_revalidate, eager_refresh or soft_timeout also need it `Send + 'static` \
-            (move owned clones into an `async move` block)"
-)]
-pub trait Loader<M, T, E> {
-    /// The loader, answering a [`Loaded`].
-    #[doc(hidden)]
-    type Running: Future<Output = Result<Loaded<T>, E>>;
-    /// Starts nothing yet: wraps the loader so it answers a [`Loaded`].
-    #[doc(hidden)]
-    fn start(self) -> Self::Running;
-    /// The loader as a future that may be spawned, when the options' mode allows it.
-    #[doc(hidden)]
-    fn detach(running: Pin<Box<Self::Running>>) -> Option<Detached<T, E>>;
-}
-
-impl<F, V, T, E> Loader<InCaller, T, E> for F
-where
-    F: Future<Output = Result<V, E>>,
-    V: Into<Loaded<T>>,
-{
-    type Running = MapOk<F, fn(V) -> Loaded<T>>;
-
-    fn start(self) -> Self::Running {
-        self.map_ok(Into::into as fn(V) -> Loaded<T>)
-    }
-
-    fn detach(_: Pin<Box<Self::Running>>) -> Option<Detached<T, E>> {
-        None
-    }
-}
-
-impl<F, V, T, E> Loader<InBackground, T, E> for F
-where
-    F: Future<Output = Result<V, E>> + Send + 'static,
-    V: Into<Loaded<T>> + Send + 'static,
-    T: 'static,
-    E: 'static,
-{
-    type Running = MapOk<F, fn(V) -> Loaded<T>>;
-
-    fn start(self) -> Self::Running {
-        self.map_ok(Into::into as fn(V) -> Loaded<T>)
-    }
-
-    fn detach(running: Pin<Box<Self::Running>>) -> Option<Detached<T, E>> {
-        Some(running)
-    }
-}
 
 /// Why a load produced no value.
 enum Failure<E> {
@@ -132,50 +67,6 @@ impl<T> Clone for Call<T> {
             seen: self.seen,
             filled_at_us: self.filled_at_us,
         }
-    }
-}
-
-/// A fill's judge for the typed face: a value is usable when it has this identity, is fresh
-/// and passes the validator.
-struct Usable<T> {
-    fingerprint: u64,
-    seen: Option<[u8; 8]>,
-    valid: Option<Validator<T>>,
-    inner: Arc<Inner>,
-    entry: String,
-}
-
-impl<T: DeserializeOwned + Send + 'static> Judge for Usable<T> {
-    type Value = (Bytes, T);
-
-    fn judge(&self, bytes: Bytes) -> impl Future<Output = Judged<(Bytes, T)>> + Send {
-        let replaced = |meta: &Meta| Some(meta.stamp()) == self.seen;
-        if self.inner.purged(&self.entry, &bytes) {
-            let judged = match codec::meta(&bytes) {
-                Ok(meta) if replaced(&meta) => Judged::Wait,
-                _ => Judged::Load,
-            };
-            return std::future::ready(judged);
-        }
-        let judged = match codec::open::<T>(&bytes, self.fingerprint) {
-            Ok((meta, value)) if !self.valid.as_ref().is_none_or(|valid| valid(&value)) => {
-                // The value this load replaces is still there: wait for the holder's fill.
-                if replaced(&meta) {
-                    Judged::Wait
-                } else {
-                    Judged::Load
-                }
-            }
-            Ok((meta, value)) if meta.is_fresh(unix_now_ms()) => Judged::Usable((bytes, value)),
-            // An older value: the fill has not landed yet.
-            Ok(_) => Judged::Wait,
-            Err(DecodeError::OtherIdentity) => match codec::meta(&bytes) {
-                Ok(meta) if replaced(&meta) => Judged::Wait,
-                _ => Judged::Load,
-            },
-            Err(_) => Judged::Load,
-        };
-        std::future::ready(judged)
     }
 }
 

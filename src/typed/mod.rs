@@ -14,8 +14,10 @@ pub(crate) mod identity;
 mod inner;
 mod key_builder;
 mod load;
+mod loader;
 mod lock;
 mod options;
+mod usable;
 
 pub use builder::CacheBuilder;
 pub use cache::{BreakerState, Cache, Health};
@@ -23,7 +25,7 @@ pub use codec::Codec;
 pub use handle::TypedCache;
 pub use identity::CacheValue;
 pub use key_builder::KeyBuilder;
-pub use load::{Detached, Loader};
+pub use loader::{Detached, Loader};
 pub use lock::{HeldLock, LockGuard, LockOptions};
 pub use options::{
     Expiry, GetOrSetOptions, GetOrSetOptionsBuilder, InBackground, InCaller, Loaded,
