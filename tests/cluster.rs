@@ -110,7 +110,7 @@ async fn a_fleet_on_a_cluster_coalesces_and_shares_entries_across_slots() -> Tes
         0
     );
 
-    // Issue 14: purges by URL and by URL prefix reach every instance on a Cluster (the
+    // Purges by URL and by URL prefix reach every instance on a Cluster (the
     // records key lives in one slot; its notice crosses the nodes).
     assert!(layers[0].purge_url("http://example.test/item/0").await?);
     layers[0].purge_prefix("http://example.test/item/2").await?;

@@ -57,7 +57,7 @@ fn settle_runs() -> usize {
 }
 const SETTLE_BATCH: usize = 5;
 
-/// Issue 14, item 5: 3 instances started in the 0-3 s after `redis-cli --cluster create`
+/// 3 instances started in the 0-3 s after `redis-cli --cluster create`
 /// returns cache (a MISS on one, then a HIT on another) within 2 s of every node reporting
 /// `cluster_state:ok`, in every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +194,7 @@ fn entry_owners(
     owners
 }
 
-/// Issue 14, item 1: on a 3-primary Cluster with replicas a fleet caches and coalesces; with
+/// On a 3-primary Cluster with replicas a fleet caches and coalesces; with
 /// a primary killed and its replica promoted, every request still succeeds, entries on the
 /// other primaries keep being served as hits, and caching resumes on the promoted replica
 /// without restarting anything.
@@ -338,7 +338,7 @@ async fn a_cluster_with_replicas_keeps_caching_through_a_primary_failover() -> T
     Ok(())
 }
 
-/// Issue 14, item 4: a store connected through Sentinels (which require a password of their
+/// A store connected through Sentinels (which require a password of their
 /// own) caches across instances, keeps answering through `SENTINEL FAILOVER`, and caches on
 /// the promoted replica afterwards without a restart: a new URL misses then hits, its entry is
 /// on the new primary, and a purge there takes effect.
@@ -439,7 +439,7 @@ async fn a_sentinel_failover_is_followed_and_caching_resumes() -> TestResult {
     Ok(())
 }
 
-/// Issue 14, item 4: over TLS with a private CA and a client certificate, as an ACL user
+/// Over TLS with a private CA and a client certificate, as an ACL user
 /// with only the documented rights, the store connects and the fleet caches (the scripts'
 /// `PUBLISH` included: a follower is woken by the notice).
 #[cfg(feature = "tls")]
@@ -647,7 +647,7 @@ async fn the_proxy_takes_redis_tls_flags() -> TestResult {
     Ok(())
 }
 
-/// Issue 14, item 1: while a primary is down (here for good: it has no replica, so the Cluster
+/// While a primary is down (here for good: it has no replica, so the Cluster
 /// client cannot reconnect while `CLUSTER SLOTS` still lists it), the entries on the other
 /// primaries keep being served as hits on every instance, and requests for the dead primary's
 /// keys still succeed (fail-open).

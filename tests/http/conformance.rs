@@ -1,4 +1,4 @@
-//! HTTP caching conformance (issue 17), one test per behaviour, each counting what the origin
+//! HTTP caching conformance, one test per behaviour, each counting what the origin
 //! was asked and comparing what clients got: HTTP-date forms (RFC 9110 §5.6.7), targeted cache
 //! control (RFC 9213), serving stale when the origin is unreachable, `must-understand`,
 //! `Accept-Language` normalisation for `Vary`, `POST` answers reused for `GET`, the

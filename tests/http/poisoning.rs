@@ -556,7 +556,7 @@ async fn repeated_query_parameters_keep_their_order_in_the_key() -> TestResult {
     Ok(())
 }
 
-/// Issue 18 (1): a header value whose variant hash equals the victim's cannot replace the
+/// A header value whose variant hash equals the victim's cannot replace the
 /// victim's variant. The pair below collides under the 64-bit xxh3 variant hash of earlier
 /// releases (XXH3's 17-128-byte path multiplies the two halves of each 16-byte block, each
 /// XORed with the secret, so swapping the halves XORed with both secret words keeps the hash;
@@ -615,7 +615,7 @@ async fn a_value_colliding_with_a_victims_variant_cannot_replace_it() -> TestRes
     Ok(())
 }
 
-/// Issue 18 (7): an origin that marks every answer `public, max-age` and throws (`500`) on a
+/// An origin that marks every answer `public, max-age` and throws (`500`) on a
 /// header value it cannot parse: the attacker's provoked `500` is not stored for everyone.
 #[tokio::test]
 async fn a_header_provoked_500_is_not_stored_for_everyone() -> TestResult {
@@ -650,7 +650,7 @@ async fn a_header_provoked_500_is_not_stored_for_everyone() -> TestResult {
     Ok(())
 }
 
-/// Issue 18 (3): a `304` that adds `Vary` to an entry that did not vary (a CORS answer for
+/// A `304` that adds `Vary` to an entry that did not vary (a CORS answer for
 /// the attacker's `Origin`) does not become every client's answer.
 #[tokio::test]
 async fn a_304_adding_vary_does_not_answer_for_everyone() -> TestResult {
@@ -709,7 +709,7 @@ async fn a_304_adding_vary_does_not_answer_for_everyone() -> TestResult {
     Ok(())
 }
 
-/// Issue 18 (8): a page without caching headers, asked for with a session cookie, is the
+/// A page without caching headers, asked for with a session cookie, is the
 /// session's own: the default ttl does not make it everyone's (unless `ttl_with_cookies`).
 #[tokio::test]
 async fn a_cookie_requests_page_without_freshness_is_not_stored_for_the_default_ttl() -> TestResult
@@ -758,7 +758,7 @@ async fn a_cookie_requests_page_without_freshness_is_not_stored_for_the_default_
     Ok(())
 }
 
-/// Issue 18 (9): names an origin decodes alike are the same parameter, whose order the key
+/// Names an origin decodes alike are the same parameter, whose order the key
 /// keeps: the attacker's `?a=good&%61=evil` (last `a` is "evil") and the innocent's
 /// `?%61=evil&a=good` (last `a` is "good") never share an entry.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Purges by tag, URL prefix and URL, on every instance (issue 14), on the test store; what a
+//! Purges by tag, URL prefix and URL, on every instance, on the test store; what a
 //! purge costs in Redis commands and keys is checked when that store is Redis.
 
 use crate::backend::Backend;

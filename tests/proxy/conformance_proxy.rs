@@ -1,4 +1,4 @@
-//! The proxy's conformance flags end to end (issue 17): `--targeted-cache-control`, the
+//! The proxy's conformance flags end to end: `--targeted-cache-control`, the
 //! default `--stale-if-unreachable` (the proxy's own `502` for a refused upstream connection is
 //! marked unreachable), `POST` answers reused for `GET` (a `POST` carries content, which the
 //! proxy must not treat as a `GET` with content), and `--share-set-cookie`.

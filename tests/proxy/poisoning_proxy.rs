@@ -1,4 +1,4 @@
-//! Cache poisoning through the built proxy (issue 8): nothing one client sends may change
+//! Cache poisoning through the built proxy: nothing one client sends may change
 //! what another client receives.
 //!
 //! Two proxies share one real Redis and one origin. The origin reflects what a naive framework
@@ -422,7 +422,7 @@ async fn client_supplied_forwarding_headers_do_not_reach_the_origin() -> TestRes
     Ok(())
 }
 
-/// Issue 18 (4) and (6): forwarding headers spelled with underscores (CGI-style origins read
+/// Forwarding headers spelled with underscores (CGI-style origins read
 /// them as dashes), and the family's names beyond the classic list, sent by an attacker
 /// with an otherwise ordinary request; the innocent client gets the ordinary page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +521,7 @@ async fn method_override_headers_cannot_turn_a_get_into_another_method() -> Test
         ("x-http-method-override", "POST"),
         ("x-http-method", "DELETE"),
         ("x-method-override", "PUT"),
-        // Issue 18 (5): CGI-style origins read `_` as `-`.
+        // CGI-style origins read `_` as `-`.
         ("X_HTTP_Method_Override", "DELETE"),
         ("x_method_override", "PUT"),
     ];
@@ -646,7 +646,7 @@ async fn refills_forced_by_an_attacker_store_the_ordinary_answer() -> TestResult
     Ok(())
 }
 
-/// Issue 8 defect 1, end to end: an authorized HEAD must not store an empty GET entry. The
+/// An authorized HEAD must not store an empty GET entry. The
 /// fix is in the layer (a HEAD with credentials passes by); the proxy does nothing about it,
 /// so this checks the layer's fix through the built binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,7 +668,7 @@ async fn an_authorized_head_does_not_empty_the_get_entry() -> TestResult {
     Ok(())
 }
 
-/// Issue 8 defect 5, end to end: requests that must not damage what others are served. After
+/// Requests that must not damage what others are served. After
 /// the innocent's entries are stored, an attacker on proxy A sends `Cache-Control: no-store`
 /// (which used to replace the entry with a hit-for-miss marker) and authorized GETs of the
 /// varied resource (which used to write a new vary generation, orphaning every variant); the
@@ -839,7 +839,7 @@ async fn desyncing_origin() -> String {
     format!("http://{address}")
 }
 
-/// Issue 18 (2): a `HEAD` miss never leaves a pooled upstream connection that the origin
+/// A `HEAD` miss never leaves a pooled upstream connection that the origin
 /// desynchronised by writing a body: the next request's stored answer is the origin's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_answered_with_a_body_cannot_desync_the_next_answer() -> TestResult {

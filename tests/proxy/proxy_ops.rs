@@ -1,4 +1,4 @@
-//! The proxy as operators run it (issue 9): ready before serving, bounded under abuse,
+//! The proxy as operators run it: ready before serving, bounded under abuse,
 //! complete (HTTPS upstreams, WebSocket tunnels, default features), observable and with an
 //! admin port whose writes need a token. The built binary runs as a child process, as in
 //! tests/proxy/proxy.rs.
@@ -119,7 +119,7 @@ async fn stats(client: &HttpClient, proxy: &Proxy) -> serde_json::Value {
 // Readiness
 // ---------------------------------------------------------------------------------------------
 
-/// Issue 9, Done-when 1: two proxies started together and sent 40 concurrent requests for
+/// Two proxies started together and sent 40 concurrent requests for
 /// one cold URL (origin 500 ms) at once cost the origin exactly one call. The proxies are
 /// only waited for until they say `listening on` (not `redis connected`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +175,7 @@ async fn a_fleet_started_together_coalesces_its_first_cold_key() -> TestResult {
     Ok(())
 }
 
-/// Issue 9, Done-when 1: a proxy whose Redis is unreachable starts once its connect timeout
+/// A proxy whose Redis is unreachable starts once its connect timeout
 /// has passed, says it is not ready, and serves `BYPASS`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_starts_after_the_connect_timeout_in_fail_open_mode() -> TestResult {
@@ -271,7 +271,7 @@ async fn idle_connections(addr: SocketAddr, n: usize) -> tokio::task::JoinSet<Op
     set
 }
 
-/// Issue 9, Done-when 2: 1,000 connections that send nothing, on the traffic port and on the
+/// 1,000 connections that send nothing, on the traffic port and on the
 /// admin port, are closed by the proxy within its header timeout, while a concurrent client
 /// keeps getting `HIT`s and the admin port keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,7 +592,7 @@ fn parse_strict(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), S
     Ok((samples, types))
 }
 
-/// Issue 9, Done-when 5 (the proxy's part): `/metrics` parses strictly; every family has
+/// `/metrics` parses strictly; every family has
 /// help text; counters carry the `cache` label; latency histograms have explicit buckets,
 /// the same on two proxies, so their buckets sum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,7 +654,7 @@ async fn metrics_parse_strictly_with_help_labels_and_summable_buckets() -> TestR
 // Completeness
 // ---------------------------------------------------------------------------------------------
 
-/// Issue 9, Done-when 4: the example builds with default features (the harness builds it
+/// The example builds with default features (the harness builds it
 /// with no `--features`) and `--help` works.
 #[test]
 fn help_works_with_default_features() {
@@ -680,7 +680,7 @@ fn help_works_with_default_features() {
     }
 }
 
-/// Issue 9, Done-when 4: an HTTPS upstream with a self-signed certificate (made here with
+/// An HTTPS upstream with a self-signed certificate (made here with
 /// rcgen) is reached through rustls when `--upstream-ca` trusts it, cached like any other,
 /// and refused (502) when nothing trusts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -770,7 +770,7 @@ async fn https_upstream_with_a_private_ca() -> TestResult {
     Ok(())
 }
 
-/// Issue 9, Done-when 4: a WebSocket echo through the proxy: the handshake is tunnelled to
+/// A WebSocket echo through the proxy: the handshake is tunnelled to
 /// the origin (never cached: a second handshake reaches it too) and messages go both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_is_tunnelled_uncached() -> TestResult {
@@ -876,7 +876,7 @@ fn peak_rss(pid: u32) -> u64 {
         .expect("VmHWM")
 }
 
-/// Issue 9, Done-when 3: 200 requests for 200 distinct 8 MiB cold URLs, each client hanging
+/// 200 requests for 200 distinct 8 MiB cold URLs, each client hanging
 /// up after the first byte, keep the proxy's peak RSS under `--max-fill-bytes` + 64 MiB, and
 /// every entry that was stored is complete (checked through a second proxy on the same
 /// Redis).

@@ -250,7 +250,7 @@ async fn an_uncontended_miss_is_two_redis_round_trips() -> TestResult {
     Ok(())
 }
 
-/// Issue 13: a hit through Redis (near tier off) on a key this process saw filled is one
+/// A hit through Redis (near tier off) on a key this process saw filled is one
 /// plain `GET`, not the read-or-lock script: 100 hits add 100 `GET` calls and no `EVALSHA`
 /// (Redis's own `INFO commandstats`).
 #[tokio::test]

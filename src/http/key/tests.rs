@@ -20,7 +20,7 @@ fn key(maker: &KeyMaker, method: &str, uri: &str, host: Option<&str>) -> CacheKe
     maker.derive(&parts).unwrap()
 }
 
-/// Issue 18 (1): keys and variants are named by SHA-256, which no request can be crafted
+/// Keys and variants are named by SHA-256, which no request can be crafted
 /// to collide with another's (known answers, computed independently).
 #[test]
 fn keys_and_variants_are_truncated_sha256() {
@@ -79,7 +79,7 @@ fn query_order_matters_only_without_normalization() {
         ("/?a", "/?a="),
         ("/?a=1&&b=2", "/?a=1&b=2"),
         ("/x?", "/x"),
-        // Issue 18 (9): names equal once decoded (or case-folded) are repeated names,
+        // Names equal once decoded (or case-folded) are repeated names,
         // and keep their order.
         ("/?%61=evil&a=good", "/?a=good&%61=evil"),
         ("/?A=evil&a=good", "/?a=good&A=evil"),

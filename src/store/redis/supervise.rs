@@ -5,7 +5,7 @@
 //! still assigning its slots, a reconnection that fails with a configuration error, an
 //! unexpected reply. Once it has ended nothing retries: the client reports itself
 //! disconnected, every command fails fast, and the cache serves uncached with no further
-//! log line (issue 14: a fleet started while its Cluster settled bypassed for good). Each
+//! log line (a fleet started while its Cluster settled bypassed for good, once). Each
 //! connection task is watched here instead; when one ends, it is logged and started again
 //! after a pause, and the subscriber's restarts are announced so its subscription is renewed.
 
