@@ -265,8 +265,11 @@ impl RedisStore {
     /// connection to the primary of `key`'s slot (see `partition`).
     fn client_for(&self, key: &str) -> Result<Target<'_>, StoreError> {
         let pool = &self.inner.pool;
-        if pool.is_connected() {
-            return Ok(Target::Pool(pool.next()));
+        // A connected client of the pool if there is one (what fred's pool-level commands
+        // pick), so one pooled connection reconnecting does not fail the others' commands.
+        let client = pool.next_connected();
+        if client.is_connected() {
+            return Ok(Target::Pool(client));
         }
         if pool.is_clustered() {
             return self.inner.partitions.client_for(key).map(Target::Node);
