@@ -257,17 +257,23 @@ async fn the_leading_client_hanging_up_does_not_cancel_the_fill() -> TestResult 
     let backend = Backend::start().await;
     let calls = Calls::default();
     let called = Arc::new(Notify::new());
-    let release = Arc::new(Notify::new());
+    // Released for every origin call at once, so a second call (a coalescing failure) is
+    // counted and asserted below instead of waiting forever for a permit the first took.
+    let (release, released) = tokio::sync::watch::channel(false);
     let body = binary_body(256 * 1024, 11);
     let origin: Origin = BoxCloneSyncService::new(service_fn({
-        let (calls, called, release, body) =
-            (calls.clone(), called.clone(), release.clone(), body.clone());
+        let (calls, called, released, body) = (
+            calls.clone(),
+            called.clone(),
+            released.clone(),
+            body.clone(),
+        );
         move |_req: Request<ReqBody>| {
             calls.add();
-            let (called, release, body) = (called.clone(), release.clone(), body.clone());
+            let (called, mut released, body) = (called.clone(), released.clone(), body.clone());
             async move {
                 called.notify_one();
-                release.notified().await;
+                let _ = released.wait_for(|go| *go).await;
                 Ok::<_, Infallible>(Response::new(Full::new(body)))
             }
         }
@@ -287,7 +293,7 @@ async fn the_leading_client_hanging_up_does_not_cancel_the_fill() -> TestResult 
     }
     leader.abort();
     assert!(leader.await.is_err_and(|e| e.is_cancelled()));
-    release.notify_one();
+    let _ = release.send(true);
 
     while let Some(reply) = followers.join_next().await {
         let reply = reply?;
