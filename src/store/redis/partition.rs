@@ -106,9 +106,16 @@ impl Partitions {
     /// Whether the slot map is known and every primary's own connection is up (a clustered
     /// store is ready once this holds).
     pub(super) fn ready(&self) -> bool {
-        self.state.read().is_ok_and(|state| {
-            state.routing.is_some() && state.nodes.values().all(ClientLike::is_connected)
-        })
+        self.known()
+            && self
+                .state
+                .read()
+                .is_ok_and(|state| state.nodes.values().all(ClientLike::is_connected))
+    }
+
+    /// Whether a slot map has been copied from the Cluster client yet.
+    fn known(&self) -> bool {
+        self.state.read().is_ok_and(|state| state.routing.is_some())
     }
 
     /// Quits every primary's own connection.
@@ -139,8 +146,12 @@ pub(super) fn spawn(
         loop {
             tasks.0.extend(partitions.refresh(&pool));
             // Soon after the Cluster client first connects, then every `REFRESH`.
-            let known = partitions.state.read().is_ok_and(|s| s.routing.is_some());
-            tokio::time::sleep(if known { REFRESH } else { FIRST_REFRESH }).await;
+            let pause = if partitions.known() {
+                REFRESH
+            } else {
+                FIRST_REFRESH
+            };
+            tokio::time::sleep(pause).await;
         }
     }))
 }
