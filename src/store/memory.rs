@@ -5,7 +5,8 @@
 //! here, so the memory store coalesces the requests of one process, not of a fleet.
 
 use super::{
-    FillNotice, FillNotices, FillWaiter, PurgeEvent, PurgeRecords, PurgeWatcher, Store, StoreFuture,
+    FillNotice, FillNotices, FillWaiter, LockAttempt, PurgeEvent, PurgeRecords, PurgeWatcher,
+    Store, StoreFuture,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -131,6 +132,22 @@ impl MemoryStore {
     }
 }
 
+/// Takes `key` with `token` in `locks` unless a live holder has it.
+fn take_lock(
+    locks: &mut HashMap<String, (String, Instant)>,
+    key: &str,
+    token: &str,
+    ttl: Duration,
+) -> bool {
+    let now = Instant::now();
+    locks.retain(|_, (_, expires)| *expires > now);
+    let taken = !locks.contains_key(key);
+    if taken {
+        locks.insert(key.to_owned(), (token.to_owned(), now + ttl));
+    }
+    taken
+}
+
 impl Store for MemoryStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(std::future::ready(Ok(self.get_now(key))))
@@ -152,14 +169,34 @@ impl Store for MemoryStore {
         token: &'a str,
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let now = Instant::now();
-        let mut locks = self.locks();
-        locks.retain(|_, (_, expires)| *expires > now);
-        let taken = !locks.contains_key(key);
-        if taken {
-            locks.insert(key.to_owned(), (token.to_owned(), now + ttl));
-        }
+        let taken = take_lock(&mut self.locks(), key, token, ttl);
         Box::pin(std::future::ready(Ok(taken)))
+    }
+
+    /// Reads and locks in one step, under the locks' mutex: a fill ends by writing, then
+    /// unlocking under that mutex, so an attempt finds its value or its lock, never neither.
+    /// Read, then locked in two steps (the trait's default), a fill that ended in between
+    /// would leave the attempt the lock and no value: a second origin call for a key whose
+    /// waiters were about to be served.
+    fn try_lock_or_read<'a>(
+        &'a self,
+        entry_key: &'a str,
+        lock_key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        seen: Option<[u8; 8]>,
+    ) -> StoreFuture<'a, LockAttempt> {
+        let mut locks = self.locks();
+        let found = self
+            .get_now(entry_key)
+            .filter(|value| value.get(4..12) != seen.as_ref().map(|s| &s[..]));
+        let attempt = match found {
+            Some(value) => LockAttempt::Found(value),
+            None if take_lock(&mut locks, lock_key, token, ttl) => LockAttempt::Acquired,
+            None => LockAttempt::Held,
+        };
+        drop(locks);
+        Box::pin(std::future::ready(Ok(attempt)))
     }
 
     fn extend_lock<'a>(
@@ -298,5 +335,42 @@ impl Store for MemoryStore {
         };
         drop(locks);
         Box::pin(std::future::ready(Ok(fence)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    /// A fill that ends (its write, then its unlock) while a lock attempt is under way is
+    /// found by the attempt, not repeated. The fill's end here holds the locks' mutex from
+    /// before the attempt starts, so an attempt that read before locking would read nothing,
+    /// then take the released lock.
+    #[test]
+    fn a_fill_ending_during_a_lock_attempt_is_found_not_repeated() {
+        let store = MemoryStore::new(1 << 20);
+        let ttl = Duration::from_secs(5);
+        let taken = store.try_lock("l", "filler", ttl).now_or_never();
+        assert!(matches!(taken, Some(Ok(true))));
+        let mut locks = store.locks();
+        let attempt = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                store
+                    .try_lock_or_read("e", "l", "waiter", ttl, None)
+                    .now_or_never()
+            }
+        });
+        // Time for the attempt to reach the mutex.
+        std::thread::sleep(Duration::from_millis(50));
+        // Longer than a stamp (bytes 4..12), so it is not taken for the absent stale value.
+        let value = Bytes::from_static(b"the filled entry");
+        store.put_now("e", value.clone(), ttl);
+        locks.remove("l");
+        drop(locks);
+        let attempt = attempt.join().expect("attempt thread");
+        let attempt = attempt.expect("ready at once").expect("no store error");
+        assert_eq!(attempt, LockAttempt::Found(value));
     }
 }

@@ -173,7 +173,9 @@ pub trait Store: Send + Sync + 'static {
     /// fill that ended between a lookup and a lock attempt is found rather than repeated. A
     /// value whose stamp (bytes 4..12: an entry's `stored_at_ms`) equals `seen` counts as
     /// absent: it is the stale entry the caller is about to refresh. The default reads, then
-    /// locks, in two calls.
+    /// locks, in two calls: a fill that ends between them (its write after the read, its
+    /// unlock before the lock) is then repeated, so a store that can do both in one step
+    /// should.
     fn try_lock_or_read<'a>(
         &'a self,
         entry_key: &'a str,
