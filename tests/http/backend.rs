@@ -3,7 +3,9 @@
 //! with `TRC_TEST_STORE=redis`, which `scripts/test.sh` runs too, so the Redis store keeps
 //! every one of these behaviours covered.
 
+use crate::support::fleet::StoreFactory;
 use crate::support::{redis_store, RedisServer};
+use std::future::Future;
 use std::sync::Arc;
 use tower_redis_cache::{MemoryStore, Store};
 
@@ -37,5 +39,14 @@ impl Backend {
             Self::Memory(store) => Arc::new(store.clone()),
             Self::Redis(server) => Arc::new(redis_store(server).await),
         }
+    }
+}
+
+/// A fleet's instances each take a [`store`](Backend::store) handle.
+impl StoreFactory for Backend {
+    type Store = Arc<dyn Store>;
+
+    fn new_store(&self) -> impl Future<Output = Arc<dyn Store>> {
+        self.store()
     }
 }

@@ -11,15 +11,13 @@ use http_body_util::Full;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::fleet::{fleet, storm, Origin};
 use support::*;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tower::service_fn;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, Layer};
-use tower_redis_cache::{CacheBody, CacheLayer, CacheLayerBuilder, Stats};
-
-type Origin = BoxCloneSyncService<Request<ReqBody>, Response<Full<Bytes>>, Infallible>;
-type Cached = tower_redis_cache::CacheService<Origin>;
+use tower_redis_cache::{CacheBody, CacheLayer, Stats};
 
 /// An origin that counts calls, takes `delay`, and answers per path:
 /// `/500` a 500, `/no-store` and `/cookie` unshareable responses, anything else a body that
@@ -47,50 +45,8 @@ fn slow_origin(calls: &Calls, delay: Duration) -> Origin {
     }))
 }
 
-/// `count` layers with their own handles on the store and the same prefix: a fleet.
-async fn fleet(
-    backend: &Backend,
-    test: &str,
-    count: usize,
-    origin: &Origin,
-    configure: impl Fn(CacheLayerBuilder) -> CacheLayerBuilder,
-) -> (Vec<CacheLayer>, Vec<Cached>) {
-    let prefix = unique_prefix(test);
-    let mut layers = Vec::new();
-    let mut services = Vec::new();
-    for _ in 0..count {
-        let builder = support::builder(backend.store().await, test).key_prefix(&prefix);
-        let layer = configure(builder).build().expect("valid config");
-        services.push(layer.layer(origin.clone()));
-        layers.push(layer);
-    }
-    (layers, services)
-}
-
 fn total(layers: &[CacheLayer], field: impl Fn(&Stats) -> u64) -> u64 {
     layers.iter().map(|l| field(&l.stats())).sum()
-}
-
-/// Sends `per_key` requests for each of `paths` concurrently, round-robin over `services`.
-async fn storm(services: &[Cached], paths: &[String], per_key: usize) -> Vec<(String, Reply)> {
-    let mut set = JoinSet::new();
-    let mut i = 0;
-    for _ in 0..per_key {
-        for path in paths {
-            let svc = services[i % services.len()].clone();
-            i += 1;
-            let path = path.clone();
-            set.spawn(async move {
-                let reply = send(&svc, get(&format!("http://example.test{path}"))).await;
-                (path, reply)
-            });
-        }
-    }
-    let mut replies = Vec::new();
-    while let Some(reply) = set.join_next().await {
-        replies.push(reply.expect("request task"));
-    }
-    replies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

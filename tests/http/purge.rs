@@ -14,66 +14,6 @@ use support::*;
 use tower::{service_fn, Layer};
 use tower_redis_cache::{CacheLayer, CacheTags, MemoryStore, PurgeError};
 
-/// An origin whose answers carry tags: `/t/<tag>/<n>` is tagged `<tag>` (in `Surrogate-Key`)
-/// and `item-<n>` (in `Cache-Tag`); the body names the call, so a refill is told apart.
-fn tagged_origin(
-    calls: &Calls,
-) -> impl tower::Service<
-    Request<ReqBody>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    let calls = calls.clone();
-    service_fn(move |req: Request<ReqBody>| {
-        let n = calls.add();
-        let mut segments = req.uri().path().split('/').skip(2);
-        let tag = segments.next().unwrap_or("none").to_owned();
-        let item = segments.next().unwrap_or("0").to_owned();
-        let body = format!("{} call {n}", req.uri());
-        async move {
-            let response = Response::builder()
-                .header("surrogate-key", format!("{tag} shared"))
-                .header("cache-tag", format!("item-{item}"))
-                .body(Full::new(Bytes::from(body)))
-                .expect("response");
-            Ok::<_, Infallible>(response)
-        }
-    })
-}
-
-/// Every command Redis ran so far (`INFO commandstats`, without `INFO` itself).
-async fn commands_run(server: &RedisServer) -> u64 {
-    use fred::prelude::ClientLike;
-    let raw = raw_client(server).await;
-    let command =
-        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false);
-    let info: String = raw
-        .custom(command, vec!["commandstats"])
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
-        .filter_map(|line| {
-            let calls = line.split("calls=").nth(1)?;
-            calls.split(',').next()?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
-/// How many keys Redis holds (`DBSIZE`).
-async fn key_count(server: &RedisServer) -> u64 {
-    use fred::prelude::ClientLike;
-    let raw = raw_client(server).await;
-    let command =
-        fred::types::CustomCommand::new_static("DBSIZE", fred::types::ClusterHash::Random, false);
-    raw.custom(command, Vec::<String>::new())
-        .await
-        .expect("DBSIZE")
-}
-
 /// Sends `uris` through `svc`, 64 at a time, and returns each reply's `X-Cache`.
 async fn send_all<S>(svc: &S, uris: &[String]) -> Vec<String>
 where

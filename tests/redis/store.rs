@@ -1,7 +1,8 @@
 //! The Redis store's own properties, seen through the layer and the typed cache: what a Redis
 //! costs per request (round trips, commands, keys), and what happens when Redis goes away
 //! mid-request or mid-storm and comes back. The HTTP behaviour around them is tested on both
-//! stores in `tests/http`; the helpers below are small copies of that binary's.
+//! stores in `tests/http`; the fleet, storm and tagged origin come from `tests/support`,
+//! shared with that binary.
 
 use crate::support;
 
@@ -11,118 +12,11 @@ use http_body_util::Full;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use support::fleet::{fleet, storm, Origin};
 use support::*;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
 use tower::{service_fn, Layer};
-use tower_redis_cache::{CacheLayer, CacheLayerBuilder};
-
-type Origin = BoxCloneSyncService<Request<ReqBody>, Response<Full<Bytes>>, Infallible>;
-type Cached = tower_redis_cache::CacheService<Origin>;
-
-/// `count` layers with their own Redis connections and the same prefix: a fleet (as in
-/// `tests/http/coalescing.rs`).
-async fn fleet(
-    server: &RedisServer,
-    test: &str,
-    count: usize,
-    origin: &Origin,
-    configure: impl Fn(CacheLayerBuilder) -> CacheLayerBuilder,
-) -> (Vec<CacheLayer>, Vec<Cached>) {
-    let prefix = unique_prefix(test);
-    let mut layers = Vec::new();
-    let mut services = Vec::new();
-    for _ in 0..count {
-        let builder = support::builder(redis_store(server).await, test).key_prefix(&prefix);
-        let layer = configure(builder).build().expect("valid config");
-        services.push(layer.layer(origin.clone()));
-        layers.push(layer);
-    }
-    (layers, services)
-}
-
-/// Sends `per_key` requests for each of `paths` concurrently, round-robin over `services`.
-async fn storm(services: &[Cached], paths: &[String], per_key: usize) -> Vec<(String, Reply)> {
-    let mut set = JoinSet::new();
-    let mut i = 0;
-    for _ in 0..per_key {
-        for path in paths {
-            let svc = services[i % services.len()].clone();
-            i += 1;
-            let path = path.clone();
-            set.spawn(async move {
-                let reply = send(&svc, get(&format!("http://example.test{path}"))).await;
-                (path, reply)
-            });
-        }
-    }
-    let mut replies = Vec::new();
-    while let Some(reply) = set.join_next().await {
-        replies.push(reply.expect("request task"));
-    }
-    replies
-}
-
-/// An origin whose answers carry tags: `/t/<tag>/<n>` is tagged `<tag>` (in `Surrogate-Key`)
-/// and `item-<n>` (in `Cache-Tag`); the body names the call, so a refill is told apart.
-fn tagged_origin(
-    calls: &Calls,
-) -> impl tower::Service<
-    Request<ReqBody>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    let calls = calls.clone();
-    service_fn(move |req: Request<ReqBody>| {
-        let n = calls.add();
-        let mut segments = req.uri().path().split('/').skip(2);
-        let tag = segments.next().unwrap_or("none").to_owned();
-        let item = segments.next().unwrap_or("0").to_owned();
-        let body = format!("{} call {n}", req.uri());
-        async move {
-            let response = Response::builder()
-                .header("surrogate-key", format!("{tag} shared"))
-                .header("cache-tag", format!("item-{item}"))
-                .body(Full::new(Bytes::from(body)))
-                .expect("response");
-            Ok::<_, Infallible>(response)
-        }
-    })
-}
-
-/// Every command Redis ran so far (`INFO commandstats`, without `INFO` itself).
-async fn commands_run(server: &RedisServer) -> u64 {
-    use fred::prelude::ClientLike;
-    let raw = raw_client(server).await;
-    let command =
-        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false);
-    let info: String = raw
-        .custom(command, vec!["commandstats"])
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
-        .filter_map(|line| {
-            let calls = line.split("calls=").nth(1)?;
-            calls.split(',').next()?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
-/// How many keys Redis holds (`DBSIZE`).
-async fn key_count(server: &RedisServer) -> u64 {
-    use fred::prelude::ClientLike;
-    let raw = raw_client(server).await;
-    let command =
-        fred::types::CustomCommand::new_static("DBSIZE", fred::types::ClusterHash::Random, false);
-    raw.custom(command, Vec::<String>::new())
-        .await
-        .expect("DBSIZE")
-}
 
 #[tokio::test]
 async fn with_redis_down_requests_bypass_quickly_and_hits_resume_after_restart() -> TestResult {

@@ -6,6 +6,7 @@
 //! Redis is started in Docker instead of as a local process.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod proxy;
 pub mod topology;
 
@@ -288,6 +289,36 @@ pub async fn raw_client(server: &RedisServer) -> fred::prelude::Client {
     client
 }
 
+/// Every command Redis ran so far (`INFO commandstats`, without `INFO` itself).
+pub async fn commands_run(server: &RedisServer) -> u64 {
+    use fred::prelude::ClientLike;
+    let raw = raw_client(server).await;
+    let command =
+        fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false);
+    let info: String = raw
+        .custom(command, vec!["commandstats"])
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
+        .filter_map(|line| {
+            let calls = line.split("calls=").nth(1)?;
+            calls.split(',').next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// How many keys Redis holds (`DBSIZE`).
+pub async fn key_count(server: &RedisServer) -> u64 {
+    use fred::prelude::ClientLike;
+    let raw = raw_client(server).await;
+    let command =
+        fred::types::CustomCommand::new_static("DBSIZE", fred::types::ClusterHash::Random, false);
+    raw.custom(command, Vec::<String>::new())
+        .await
+        .expect("DBSIZE")
+}
+
 pub type ReqBody = Full<Bytes>;
 
 /// A request with an empty body.
@@ -425,5 +456,35 @@ pub fn counting_origin(
         let n = calls.add();
         let body = format!("{} {} call {n}", req.method(), req.uri());
         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+    })
+}
+
+/// An origin whose answers carry tags: `/t/<tag>/<n>` is tagged `<tag>` (in `Surrogate-Key`)
+/// and `item-<n>` (in `Cache-Tag`); the body names the call, so a refill is told apart.
+pub fn tagged_origin(
+    calls: &Calls,
+) -> impl tower::Service<
+    Request<ReqBody>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    let calls = calls.clone();
+    tower::service_fn(move |req: Request<ReqBody>| {
+        let n = calls.add();
+        let mut segments = req.uri().path().split('/').skip(2);
+        let tag = segments.next().unwrap_or("none").to_owned();
+        let item = segments.next().unwrap_or("0").to_owned();
+        let body = format!("{} call {n}", req.uri());
+        async move {
+            let response = Response::builder()
+                .header("surrogate-key", format!("{tag} shared"))
+                .header("cache-tag", format!("item-{item}"))
+                .body(Full::new(Bytes::from(body)))
+                .expect("response");
+            Ok::<_, Infallible>(response)
+        }
     })
 }
