@@ -111,13 +111,28 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Before any thread or allocation of note: this may execute the proxy again.
     malloc::tune(args.malloc_trim_threshold);
-    match tokio::runtime::Runtime::new() {
+    match runtime(args.workers) {
         Ok(runtime) => runtime.block_on(start(args)),
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             ExitCode::from(2)
         }
     }
+}
+
+/// The runtime for `--workers`: tokio's default for 0, a single thread for 1 (nothing to
+/// steal or wake across threads), else that many workers.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        0 => return tokio::runtime::Runtime::new(),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
 }
 
 async fn start(args: Args) -> ExitCode {

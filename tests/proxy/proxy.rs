@@ -462,6 +462,32 @@ async fn two_proxies_share_one_redis_and_coalesce_a_cold_key() -> TestResult {
     Ok(())
 }
 
+/// The default runs on one thread; `--workers 0` (one per CPU) and `--workers N` run with work
+/// stealing: each serves, coalesces a cold key to one origin call and then hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workers_setting_serves_and_coalesces() -> TestResult {
+    let (upstream, origin) = start_origin().await;
+    let client = client();
+    for (round, workers) in ["0", "3"].into_iter().enumerate() {
+        let proxy = Proxy::start(&upstream, &["--workers", workers]).await;
+        let path = format!("/slow/workers-{workers}");
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (client, url) = (client.clone(), proxy.url(&path));
+            requests.spawn(async move { get(&client, &url).await });
+        }
+        while let Some(reply) = requests.join_next().await {
+            let reply = reply?;
+            assert_eq!(reply.status, StatusCode::OK, "--workers {workers}");
+            assert_eq!(reply.text(), format!("slow workers-{workers}"));
+        }
+        assert_eq!(origin.slow.get(), round + 1, "--workers {workers}");
+        let hit = get(&client, &proxy.url(&path)).await;
+        assert_eq!(hit.x_cache(), "HIT", "--workers {workers}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upstream_is_502_and_slow_upstream_is_504() -> TestResult {
     let closed = {
