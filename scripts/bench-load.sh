@@ -20,7 +20,9 @@
 #
 # Settings (environment): LOAD_SECS (6), LOAD_ROUNDS (3), LOAD_CONNS (64), LOAD_STORM_KEYS (50),
 # LOAD_SCENARIOS (subset of hit1k,hit64k,miss,storm), LOAD_SERVERS (subset of
-# nginx,proxy,proxy-redis,thc). Missing tools are installed with apt-get (as root or via sudo).
+# nginx,proxy,proxy-redis,thc), LOAD_PROXY_FLAGS (extra flags for both proxies, e.g.
+# "--workers 0" to compare with a work-stealing runtime on every CPU). Missing tools are
+# installed with apt-get (as root or via sudo).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/sbin:/sbin"   # nginx lives in /usr/sbin
@@ -29,6 +31,7 @@ CMDLINE="$(env | { grep -E '^LOAD_[A-Z_]+=' || true; } | sort | tr '\n' ' ')$0${
 SECS=${LOAD_SECS:-6} ROUNDS=${LOAD_ROUNDS:-3} CONNS=${LOAD_CONNS:-64} KEYS=${LOAD_STORM_KEYS:-50}
 IFS=, read -ra SCENARIOS <<<"${LOAD_SCENARIOS:-hit1k,hit64k,miss,storm}"
 IFS=, read -ra SERVERS <<<"${LOAD_SERVERS:-nginx,proxy,proxy-redis,thc}"
+read -ra PROXY_FLAGS <<<"${LOAD_PROXY_FLAGS:-}"
 die() { echo "error: $*" >&2; exit 1; }
 log() { echo "-- $*" >&2; }
 NOTES=()
@@ -120,8 +123,9 @@ start_proxies() {   # TAG: (re)starts the proxies and the peer with --prefix <se
         stop "$s"; free_port
         local common=(--listen "127.0.0.1:$FREE" --upstream "$ORIGIN" --redis "$REDIS" --prefix "$s-$1")
         case $s in
-            proxy) start proxy "$PROXY_BIN" "${common[@]}" ;;
-            proxy-redis) start proxy-redis "$PROXY_BIN" "${common[@]}" --near-cache-ms 0 ;;
+            proxy) start proxy "$PROXY_BIN" "${common[@]}" ${PROXY_FLAGS[@]+"${PROXY_FLAGS[@]}"} ;;
+            proxy-redis) start proxy-redis "$PROXY_BIN" "${common[@]}" --near-cache-ms 0 \
+                ${PROXY_FLAGS[@]+"${PROXY_FLAGS[@]}"} ;;
             # The crate never caches application/octet-stream by default (the origin's type):
             # the peer's one switch for that, or its "hits" would all be misses.
             thc) start thc env PEER_THC_CACHE_ALL_TYPES=1 "$THC_BIN" "${common[@]}" --ttl 300 ;;
@@ -229,14 +233,14 @@ declare -A TITLE=([nginx]="nginx" [proxy]="proxy (defaults: near tier on)"
     [proxy-redis]="proxy --near-cache-ms 0 (every hit via Redis)" [thc]="tower-http-cache peer")
 declare -A ROW=([hit1k]="hit 1 KiB" [hit64k]="hit 64 KiB" [miss]="miss unique keys"
     [storm]="cold storm (20 ms origin)")
-near_default=$("$PROXY_BIN" --help | awk '/--near-cache-ms/ { f = 1 } f && /\[default:/ { gsub(/.*default: *|\].*/, ""); print; exit }')
+default_of() { "$PROXY_BIN" --help | awk -v flag="$1" '$0 ~ flag { f = 1 } f && /\[default:/ { gsub(/.*default: *|\].*/, ""); print; exit }'; }
 {
     echo "## Load benchmark: caching proxy vs nginx"
     echo
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(uname -sr)"
     echo "- versions: $(nginx -v 2>&1), $(redis-server --version | cut -d' ' -f1-3), git $(git describe --always --dirty 2>/dev/null || echo '?')"
     echo "- command: \`$CMDLINE\` ($SECS s per wrk run, rounds: $ROUNDS, wrk -t1 -c$CONNS; storm: $KEYS keys × $CONNS connections)"
-    echo "- proxy defaults (from its --help): --near-cache-ms $near_default"
+    echo "- proxy defaults (from its --help): --near-cache-ms $(default_of --near-cache-ms), --workers $(default_of --workers)${LOAD_PROXY_FLAGS:+; both proxies ran with $LOAD_PROXY_FLAGS}"
     echo
     printf '| scenario |'; for sv in "${SERVERS[@]}"; do printf ' %s |' "${TITLE[$sv]}"; done; echo
     printf '|---|'; for _ in "${SERVERS[@]}"; do printf -- '---|'; done; echo
