@@ -21,8 +21,11 @@
 # Settings (environment): LOAD_SECS (6), LOAD_ROUNDS (3), LOAD_CONNS (64), LOAD_STORM_KEYS (50),
 # LOAD_SCENARIOS (subset of hit1k,hit64k,miss,storm), LOAD_SERVERS (subset of
 # nginx,proxy,proxy-redis,thc), LOAD_PROXY_FLAGS (extra flags for both proxies, e.g.
-# "--workers 0" to compare with a work-stealing runtime on every CPU). Missing tools are
-# installed with apt-get (as root or via sudo).
+# "--workers 0" to compare with a work-stealing runtime on every CPU), LOAD_PIN=1 (every server,
+# Redis and the origin on CPU 1, the load generator on CPU 0, with taskset: on a 2-core VM the
+# kernel otherwise often runs a server and wrk on one CPU, and the same binary's 64 KiB hits
+# come out at 17K or 40K req/s from run to run). Missing tools are installed with apt-get (as
+# root or via sudo).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/sbin:/sbin"   # nginx lives in /usr/sbin
@@ -32,6 +35,8 @@ SECS=${LOAD_SECS:-6} ROUNDS=${LOAD_ROUNDS:-3} CONNS=${LOAD_CONNS:-64} KEYS=${LOA
 IFS=, read -ra SCENARIOS <<<"${LOAD_SCENARIOS:-hit1k,hit64k,miss,storm}"
 IFS=, read -ra SERVERS <<<"${LOAD_SERVERS:-nginx,proxy,proxy-redis,thc}"
 read -ra PROXY_FLAGS <<<"${LOAD_PROXY_FLAGS:-}"
+SERVER_PIN=() CLIENT_PIN=()
+if [ "${LOAD_PIN:-0}" = 1 ]; then SERVER_PIN=(taskset -c 1) CLIENT_PIN=(taskset -c 0); fi
 die() { echo "error: $*" >&2; exit 1; }
 log() { echo "-- $*" >&2; }
 NOTES=()
@@ -89,7 +94,7 @@ free_port() {   # sets FREE to a port nothing listens on
 start() {   # NAME COMMAND...: runs it on a free port ($FREE in COMMAND), waits until it accepts
     local name=$1 log=$RUN/$1.log; shift
     PORT[$name]=$FREE
-    "$@" >>"$log" 2>&1 &
+    ${SERVER_PIN[@]+"${SERVER_PIN[@]}"} "$@" >>"$log" 2>&1 &
     PID[$name]=$!
     for _ in $(seq 200); do
         (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$name]}") 2>/dev/null && return 0
@@ -163,7 +168,7 @@ run() {   # SCENARIO SERVER COMMAND...: one measured run; COMMAND prints a LOAD-
 }
 wrk_run() {   # SCENARIO SERVER PATH [UNIQUE-PREFIX]
     local lua=report.lua; [ -n "${4:-}" ] && lua=unique.lua
-    run "$1" "$2" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "benches/load/$lua" \
+    run "$1" "$2" ${CLIENT_PIN[@]+"${CLIENT_PIN[@]}"} wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "benches/load/$lua" \
         "http://127.0.0.1:${PORT[$2]}$3" ${4:+-- "$4"}
     add "$1" "$2" rps "$(awk -v n="$N" -v d="$(field duration_us "$LAST")" 'BEGIN { printf "%.0f", n * 1e6 / d }')"
 }
@@ -201,7 +206,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
                     add miss "$sv" rtt "$(awk -v r="$(reads)" -v n="$(field requests "$seq")" 'BEGIN { printf "%.2f", r / n }')" ;;
                 storm)
                     c0=$(curl -s "$ORIGIN/__calls")
-                    run storm "$sv" python3 benches/load/storm.py 127.0.0.1 "${PORT[$sv]}" \
+                    run storm "$sv" ${CLIENT_PIN[@]+"${CLIENT_PIN[@]}"} python3 benches/load/storm.py 127.0.0.1 "${PORT[$sv]}" \
                         "/slow/storm-$sv-r$round-" "$KEYS" "$CONNS"
                     add storm "$sv" calls "$(awk -v a="$c0" -v b="$(curl -s "$ORIGIN/__calls")" -v k="$KEYS" 'BEGIN { printf "%.2f", (b - a) / k }')"
                     [ "$round" -gt 1 ] || DETAIL["storm, $sv"]="X-Cache $(field xcache "$LAST"), wall $(field wall_ms "$LAST") ms" ;;
@@ -240,7 +245,7 @@ default_of() { "$PROXY_BIN" --help | awk -v flag="$1" '$0 ~ flag { f = 1 } f && 
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(uname -sr)"
     echo "- versions: $(nginx -v 2>&1), $(redis-server --version | cut -d' ' -f1-3), git $(git describe --always --dirty 2>/dev/null || echo '?')"
     echo "- command: \`$CMDLINE\` ($SECS s per wrk run, rounds: $ROUNDS, wrk -t1 -c$CONNS; storm: $KEYS keys × $CONNS connections)"
-    echo "- proxy defaults (from its --help): --near-cache-ms $(default_of --near-cache-ms), --workers $(default_of --workers)${LOAD_PROXY_FLAGS:+; both proxies ran with $LOAD_PROXY_FLAGS}"
+    echo "- proxy defaults (from its --help): --near-cache-ms $(default_of --near-cache-ms), --workers $(default_of --workers)${LOAD_PROXY_FLAGS:+; both proxies ran with $LOAD_PROXY_FLAGS}${SERVER_PIN[*]:+; servers pinned to CPU 1, wrk to CPU 0}"
     echo
     printf '| scenario |'; for sv in "${SERVERS[@]}"; do printf ' %s |' "${TITLE[$sv]}"; done; echo
     printf '|---|'; for _ in "${SERVERS[@]}"; do printf -- '---|'; done; echo
