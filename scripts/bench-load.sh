@@ -24,8 +24,9 @@
 # "--workers 0" to compare with a work-stealing runtime on every CPU), LOAD_PIN=1 (every server,
 # Redis and the origin on CPU 1, the load generator on CPU 0, with taskset: on a 2-core VM the
 # kernel otherwise often runs a server and wrk on one CPU, and the same binary's 64 KiB hits
-# come out at 17K or 40K req/s from run to run). Missing tools are installed with apt-get (as
-# root or via sudo).
+# come out at 17K or 40K req/s from run to run; pinned, Redis and the origin share the servers'
+# one CPU, which weighs on misses and on hits through Redis). Missing tools are installed with
+# apt-get (as root or via sudo).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/sbin:/sbin"   # nginx lives in /usr/sbin
