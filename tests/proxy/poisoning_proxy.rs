@@ -292,6 +292,32 @@ impl Fleet {
             .await
             .map_or(0, |reply| reply.status)
     }
+
+    /// The attacker's GET for `path` with `headers` (raw `Name: value\r\n` lines), asked in
+    /// both representations, then the innocent's GETs: what went wrong, each line led by
+    /// `label`.
+    async fn attack_then_innocent(&self, path: &str, headers: &str, label: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for json in [false, true] {
+            let status = self
+                .attack(&format!(
+                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{headers}\
+                     Connection: close\r\n\r\n",
+                    accept(json)
+                ))
+                .await;
+            if status != 200 {
+                problems.push(format!("{label}: the attacker got {status}"));
+            }
+        }
+        for json in [false, true] {
+            let reply = self.innocent(path, json).await;
+            if let Some(problem) = wrong(&reply, path, json) {
+                problems.push(format!("{label}: {problem}"));
+            }
+        }
+        problems
+    }
 }
 
 /// What is wrong with the innocent's answer for `path`, or `None` when it is the origin's
@@ -399,24 +425,8 @@ async fn client_supplied_forwarding_headers_do_not_reach_the_origin() -> TestRes
     let mut problems = Vec::new();
     for (i, (name, value)) in attacks.iter().enumerate() {
         let path = format!("/forwarding/{i}");
-        for json in [false, true] {
-            let status = fleet
-                .attack(&format!(
-                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{name}: {value}\r\n\
-                     Connection: close\r\n\r\n",
-                    accept(json)
-                ))
-                .await;
-            if status != 200 {
-                problems.push(format!("{name}: the attacker got {status}"));
-            }
-        }
-        for json in [false, true] {
-            let reply = fleet.innocent(&path, json).await;
-            if let Some(problem) = wrong(&reply, &path, json) {
-                problems.push(format!("{name}: {problem}"));
-            }
-        }
+        let headers = format!("{name}: {value}\r\n");
+        problems.extend(fleet.attack_then_innocent(&path, &headers, name).await);
     }
     assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
     Ok(())
@@ -448,24 +458,8 @@ async fn forwarding_family_headers_in_any_spelling_do_not_reach_the_origin() -> 
     let mut problems = Vec::new();
     for (i, (name, value)) in attacks.iter().enumerate() {
         let path = format!("/family/{i}");
-        for json in [false, true] {
-            let status = fleet
-                .attack(&format!(
-                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{name}: {value}\r\n\
-                     Connection: close\r\n\r\n",
-                    accept(json)
-                ))
-                .await;
-            if status != 200 {
-                problems.push(format!("{name}: the attacker got {status}"));
-            }
-        }
-        for json in [false, true] {
-            let reply = fleet.innocent(&path, json).await;
-            if let Some(problem) = wrong(&reply, &path, json) {
-                problems.push(format!("{name}: {problem}"));
-            }
-        }
+        let headers = format!("{name}: {value}\r\n");
+        problems.extend(fleet.attack_then_innocent(&path, &headers, name).await);
     }
     assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
     Ok(())
@@ -621,26 +615,11 @@ async fn refills_forced_by_an_attacker_store_the_ordinary_answer() -> TestResult
         let path = format!("/refill/{i}");
         // The innocent's entry is there first.
         assert_innocent_served_normally(&fleet, &path).await;
-        for json in [false, true] {
-            let status = fleet
-                .attack(&format!(
-                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{directive}\r\n\
-                     X-Forwarded-Host: evil.example\r\nForwarded: host=evil.example\r\n\
-                     X-Forwarded-Proto: https\r\nX-Original-URL: /evil\r\n\
-                     Connection: close\r\n\r\n",
-                    accept(json)
-                ))
-                .await;
-            if status != 200 {
-                problems.push(format!("{directive}: the attacker got {status}"));
-            }
-        }
-        for json in [false, true] {
-            let reply = fleet.innocent(&path, json).await;
-            if let Some(problem) = wrong(&reply, &path, json) {
-                problems.push(format!("{directive}: {problem}"));
-            }
-        }
+        let headers = format!(
+            "{directive}\r\nX-Forwarded-Host: evil.example\r\nForwarded: host=evil.example\r\n\
+             X-Forwarded-Proto: https\r\nX-Original-URL: /evil\r\n"
+        );
+        problems.extend(fleet.attack_then_innocent(&path, &headers, directive).await);
     }
     assert!(problems.is_empty(), "poisoned:\n{}", problems.join("\n"));
     Ok(())
