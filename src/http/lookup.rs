@@ -97,7 +97,9 @@ async fn resolve_from(
             let variant = key::variant_hash(index.names.split(','), request);
             let variant_key = key.variant(index.generation, variant);
             let found = match read(shared, variant_key.entry_key()).await {
-                Read::Entry(entry) if entry.matches(request) => Lookup::Found(entry),
+                Read::Entry(entry) if entry.matches_variant(request, &index.names, variant) => {
+                    Lookup::Found(entry)
+                }
                 Read::HitForMiss => Lookup::HitForMiss,
                 Read::Unavailable => Lookup::Unavailable,
                 Read::Purged(seen) => Lookup::Purged(seen),

@@ -234,6 +234,27 @@ impl Entry {
         let names = crate::http::key::vary_names(&self.headers);
         crate::http::key::variant_hash(names, request_headers) == self.meta.variant
     }
+
+    /// [`matches`](Self::matches) for an entry read under the variant key `variant` of an
+    /// index naming `names`: when the entry varies on exactly those names, the request's hash
+    /// over them is `variant`, computed already to find the entry, so it is not hashed again.
+    pub(crate) fn matches_variant(
+        &self,
+        request_headers: &HeaderMap,
+        names: &str,
+        variant: u64,
+    ) -> bool {
+        // Names hash lowercased, so equal names but for case hash alike.
+        let mut stored = crate::http::key::vary_names(&self.headers);
+        let same_names = names
+            .split(',')
+            .all(|name| stored.next().is_some_and(|s| s.eq_ignore_ascii_case(name)))
+            && stored.next().is_none();
+        if same_names {
+            return self.meta.variant == variant;
+        }
+        self.matches(request_headers)
+    }
 }
 
 /// Headers that describe one connection, not the response, and so are never stored

@@ -323,18 +323,14 @@ pub(crate) fn variant_hash<'a>(
         }
         let list = LIST_FIELDS.iter().any(|l| l.eq_ignore_ascii_case(name));
         for value in request.get_all(name) {
-            if list {
-                for element in value.as_bytes().split(|b| *b == b',') {
-                    hasher.update(element.trim_ascii());
-                    hasher.update(b",");
-                }
-            } else {
-                // One line, its elements' surrounding whitespace dropped; the line ends with
-                // a separator no header value can hold, so line boundaries are hashed too.
-                for element in value.as_bytes().split(|b| *b == b',') {
-                    hasher.update(element.trim_ascii());
-                    hasher.update(b",");
-                }
+            // Each element with its surrounding whitespace dropped.
+            for element in value.as_bytes().split(|b| *b == b',') {
+                hasher.update(element.trim_ascii());
+                hasher.update(b",");
+            }
+            // A field that is not a list: its line ends with a separator no header value can
+            // hold, so line boundaries are hashed too.
+            if !list {
                 hasher.update(b"\0");
             }
         }
