@@ -214,7 +214,7 @@ async fn outcome_of_running_fill(
     let follower = shared.flights.follow(key.flight())?;
     match tokio::time::timeout(shared.engine.fills.lock_wait, follower.outcome()).await {
         Ok(Outcome::Stored(entry))
-            if entry.matches(request) && range::answers(&entry, request, true) =>
+            if crate::http::miss::answers_follower(&entry, request, true) =>
         {
             Some(Entry::clone(&entry))
         }

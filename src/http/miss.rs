@@ -85,15 +85,7 @@ where
     let outcome = tokio::time::timeout(shared.engine.fills.lock_wait, follower.outcome()).await;
     drop(deposit);
     match outcome {
-        // Only a fresh entry answers a follower, as in other processes (`EntryJudge`): one
-        // that must be revalidated on every use (`no-cache`, `max-age=0`) was the leader's
-        // answer, not one to reuse, and a request joining just after the leader was answered
-        // (the flight lasts until its write ends) is a new use.
-        Ok(Outcome::Stored(entry))
-            if entry.matches(request)
-                && entry.meta.is_fresh(entry::unix_now_ms())
-                && range::answers(&entry, request, false) =>
-        {
+        Ok(Outcome::Stored(entry)) if answers_follower(&entry, request, false) => {
             shared.engine.stats.coalesced(1);
             return Ok(served_by_fill(shared, &entry, request));
         }
@@ -108,6 +100,17 @@ where
         Err(_) => shared.engine.stats.lock_timeouts(1),
     }
     respond::forward(&ex.shared, ex.call, CacheOutcome::Miss, ex.ctx.fwd).await
+}
+
+/// Whether the entry another request's fill stored answers a request that waited for it
+/// (`head`: a `HEAD`): the request's variant, holding the range asked for, and fresh, as in
+/// other processes (`EntryJudge`): one that must be revalidated on every use (`no-cache`,
+/// `max-age=0`) was the leader's answer, not one to reuse, and a request joining just after
+/// the leader was answered (the flight lasts until its write ends) is a new use.
+pub(crate) fn answers_follower(entry: &Entry, request: &HeaderMap, head: bool) -> bool {
+    entry.matches(request)
+        && entry.meta.is_fresh(entry::unix_now_ms())
+        && range::answers(entry, request, head)
 }
 
 /// Refreshes a stale entry in the background, unless this process or another already is.

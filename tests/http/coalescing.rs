@@ -266,3 +266,55 @@ async fn the_leading_client_hanging_up_does_not_cancel_the_fill() -> TestResult 
 
 #[allow(dead_code)]
 fn assert_body_type(_: &Response<CacheBody<Full<Bytes>>>) {}
+
+/// A `HEAD` arriving while a `GET`'s fill runs is answered from it only when what the fill
+/// stores is fresh, as any follower is: an entry that must be revalidated on every use
+/// (`no-cache`) was the leader's answer, and the `HEAD` is a new use, not a hit on it.
+#[tokio::test]
+async fn a_head_joining_a_fill_is_not_a_hit_on_an_entry_to_revalidate() -> TestResult {
+    let backend = Backend::start().await;
+    let calls = Calls::default();
+    let called = Arc::new(Notify::new());
+    let (release, released) = tokio::sync::watch::channel(false);
+    let origin: Origin = BoxCloneSyncService::new(service_fn({
+        let (calls, called, released) = (calls.clone(), called.clone(), released.clone());
+        move |_req: Request<ReqBody>| {
+            let n = calls.add();
+            let (called, mut released) = (called.clone(), released.clone());
+            async move {
+                called.notify_one();
+                let _ = released.wait_for(|go| *go).await;
+                let response = Response::builder()
+                    .header("cache-control", "no-cache")
+                    .header("etag", format!("\"v{n}\""))
+                    .body(Full::new(Bytes::from(format!("call {n}"))))
+                    .expect("response");
+                Ok::<_, Infallible>(response)
+            }
+        }
+    }));
+    let (_layers, services) = fleet(&backend, "head-joins", 1, &origin, |b| b).await;
+    let uri = "http://example.test/revalidate-every-time";
+    let leader = tokio::spawn({
+        let svc = services[0].clone();
+        async move { send(&svc, get(uri)).await }
+    });
+    called.notified().await;
+    let head = tokio::spawn({
+        let svc = services[0].clone();
+        let request = Request::head(uri).body(ReqBody::default())?;
+        async move { send(&svc, request).await }
+    });
+    // The HEAD is under way (joined the fill, or waiting on it) before the fill is released.
+    tokio::task::yield_now().await;
+    let _ = release.send(true);
+    assert_eq!(leader.await?.status, StatusCode::OK);
+    let head = head.await?;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_ne!(
+        head.x_cache(),
+        "HIT",
+        "a no-cache entry answered a later use unrevalidated"
+    );
+    Ok(())
+}
