@@ -113,6 +113,76 @@ pub(super) fn shared_freshness(
     if provokable(status) && !config.statuses.contains(&status) {
         return Err(NoCacheReason::Status);
     }
+    if let Some(freshness) = plain_explicit_freshness(request, headers, cc) {
+        return Ok(freshness);
+    }
+    evaluated_freshness(config, request, status, headers, cc, explicit)
+}
+
+/// The most common answer read directly, with what `http-cache-semantics` would conclude:
+/// one `Cache-Control` of only `max-age`/`s-maxage` in plain digits (with `public`,
+/// `must-revalidate` or the stale windows beside them), no `Age`, `Set-Cookie` or `Vary: *`,
+/// no request `Cache-Control` or `Authorization`. Fresh for `s-maxage` (else `max-age`) seconds,
+/// from age zero. Building the crate's policy (three header-map copies and a rebuilt
+/// `Cache-Control`) is about 5 % of a miss's CPU; anything less plain than this goes to it.
+fn plain_explicit_freshness(
+    request: &RequestHead<'_>,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+) -> Option<(Duration, Duration)> {
+    let seconds = cc.s_maxage.or(cc.max_age)?;
+    if request.headers.contains_key(header::CACHE_CONTROL)
+        || request.headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(header::AGE)
+        || headers.contains_key(header::SET_COOKIE)
+        // `Vary: *` was refused before; the crate zeroes its freshness, so never guess here.
+        || headers
+            .get_all(header::VARY)
+            .iter()
+            .any(|v| v.as_bytes().contains(&b'*'))
+    {
+        return None;
+    }
+    let mut values = headers.get_all(header::CACHE_CONTROL).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    // Each directive once, lowercase, numbers as digits only (short enough not to overflow).
+    let number = |arg: Option<&str>| {
+        arg.is_some_and(|a| !a.is_empty() && a.len() <= 18 && a.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut seen = 0u8;
+    for directive in value.to_str().ok()?.split(',') {
+        let (name, arg) = match directive.split_once('=') {
+            Some((name, arg)) => (name.trim(), Some(arg.trim())),
+            None => (directive.trim(), None),
+        };
+        let bit = match name {
+            "public" if arg.is_none() => 1,
+            "must-revalidate" if arg.is_none() => 2,
+            "max-age" if number(arg) => 4,
+            "s-maxage" if number(arg) => 8,
+            "stale-while-revalidate" if number(arg) => 16,
+            "stale-if-error" if number(arg) => 32,
+            _ => return None,
+        };
+        if seen & bit != 0 {
+            return None;
+        }
+        seen |= bit;
+    }
+    Some((Duration::from_secs(seconds), Duration::ZERO))
+}
+
+/// RFC 9111 freshness as `http-cache-semantics` evaluates it, on the headers normalised for it.
+fn evaluated_freshness(
+    config: &Config,
+    request: &RequestHead<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    cc: &CacheControl,
+    explicit: bool,
+) -> Result<(Duration, Duration), NoCacheReason> {
     // Any other final status may be stored when the origin says for how long (RFC 9111 §3);
     // the crate only knows the classic list, so explicit freshness is evaluated as for a 200.
     let evaluated_status = if explicit { StatusCode::OK } else { status };
@@ -223,5 +293,109 @@ fn normalize_dates(headers: &mut HeaderMap) {
             }
             (None, false) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::config::CacheMode;
+    use http::HeaderValue;
+
+    fn shared_config() -> Config {
+        crate::CacheLayer::builder(crate::MemoryStore::new(1 << 20))
+            .mode(CacheMode::Shared)
+            .build()
+            .unwrap()
+            .config()
+            .clone()
+    }
+
+    /// Wherever the direct reading answers, it answers as the crate does; and it answers the
+    /// plain cases (so the comparison below is not vacuous).
+    #[test]
+    fn the_plain_reading_agrees_with_the_crate_wherever_it_answers() {
+        let config = shared_config();
+        let directives = [
+            "max-age=60",
+            "public, max-age=60",
+            "s-maxage=30, max-age=60",
+            "max-age=60, s-maxage=30",
+            "max-age=0",
+            "max-age=60, must-revalidate",
+            "max-age=60, stale-while-revalidate=30, stale-if-error=600",
+            "s-maxage=5",
+            "MAX-AGE=60",
+            "max-age=\"60\"",
+            "max-age=60, max-age=10",
+            "max-age=60,",
+            "max-age=+60",
+            "max-age=-1",
+            "max-age=99999999999999999999",
+            "max-age=60, immutable",
+            "max-age=60, no-cache",
+            "max-age=60, proxy-revalidate",
+            "max-age = 60",
+            "max-age=60, foo",
+            "public",
+        ];
+        let extras: [&[(&str, &str)]; 10] = [
+            &[],
+            &[("age", "10")],
+            &[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")],
+            &[("date", "Sun, 06 Nov 1994 08:49:37 GMT")],
+            &[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")],
+            &[("vary", "accept-encoding")],
+            &[("vary", "*")],
+            &[("set-cookie", "a=b")],
+            &[("pragma", "no-cache")],
+            &[("cache-control", "public")],
+        ];
+        let requests: [&[(&str, &str)]; 3] = [
+            &[],
+            &[("cache-control", "no-store")],
+            &[("authorization", "Basic eA==")],
+        ];
+        let uri = Uri::from_static("http://example.test/x");
+        let mut answered = 0;
+        for directive in directives {
+            for extra in extras {
+                for asked in requests {
+                    let mut response = HeaderMap::new();
+                    response.append(header::CACHE_CONTROL, HeaderValue::from_static(directive));
+                    for (name, value) in extra {
+                        response.append(*name, HeaderValue::from_static(value));
+                    }
+                    let mut request_headers = HeaderMap::new();
+                    for (name, value) in asked {
+                        request_headers.append(*name, HeaderValue::from_static(value));
+                    }
+                    let request = RequestHead {
+                        uri: &uri,
+                        headers: &request_headers,
+                        authorized: !asked.is_empty() && asked[0].0 == "authorization",
+                    };
+                    let cc = CacheControl::parse(&response);
+                    let Some(plain) = plain_explicit_freshness(&request, &response, &cc) else {
+                        continue;
+                    };
+                    answered += 1;
+                    for status in [200, 203, 301, 404, 299] {
+                        let status = StatusCode::from_u16(status).unwrap();
+                        let evaluated =
+                            evaluated_freshness(&config, &request, status, &response, &cc, true);
+                        assert_eq!(
+                            evaluated,
+                            Ok(plain),
+                            "{directive:?} {extra:?} {asked:?} {status}"
+                        );
+                    }
+                }
+            }
+        }
+        // The nine plain directives (the first eight, and `max-age = 60`), each with no extra
+        // header, a past `Expires`, a `Date`, a `Last-Modified`, `Vary: accept-encoding` or
+        // `Pragma: no-cache`, asked plainly.
+        assert_eq!(answered, 9 * 6);
     }
 }
