@@ -107,3 +107,26 @@ fn hostile_timestamps_do_not_overflow() {
     assert!(meta.ttl_secs(0) > 0);
     assert!(EntryMeta::default().ttl_secs(u64::MAX) < 0);
 }
+
+#[test]
+fn a_decoded_entry_has_room_for_the_headers_every_answer_adds() {
+    let (headers, body) = sample();
+    let encoded = encode_with(
+        StatusCode::OK,
+        &headers,
+        &body,
+        EntryMeta::default(),
+        b"",
+        b"",
+    );
+    let mut entry = decode(encoded).unwrap();
+    let room = entry.headers.capacity();
+    entry
+        .headers
+        .insert("x-cache", HeaderValue::from_static("HIT"));
+    entry
+        .headers
+        .append("cache-status", HeaderValue::from_static("edge; hit"));
+    entry.headers.insert("age", HeaderValue::from(3u64));
+    assert_eq!(entry.headers.capacity(), room, "the map grew on answering");
+}
