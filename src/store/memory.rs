@@ -354,16 +354,18 @@ mod tests {
         let taken = store.try_lock("l", "filler", ttl).now_or_never();
         assert!(matches!(taken, Some(Ok(true))));
         let mut locks = store.locks();
+        let (started, thread_id) = std::sync::mpsc::channel();
         let attempt = std::thread::spawn({
             let store = store.clone();
             move || {
+                let _ = started.send(std::fs::read_link("/proc/thread-self").ok());
                 store
                     .try_lock_or_read("e", "l", "waiter", ttl, None)
                     .now_or_never()
             }
         });
-        // Time for the attempt to reach the mutex.
-        std::thread::sleep(Duration::from_millis(50));
+        let thread = thread_id.recv().expect("attempt thread started");
+        wait_until_blocked(thread.as_deref());
         // Longer than a stamp (bytes 4..12), so it is not taken for the absent stale value.
         let value = Bytes::from_static(b"the filled entry");
         store.put_now("e", value.clone(), ttl);
@@ -372,5 +374,29 @@ mod tests {
         let attempt = attempt.join().expect("attempt thread");
         let attempt = attempt.expect("ready at once").expect("no store error");
         assert_eq!(attempt, LockAttempt::Found(value));
+    }
+
+    /// Waits until the thread at `/proc/<thread>` sleeps: here, on the locks' mutex, the one
+    /// thing the attempt can wait for. Where `/proc` cannot say, returns at once (the test then
+    /// still passes with the fix, and may miss the race without it).
+    fn wait_until_blocked(thread: Option<&std::path::Path>) {
+        let Some(stat) = thread.map(|t| std::path::Path::new("/proc").join(t).join("stat")) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            // The state follows the command name's closing parenthesis.
+            let Ok(text) = std::fs::read_to_string(&stat) else {
+                return;
+            };
+            if text
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('S'))
+            {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        panic!("the lock attempt never waited on the locks' mutex");
     }
 }

@@ -275,6 +275,16 @@ fn accept(json: bool) -> &'static str {
     }
 }
 
+/// The attacker's raw GET for `path` on the victim's host, asking for one representation,
+/// with `headers` (raw `Name: value\r\n` lines), on a connection that closes after it.
+fn attacker_get(path: &str, headers: &str, json: bool) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{headers}\
+         Connection: close\r\n\r\n",
+        accept(json)
+    )
+}
+
 impl Fleet {
     /// The innocent client: a plain GET on proxy B for `path` on the victim host.
     async fn innocent(&self, path: &str, json: bool) -> Reply {
@@ -299,13 +309,7 @@ impl Fleet {
     async fn attack_then_innocent(&self, path: &str, headers: &str, label: &str) -> Vec<String> {
         let mut problems = Vec::new();
         for json in [false, true] {
-            let status = self
-                .attack(&format!(
-                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{headers}\
-                     Connection: close\r\n\r\n",
-                    accept(json)
-                ))
-                .await;
+            let status = self.attack(&attacker_get(path, headers, json)).await;
             if status != 200 {
                 problems.push(format!("{label}: the attacker got {status}"));
             }
@@ -675,13 +679,7 @@ async fn requests_cannot_replace_mark_or_orphan_what_others_are_served() -> Test
             "Authorization: Basic YWxpY2U6c2VjcmV0\r\n",
             "Authorization: Bearer x\r\nCache-Control: no-cache\r\n",
         ] {
-            let status = fleet
-                .attack(&format!(
-                    "GET {path} HTTP/1.1\r\nHost: {VICTIM}\r\nAccept: {}\r\n{extra}\
-                     Connection: close\r\n\r\n",
-                    accept(json)
-                ))
-                .await;
+            let status = fleet.attack(&attacker_get(path, extra, json)).await;
             assert_eq!(status, 200, "{extra}");
         }
     }

@@ -28,13 +28,19 @@ pub(super) fn directives<'a>(
         .into_iter()
         // A value that is not visible ASCII cannot carry directives we understand.
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|directive| {
-            let (name, arg) = match directive.split_once('=') {
-                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                None => (directive.trim(), None),
-            };
-            (!name.is_empty()).then(|| (name.to_ascii_lowercase(), arg))
+        .flat_map(split_directives)
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, arg)| (name.to_ascii_lowercase(), arg.map(|a| a.trim_matches('"'))))
+}
+
+/// One field value's directives as written: (name, argument), each trimmed of whitespace,
+/// the name's case and the argument's quotes kept.
+pub(super) fn split_directives(value: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    value
+        .split(',')
+        .map(|directive| match directive.split_once('=') {
+            Some((name, arg)) => (name.trim(), Some(arg.trim())),
+            None => (directive.trim(), None),
         })
 }
 

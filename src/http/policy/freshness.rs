@@ -2,7 +2,7 @@
 //! application mode; RFC 9111 (as `http-cache-semantics` reads it) in shared mode.
 
 use crate::http::config::Config;
-use crate::http::policy::cache_control::{directives, understood, CacheControl};
+use crate::http::policy::cache_control::{directives, split_directives, understood, CacheControl};
 use crate::http::policy::decision::{NoCacheReason, RequestHead};
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 use http_cache_semantics::{CacheOptions, CachePolicy, RequestLike, ResponseLike};
@@ -152,11 +152,7 @@ fn plain_explicit_freshness(
         arg.is_some_and(|a| !a.is_empty() && a.len() <= 18 && a.bytes().all(|b| b.is_ascii_digit()))
     };
     let mut seen = 0u8;
-    for directive in value.to_str().ok()?.split(',') {
-        let (name, arg) = match directive.split_once('=') {
-            Some((name, arg)) => (name.trim(), Some(arg.trim())),
-            None => (directive.trim(), None),
-        };
+    for (name, arg) in split_directives(value.to_str().ok()?) {
         let bit = match name {
             "public" if arg.is_none() => 1,
             "must-revalidate" if arg.is_none() => 2,

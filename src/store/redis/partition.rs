@@ -106,11 +106,9 @@ impl Partitions {
     /// Whether the slot map is known and every primary's own connection is up (a clustered
     /// store is ready once this holds).
     pub(super) fn ready(&self) -> bool {
-        self.known()
-            && self
-                .state
-                .read()
-                .is_ok_and(|state| state.nodes.values().all(ClientLike::is_connected))
+        self.state.read().is_ok_and(|state| {
+            state.routing.is_some() && state.nodes.values().all(ClientLike::is_connected)
+        })
     }
 
     /// Whether a slot map has been copied from the Cluster client yet.
